@@ -1,0 +1,98 @@
+#!/usr/bin/env bash
+# Brings up the test rig: a Docker engine, compose v2, a registry on loopback and the test
+# images pushed into it. Uses what already runs; installs what is missing when run as root
+# on Debian. Idempotent: a second call only checks.
+set -euo pipefail
+
+here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
+top="$(cd "$here/../.." && pwd)"
+venv="${VENV:-$top/.venv}"
+state="${DEPLOY_TEST_STATE:-$top/var/test-rig}"
+registry_port="${DEPLOY_TEST_REGISTRY_PORT:-5099}"
+registry="127.0.0.1:$registry_port"
+mkdir -p "$state"
+
+log() { printf 'rig: %s\n' "$*"; }
+
+wait_for() { # wait_for SECONDS COMMAND...: polls until COMMAND succeeds
+  local deadline=$((SECONDS + $1)); shift
+  until "$@" >/dev/null 2>&1; do
+    if ((SECONDS >= deadline)); then return 1; fi
+    sleep 0.2
+  done
+}
+
+apt_install() {
+  if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
+    log "missing $*, and cannot install it here (needs root on Debian)"; exit 1
+  fi
+  if [ ! -f "$state/apt-updated" ]; then apt-get update -qq && touch "$state/apt-updated"; fi
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
+}
+
+ensure_engine() {
+  if docker info >/dev/null 2>&1; then return; fi
+  command -v dockerd >/dev/null || { log "installing docker.io"; apt_install docker.io; }
+  log "starting dockerd"
+  setsid dockerd >"$state/dockerd.log" 2>&1 < /dev/null &
+  wait_for 60 docker info || { tail -20 "$state/dockerd.log"; log "dockerd did not start"; exit 1; }
+}
+
+ensure_compose() {
+  if docker compose version >/dev/null 2>&1; then return; fi
+  local plugin
+  plugin="$("$venv/bin/python" -c 'import compose, pathlib; print(pathlib.Path(compose.__file__).parent / "docker-compose")')"
+  mkdir -p "$HOME/.docker/cli-plugins"
+  install -m 0755 "$plugin" "$HOME/.docker/cli-plugins/docker-compose"
+  docker compose version >/dev/null
+}
+
+ensure_registry() {
+  if curl -fsS "http://$registry/v2/" >/dev/null 2>&1; then return; fi
+  command -v docker-registry >/dev/null || { log "installing docker-registry"; apt_install docker-registry; }
+  mkdir -p "$state/registry"
+  cat >"$state/registry.yml" <<YAML
+version: 0.1
+log: {level: warn}
+storage:
+  filesystem: {rootdirectory: $state/registry}
+  delete: {enabled: true}
+http:
+  addr: $registry
+YAML
+  log "starting registry on $registry"
+  setsid docker-registry serve "$state/registry.yml" >"$state/registry.log" 2>&1 < /dev/null &
+  wait_for 30 curl -fsS "http://$registry/v2/" || { tail -20 "$state/registry.log"; exit 1; }
+}
+
+build_images() {
+  if [ ! -x /bin/busybox ] || ! ldd /bin/busybox 2>&1 | grep -q "not a dynamic"; then
+    log "installing busybox-static"; apt_install busybox-static
+  fi
+  local ctx="$state/build"
+  rm -rf "$ctx" && mkdir -p "$ctx" && cp /bin/busybox "$ctx/busybox"
+  cp "$here"/images/Dockerfile.* "$ctx/"
+  export DOCKER_BUILDKIT=0
+  docker build -q -t deploytest/base:1 -f "$ctx/Dockerfile.base" "$ctx" >/dev/null 2>>"$state/build.log"
+  local kind version
+  for kind in healthy crash unhealthy dies plain; do
+    for version in v1 v2 v3; do
+      docker build -q --build-arg "VERSION=$kind-$version" -t "$registry/deploytest/$kind:$version" \
+        -f "$ctx/Dockerfile.$kind" "$ctx" >/dev/null 2>>"$state/build.log"
+      docker push -q "$registry/deploytest/$kind:$version" >/dev/null
+    done
+  done
+}
+
+ensure_engine
+ensure_compose
+ensure_registry
+images_stamp="$state/images.sha"
+images_sum="$(cat "$here"/images/Dockerfile.* | sha256sum | cut -c1-16)-$registry"
+if [ "$(cat "$images_stamp" 2>/dev/null)" != "$images_sum" ] || \
+   ! curl -fsS "http://$registry/v2/deploytest/healthy/tags/list" 2>/dev/null | grep -q v3; then
+  log "building test images"
+  build_images
+  echo "$images_sum" >"$images_stamp"
+fi
+log "ready: engine $(docker version -f '{{.Server.Version}}'), compose $(docker compose version --short), registry $registry"

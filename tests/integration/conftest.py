@@ -1,0 +1,204 @@
+"""The integration rig: a compose project of its own per test, the real playbook run by the real ansible-runner."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ansible_runner
+import pytest
+import yaml
+
+
+
+REPO = Path(__file__).resolve().parents[2]
+REGISTRY = os.environ.get("DEPLOY_TEST_REGISTRY", "127.0.0.1:5099")
+PLAYBOOK = REPO / "playbooks" / "deploy.yml"
+
+
+def image(kind: str, version: str = "v1") -> str:
+    """A test image in the loopback registry (tests/rig/images): healthy, crash, unhealthy, dies, plain."""
+    return f"{REGISTRY}/deploytest/{kind}:{version}"
+
+
+def docker(*args: str, check: bool = True) -> str:
+    completed = subprocess.run(["docker", *args], capture_output=True, text=True)
+    if check and completed.returncode != 0:
+        raise AssertionError(f"docker {' '.join(args)} failed: {completed.stderr.strip()}")
+    return completed.stdout.strip()
+
+
+def image_id(reference: str) -> str:
+    return docker("image", "inspect", "--format", "{{.Id}}", reference)
+
+
+def image_exists(reference: str) -> bool:
+    return bool(docker("image", "inspect", "--format", "{{.Id}}", reference, check=False))
+
+
+@dataclass
+class Deploy:
+    """One run of the deploy playbook: its exit code, its published result per host, its stats."""
+
+    rc: int
+    status: str
+    results: dict[str, dict[str, Any]]
+    changed: int
+    stdout: str
+
+    @property
+    def result(self) -> dict[str, Any]:
+        (only,) = self.results.values()
+        return only
+
+    @property
+    def steps(self) -> list[str]:
+        return [entry["step"] for entry in self.result["steps"]]
+
+
+class ComposeProject:
+    """A compose project in a temporary directory with an inventory that allows its services."""
+
+    def __init__(self, root: Path, services: dict[str, dict[str, Any]], settings: dict[str, dict[str, Any]]):
+        self.root = root
+        self.name = f"dt-{uuid.uuid4().hex[:10]}"
+        self.dir = root / "project"
+        self.dir.mkdir()
+        self.compose_file = self.dir / "docker-compose.yml"
+        self.pin_file = self.dir / "docker-compose.deploy.yml"
+        self.compose_file.write_text(yaml.safe_dump({"name": self.name, "services": services}, sort_keys=False))
+        self.inventory = root / "inventory.yml"
+        self.write_inventory({"localhost": {"deploy_compose_dir": str(self.dir), "deploy_services": settings}})
+
+    def write_inventory(self, hosts: dict[str, dict[str, Any]]) -> None:
+        local = {"ansible_connection": "local", "ansible_python_interpreter": "{{ ansible_playbook_python }}"}
+        document = {"all": {"hosts": {host: {**local, **host_vars} for host, host_vars in hosts.items()}}}
+        self.inventory.write_text(yaml.safe_dump(document, sort_keys=False))
+
+    def compose(self, *args: str, files: tuple[str, ...] = ("docker-compose.yml",)) -> str:
+        file_args = [argument for name in files for argument in ("-f", name)]
+        completed = subprocess.run(
+            ["docker", "compose", *file_args, *args], cwd=self.dir, capture_output=True, text=True
+        )
+        assert completed.returncode == 0, completed.stderr
+        return completed.stdout
+
+    def up(self, *services: str) -> None:
+        self.compose("up", "-d", "--quiet-pull", *services)
+
+    def container(self, service: str, project: str | None = None) -> dict[str, Any] | None:
+        ids = docker(
+            "ps", "-aq",
+            "--filter", f"label=com.docker.compose.project={project or self.name}",
+            "--filter", f"label=com.docker.compose.service={service}",
+        ).split()
+        if not ids:
+            return None
+        assert len(ids) == 1, f"{service} has {len(ids)} containers"
+        return json.loads(docker("inspect", ids[0]))[0]
+
+    def wait_healthy(self, service: str, timeout: float = 30) -> None:
+        docker_wait = subprocess.run(
+            ["docker", "compose", "up", "-d", "--wait", "--wait-timeout", str(int(timeout)), service],
+            cwd=self.dir, capture_output=True, text=True,
+        )
+        assert docker_wait.returncode == 0, docker_wait.stderr
+
+    def deploy(self, service: str, image: str | None = None, *, check: bool = False, limit: str | None = None) -> Deploy:
+        extravars: dict[str, Any] = {"service": service}
+        if image is not None:
+            extravars["image"] = image
+        cmdline = " ".join(part for part in ("--check" if check else "", f"--limit {limit}" if limit else "") if part)
+        private_data_dir = self.root / f"runner-{uuid.uuid4().hex[:6]}"
+        private_data_dir.mkdir(mode=0o700)
+        runner = ansible_runner.run(
+            private_data_dir=str(private_data_dir),
+            playbook=str(PLAYBOOK),
+            inventory=str(self.inventory),
+            extravars=extravars,
+            cmdline=cmdline or None,
+            envvars={"ANSIBLE_CONFIG": str(REPO / "ansible.cfg")},
+            quiet=True,
+        )
+        stats = next(event for event in runner.events if event.get("event") == "playbook_on_stats")["event_data"]
+        return Deploy(
+            rc=runner.rc,
+            status=runner.status,
+            results=stats.get("artifact_data", {}).get("deploy", {}),
+            changed=sum(stats.get("changed", {}).values()),
+            stdout=runner.stdout.read(),
+        )
+
+    def playbook_cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        """ansible-playbook as an operator runs it by hand."""
+        return subprocess.run(
+            ["ansible-playbook", "-i", str(self.inventory), str(PLAYBOOK), *args],
+            cwd=REPO, capture_output=True, text=True,
+            env={**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"},
+        )
+
+    def tear_down(self) -> None:
+        subprocess.run(["docker", "compose", "-p", self.name, "down", "--timeout", "1"], capture_output=True)
+        history = docker("images", "--format", "{{.Repository}}:{{.Tag}}", f"deploy-history/{self.name}/*")
+        for tag in history.split():
+            docker("rmi", tag, check=False)
+
+
+@pytest.fixture
+def compose_project(tmp_path: Path, docker_engine: None) -> Iterator[Any]:
+    """Factory: compose_project(services, settings) -> ComposeProject; every project is torn down after the test."""
+    projects: list[ComposeProject] = []
+
+    def make(services: dict[str, dict[str, Any]], settings: dict[str, dict[str, Any]] | None = None) -> ComposeProject:
+        root = tmp_path / f"p{len(projects)}"
+        root.mkdir()
+        project = ComposeProject(root, services, settings if settings is not None else {name: {} for name in services})
+        projects.append(project)
+        return project
+
+    yield make
+    for project in projects:
+        project.tear_down()
+
+
+@pytest.fixture(scope="session")
+def registry(docker_engine: None) -> str:
+    """The loopback registry with the test images (tests/rig/up.sh)."""
+    try:
+        with urllib.request.urlopen(f"http://{REGISTRY}/v2/deploytest/healthy/tags/list", timeout=5) as answer:
+            tags = json.load(answer)["tags"]
+    except OSError as error:
+        pytest.fail(f"no test registry at {REGISTRY} (run tests/rig/up.sh): {error}", pytrace=False)
+    assert "v1" in tags, "test images missing from the registry (run tests/rig/up.sh)"
+    return REGISTRY
+
+
+def push_as(source: str, target: str) -> str:
+    """Tag a local image as `target`, push it, and return its image ID."""
+    docker("tag", source, target)
+    docker("push", "-q", target)
+    return image_id(target)
+
+
+def build_unique(tag: str) -> str:
+    """Build a healthy image whose ID no other test shares, push it, and return its ID."""
+    dockerfile = (
+        "FROM deploytest/base:1\n"
+        f"RUN echo {uuid.uuid4().hex} > /www/version\n"
+        "HEALTHCHECK --interval=1s --timeout=2s --retries=3 CMD wget -q -O /dev/null http://127.0.0.1:8080/version\n"
+        'CMD ["httpd", "-f", "-p", "8080", "-h", "/www"]\n'
+    )
+    completed = subprocess.run(
+        ["docker", "build", "-q", "-t", tag, "-"], input=dockerfile, capture_output=True, text=True,
+        env={**os.environ, "DOCKER_BUILDKIT": "0"},
+    )
+    assert completed.returncode == 0, completed.stderr
+    docker("push", "-q", tag)
+    return image_id(tag)

@@ -7,6 +7,7 @@ time), not the playbook's own words; the published result is checked against the
 from __future__ import annotations
 
 import hashlib
+import socket
 
 import pytest
 from conftest import build_unique, docker, image, image_exists, image_id, push_as
@@ -290,3 +291,40 @@ def test_cleanup_keeps_previous_images_and_never_one_in_use(compose_project):
     assert not image_exists(ids["v1"]), "an image beyond keep_images is removed"
     assert image_exists(ids["v2"]), "an image a container uses is never removed"
     assert project.container("pinned")["Image"] == ids["v2"]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+@pytest.mark.parametrize(
+    ("path", "outcome"),
+    [("/version", "succeeded"), ("/plain-v1", "rolled_back"), ("/missing", "rollback_failed")],
+    ids=["answers-2xx", "new-image-404", "both-404"],
+)
+def test_health_url_is_probed_from_the_target_host(compose_project, path, outcome):
+    port = free_port()
+    ports = {"ports": [f"127.0.0.1:{port}:8080"]}
+    project = compose_project(
+        {"app": service(image("plain", "v1"), **ports)},
+        {"app": {"health_url": f"http://127.0.0.1:{port}{path}", "health_timeout": 5}},
+    )
+    project.up()
+
+    deploy = project.deploy("app", image("plain", "v2"))
+
+    assert deploy.result["outcome"] == outcome
+    container = project.container("app")
+    assert container["State"]["Running"], "the service is never left stopped"
+    if outcome == "succeeded":
+        assert deploy.rc == 0, deploy.stdout
+        assert container["Image"] == image_id(image("plain", "v2"))
+        return
+    assert deploy.rc != 0
+    assert container["Image"] == image_id(image("plain", "v1"))
+    assert deploy.result["error"].startswith(f"Health URL http://127.0.0.1:{port}{path} did not answer 2xx")
+    rollback = deploy.result["steps"][-1]
+    assert rollback["step"] == "rollback"
+    assert rollback["success"] is (outcome == "rolled_back")

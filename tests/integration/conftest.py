@@ -16,8 +16,6 @@ import ansible_runner
 import pytest
 import yaml
 
-
-
 REPO = Path(__file__).resolve().parents[2]
 REGISTRY = os.environ.get("DEPLOY_TEST_REGISTRY", "127.0.0.1:5099")
 PLAYBOOK = REPO / "playbooks" / "deploy.yml"
@@ -95,9 +93,12 @@ class ComposeProject:
 
     def container(self, service: str, project: str | None = None) -> dict[str, Any] | None:
         ids = docker(
-            "ps", "-aq",
-            "--filter", f"label=com.docker.compose.project={project or self.name}",
-            "--filter", f"label=com.docker.compose.service={service}",
+            "ps",
+            "-aq",
+            "--filter",
+            f"label=com.docker.compose.project={project or self.name}",
+            "--filter",
+            f"label=com.docker.compose.service={service}",
         ).split()
         if not ids:
             return None
@@ -107,11 +108,15 @@ class ComposeProject:
     def wait_healthy(self, service: str, timeout: float = 30) -> None:
         docker_wait = subprocess.run(
             ["docker", "compose", "up", "-d", "--wait", "--wait-timeout", str(int(timeout)), service],
-            cwd=self.dir, capture_output=True, text=True,
+            cwd=self.dir,
+            capture_output=True,
+            text=True,
         )
         assert docker_wait.returncode == 0, docker_wait.stderr
 
-    def deploy(self, service: str, image: str | None = None, *, check: bool = False, limit: str | None = None) -> Deploy:
+    def deploy(
+        self, service: str, image: str | None = None, *, check: bool = False, limit: str | None = None
+    ) -> Deploy:
         extravars: dict[str, Any] = {"service": service}
         if image is not None:
             extravars["image"] = image
@@ -140,7 +145,9 @@ class ComposeProject:
         """ansible-playbook as an operator runs it by hand."""
         return subprocess.run(
             ["ansible-playbook", "-i", str(self.inventory), str(PLAYBOOK), *args],
-            cwd=REPO, capture_output=True, text=True,
+            cwd=REPO,
+            capture_output=True,
+            text=True,
             env={**os.environ, "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"), "ANSIBLE_NOCOLOR": "1"},
         )
 
@@ -196,7 +203,10 @@ def build_unique(tag: str) -> str:
         'CMD ["httpd", "-f", "-p", "8080", "-h", "/www"]\n'
     )
     completed = subprocess.run(
-        ["docker", "build", "-q", "-t", tag, "-"], input=dockerfile, capture_output=True, text=True,
+        ["docker", "build", "-q", "-t", tag, "-"],
+        input=dockerfile,
+        capture_output=True,
+        text=True,
         env={**os.environ, "DOCKER_BUILDKIT": "0"},
     )
     assert completed.returncode == 0, completed.stderr

@@ -193,8 +193,9 @@ def test_compose_file_is_never_rewritten_and_the_choice_survives(compose_project
 
 
 def test_unknown_service_is_refused_before_anything_is_touched(compose_project):
-    project = compose_project({"app": service(image("healthy", "v1")), "other": service(image("plain", "v1"))},
-                              {"app": {}, "other": {}})
+    project = compose_project(
+        {"app": service(image("healthy", "v1")), "other": service(image("plain", "v1"))}, {"app": {}, "other": {}}
+    )
     project.up()
     before = fingerprint(project.container("app"))
 
@@ -250,10 +251,12 @@ def test_every_host_by_default_and_limit_narrows(compose_project):
     first.up()
     second.up()
     settings = {"app": {}}
-    first.write_inventory({
-        "alpha": {"deploy_compose_dir": str(first.dir), "deploy_services": settings},
-        "beta": {"deploy_compose_dir": str(second.dir), "deploy_services": settings},
-    })
+    first.write_inventory(
+        {
+            "alpha": {"deploy_compose_dir": str(first.dir), "deploy_services": settings},
+            "beta": {"deploy_compose_dir": str(second.dir), "deploy_services": settings},
+        }
+    )
     v2 = image_id(image("healthy", "v2"))
 
     narrowed = first.deploy("app", image("healthy", "v2"), limit="beta")
@@ -278,8 +281,9 @@ def test_cleanup_keeps_previous_images_and_never_one_in_use(compose_project):
         f"  app:\n    image: {repo}:v1\n    init: true\n"
         f"  pinned:\n    image: {repo}:v2\n    init: true\n"
     )
-    project.write_inventory({"localhost": {"deploy_compose_dir": str(project.dir),
-                                           "deploy_services": {"app": {"keep_images": 1}}}})
+    project.write_inventory(
+        {"localhost": {"deploy_compose_dir": str(project.dir), "deploy_services": {"app": {"keep_images": 1}}}}
+    )
     project.up()
 
     for version in ("v2", "v3", "v4"):

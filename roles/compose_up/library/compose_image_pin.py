@@ -95,6 +95,25 @@ def write_atomically(path: str, content: str) -> None:
         raise
 
 
+def update_pin(path: str, service: str, image: str | None, check_mode: bool = False) -> tuple[dict, dict, bool]:
+    """Pin `service` to `image` (None removes its pin); returns the pins before, after, and whether the file existed."""
+    lock = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        existed = os.path.exists(path)
+        before = read_pins(path)
+        after = dict(before)
+        if image is None:
+            after.pop(service, None)
+        else:
+            after[service] = image
+        if after != before and not check_mode:
+            write_atomically(path, render(after))
+        return before, after, existed
+    finally:
+        os.close(lock)
+
+
 def main() -> None:
     module = AnsibleModule(
         argument_spec={
@@ -107,33 +126,18 @@ def main() -> None:
         supports_check_mode=True,
     )
     path = module.params["path"]
-    service = module.params["service"]
-    directory = os.path.dirname(path) or "."
-
-    lock = os.open(directory, os.O_RDONLY)
+    image = module.params["image"] if module.params["state"] == "present" else None
     try:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        exists = os.path.exists(path)
-        before = read_pins(path)
-        after = dict(before)
-        if module.params["state"] == "present":
-            after[service] = module.params["image"]
-        else:
-            after.pop(service, None)
-
-        changed = after != before
-        if changed and not module.check_mode:
-            write_atomically(path, render(after))
+        before, after, existed = update_pin(path, module.params["service"], image, module.check_mode)
     except (OSError, ValueError) as error:
         module.fail_json(msg=f"cannot update image pins in {path}: {error}")
-    finally:
-        os.close(lock)
 
+    changed = after != before
     module.exit_json(
         changed=changed,
         exists=os.path.exists(path),
         pins=after,
-        diff={"before": render(before) if exists else "", "after": render(after) if exists or changed else ""},
+        diff={"before": render(before) if existed else "", "after": render(after) if existed or changed else ""},
     )
 
 

@@ -1,0 +1,103 @@
+"""The compose_image_pin module: the pin file compose reads, its atomic, locked updates."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import multiprocessing
+import subprocess
+from pathlib import Path
+
+import pytest
+
+MODULE_PATH = Path(__file__).resolve().parents[2] / "roles" / "compose_up" / "library" / "compose_image_pin.py"
+spec = importlib.util.spec_from_file_location("compose_image_pin", MODULE_PATH)
+pin = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(pin)
+
+
+def test_pin_and_unpin(tmp_path):
+    path = str(tmp_path / "docker-compose.deploy.yml")
+
+    before, after, existed = pin.update_pin(path, "portal", "ghcr.io/acme/portal:v2")
+    assert (before, after, existed) == ({}, {"portal": "ghcr.io/acme/portal:v2"}, False)
+    document = json.loads(Path(path).read_text())
+    assert document["services"] == {"portal": {"image": "ghcr.io/acme/portal:v2"}}
+    assert "docker compose -f" in document["x-deploy"]
+
+    _, after, existed = pin.update_pin(path, "portal", None)
+    assert after == {} and existed
+    assert json.loads(Path(path).read_text())["services"] == {}
+
+
+def test_unchanged_pin_does_not_rewrite_the_file(tmp_path):
+    path = tmp_path / "pins.yml"
+    pin.update_pin(str(path), "portal", "portal:v2")
+    mtime = path.stat().st_mtime_ns
+
+    before, after, _ = pin.update_pin(str(path), "portal", "portal:v2")
+
+    assert before == after
+    assert path.stat().st_mtime_ns == mtime
+
+
+def test_check_mode_writes_nothing(tmp_path):
+    path = tmp_path / "pins.yml"
+
+    _, after, _ = pin.update_pin(str(path), "portal", "portal:v2", check_mode=True)
+
+    assert after == {"portal": "portal:v2"}
+    assert not path.exists()
+
+
+def test_a_file_that_is_not_json_is_refused(tmp_path):
+    path = tmp_path / "pins.yml"
+    path.write_text("services:\n  portal:\n    image: portal:v1\n")
+
+    with pytest.raises(ValueError):
+        pin.update_pin(str(path), "portal", "portal:v2")
+    assert path.read_text().startswith("services:")
+
+
+def _pin_many(path: str, service: str) -> None:
+    for round_number in range(40):
+        pin.update_pin(path, service, f"{service}:{round_number}")
+
+
+def test_concurrent_services_never_lose_each_others_pins(tmp_path):
+    path = str(tmp_path / "pins.yml")
+    workers = [multiprocessing.Process(target=_pin_many, args=(path, name)) for name in ("a", "b", "c")]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+
+    assert pin.read_pins(path) == {"a": "a:39", "b": "b:39", "c": "c:39"}
+    assert [entry.name for entry in tmp_path.iterdir()] == ["pins.yml"], "no temporary file is left behind"
+
+
+def test_compose_reads_the_pin_file(tmp_path):
+    (tmp_path / "docker-compose.yml").write_text("services:\n  portal:\n    image: portal:v1\n  db:\n    image: db:1\n")
+    pin.update_pin(str(tmp_path / "docker-compose.deploy.yml"), "portal", "portal:v2")
+
+    completed = subprocess.run(
+        [
+            "docker",
+            "compose",
+            "-f",
+            "docker-compose.yml",
+            "-f",
+            "docker-compose.deploy.yml",
+            "config",
+            "--format",
+            "json",
+        ],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+
+    services = json.loads(completed.stdout)["services"]
+    assert services["portal"]["image"] == "portal:v2"
+    assert services["db"]["image"] == "db:1"

@@ -1,0 +1,3 @@
+"""The webhook front door: verify, validate, then run the deploy playbook through ansible-runner."""
+
+__version__ = "1.0.0"

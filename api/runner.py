@@ -1,0 +1,121 @@
+"""Runs the deploy playbook through ansible-runner: one private run directory per deploy."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import ansible_runner
+
+from api.models import DeployRequest
+
+log = logging.getLogger("deploy")
+
+ANSIBLE_CONFIG = Path(__file__).resolve().parents[1] / "ansible.cfg"
+
+# Play-level tasks of playbooks/deploy.yml, and how the log announces them.
+STEP_ANNOUNCEMENTS = {
+    "Capture the running state": "📸 Capturing current state for rollback...",
+    "Pull the image": "⬇️  Pulling image...",
+    "Start the service": "🔄 Restarting service via docker compose...",
+    "Check health": "🏥 Checking container health...",
+    "Clean up previous images": "🧹 Cleaning up previous images...",
+    "Roll back to the captured image": "⏪ Rolling back to the captured image...",
+}
+
+
+@dataclass
+class RunResult:
+    status: str
+    rc: int | None
+    results: dict[str, dict[str, Any]] = field(default_factory=dict)
+    output_tail: str = ""
+
+
+def unsafe_extravars(values: dict[str, Any]) -> str:
+    """YAML extra vars with every string tagged !unsafe, so Ansible never renders a template in them.
+
+    Request fields are data. Ansible renders Jinja it finds in variable values, and ansible-runner
+    would write extra vars given as a dict without the tag, so the file is written here (AWX does the same).
+    """
+
+    def render(value: Any, indent: int) -> str:
+        if isinstance(value, dict):
+            pad = "  " * (indent + 1)
+            return "\n" + "\n".join(
+                f"{pad}{json.dumps(str(key))}: {render(item, indent + 1)}" for key, item in value.items()
+            )
+        if value is None:
+            return "null"
+        return "!unsafe " + json.dumps(str(value))
+
+    return "".join(f"{json.dumps(key)}: {render(value, 0)}\n" for key, value in values.items())
+
+
+def _prune_runs(runs_dir: Path, keep: int) -> None:
+    run_dirs = sorted((path for path in runs_dir.iterdir() if path.is_dir()), key=lambda path: path.name)
+    for stale in run_dirs[:-keep]:
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+def run_deploy(
+    *,
+    deployment_id: str,
+    request: DeployRequest,
+    inventory: Path,
+    playbook: Path,
+    state_dir: Path,
+    timeout: int,
+    keep_runs: int,
+    cancel: threading.Event,
+    on_step: Callable[[str], None] = log.info,
+) -> RunResult:
+    runs_dir = state_dir / "runs"
+    runs_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+    run_dir = runs_dir / deployment_id
+    (run_dir / "env").mkdir(parents=True, mode=0o700)
+    run_dir.chmod(0o700)
+
+    extravars: dict[str, Any] = {"service": request.service}
+    if request.image:
+        extravars["image"] = request.image
+    extravars["deploy_request"] = {
+        "id": deployment_id,
+        "repository": request.repository,
+        "commit": request.commit,
+        "message": request.message,
+    }
+    extravars_file = run_dir / "env" / "extravars"
+    extravars_file.write_text(unsafe_extravars(extravars))
+    extravars_file.chmod(0o600)
+
+    def on_event(event: dict[str, Any]) -> bool:
+        data = event.get("event_data", {})
+        if event.get("event") == "playbook_on_task_start" and not data.get("role"):
+            announcement = STEP_ANNOUNCEMENTS.get(data.get("task", ""))
+            if announcement:
+                on_step(announcement)
+        return True
+
+    runner = ansible_runner.run(
+        private_data_dir=str(run_dir),
+        ident=deployment_id,
+        playbook=str(playbook.resolve()),
+        inventory=str(inventory.resolve()),
+        envvars={"ANSIBLE_CONFIG": str(ANSIBLE_CONFIG), "ANSIBLE_NOCOLOR": "1"},
+        timeout=timeout,
+        quiet=True,
+        event_handler=on_event,
+        cancel_callback=cancel.is_set,
+    )
+    stats = next((event for event in runner.events if event.get("event") == "playbook_on_stats"), None)
+    results = (stats or {}).get("event_data", {}).get("artifact_data", {}).get("deploy", {})
+    output_tail = "\n".join(runner.stdout.read().splitlines()[-30:]) if runner.stdout else ""
+    _prune_runs(runs_dir, keep_runs)
+    return RunResult(status=runner.status, rc=runner.rc, results=results, output_tail=output_tail)

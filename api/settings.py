@@ -1,0 +1,47 @@
+"""Settings from the environment and `.env`, validated before the service starts."""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+MIN_SECRET_LENGTH = 32
+# Environment variables that hold secrets: removed from the process environment once read, so
+# that no child process (ansible-runner records its environment in its artifacts) sees them.
+SECRET_VARIABLES = ("WEBHOOK_SECRET",)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+
+    webhook_secret: SecretStr = Field(description="HMAC-SHA256 key shared with the CI pipeline")
+    deploy_inventory: Path = Field(Path("inventory"), description="Ansible inventory: hosts and the allow-list")
+    deploy_playbook: Path = Field(Path("playbooks/deploy.yml"), description="The deploy playbook")
+    deploy_state_dir: Path = Field(Path("var"), description="Run directories of deploys")
+    deploy_timeout: int = Field(900, ge=10, description="Seconds a deploy may run before it is stopped")
+    deploy_max_body_bytes: int = Field(64 * 1024, ge=1024, description="Larger request bodies get 413")
+    deploy_keep_runs: int = Field(100, ge=1, description="Run directories kept under DEPLOY_STATE_DIR/runs")
+    deploy_host: str = Field("127.0.0.1", description="Address to listen on")
+    deploy_port: int = Field(9000, ge=1, le=65535, description="Port to listen on")
+
+    @field_validator("webhook_secret")
+    @classmethod
+    def secret_is_strong(cls, secret: SecretStr) -> SecretStr:
+        if len(secret.get_secret_value()) < MIN_SECRET_LENGTH:
+            raise ValueError(
+                f"WEBHOOK_SECRET must be at least {MIN_SECRET_LENGTH} characters; "
+                "make one with: python3 -c 'import secrets; print(secrets.token_hex(32))'"
+            )
+        return secret
+
+
+@lru_cache
+def get_settings() -> Settings:
+    settings = Settings()
+    for name in SECRET_VARIABLES:
+        os.environ.pop(name, None)
+    return settings

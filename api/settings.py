@@ -13,15 +13,19 @@ MIN_SECRET_LENGTH = 32
 # Environment variables that hold secrets: removed from the process environment once read, so
 # that no child process (ansible-runner records its environment in its artifacts) sees them.
 SECRET_VARIABLES = ("WEBHOOK_SECRET",)
+# Defaults are the project's own files, wherever the service is started from.
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
 
     webhook_secret: SecretStr = Field(description="HMAC-SHA256 key shared with the CI pipeline")
-    deploy_inventory: Path = Field(Path("inventory"), description="Ansible inventory: hosts and the allow-list")
-    deploy_playbook: Path = Field(Path("playbooks/deploy.yml"), description="The deploy playbook")
-    deploy_state_dir: Path = Field(Path("var"), description="Run directories of deploys")
+    deploy_inventory: Path = Field(
+        PROJECT_ROOT / "inventory", description="Ansible inventory: hosts and the allow-list"
+    )
+    deploy_playbook: Path = Field(PROJECT_ROOT / "playbooks" / "deploy.yml", description="The deploy playbook")
+    deploy_state_dir: Path = Field(PROJECT_ROOT / "var", description="Run directories of deploys")
     deploy_timeout: int = Field(900, ge=10, description="Seconds a deploy may run before it is stopped")
     deploy_max_body_bytes: int = Field(64 * 1024, ge=1024, description="Larger request bodies get 413")
     deploy_keep_runs: int = Field(100, ge=1, description="Run directories kept under DEPLOY_STATE_DIR/runs")

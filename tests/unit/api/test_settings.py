@@ -42,8 +42,9 @@ def test_defaults(monkeypatch):
     monkeypatch.setenv("WEBHOOK_SECRET", STRONG)
     settings = Settings()
     assert settings.deploy_port == 9000
-    assert settings.deploy_inventory == Path("inventory")
-    assert settings.deploy_state_dir == Path("var")
+    assert settings.deploy_inventory == REPO / "inventory"
+    assert settings.deploy_playbook == REPO / "playbooks" / "deploy.yml"
+    assert settings.deploy_state_dir == REPO / "var"
     assert settings.deploy_max_body_bytes == 64 * 1024
     assert STRONG not in repr(settings)
 

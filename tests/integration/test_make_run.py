@@ -1,0 +1,103 @@
+"""`make run` from a fresh copy of the repository: a secret in .env, the API up, and the printed curl deploys."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from pathlib import Path
+
+from conftest import REPO, docker
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def fresh_copy(target: Path, project: str, example_port: int) -> None:
+    """The tracked files, as a clone has them; the example gets a project name and port of this test's own."""
+    files = subprocess.run(["git", "ls-files", "-z"], cwd=REPO, capture_output=True, check=True).stdout.split(b"\0")
+    for name in filter(None, files):
+        source, destination = REPO / name.decode(), target / name.decode()
+        if source.is_file():
+            destination.parent.mkdir(parents=True, exist_ok=True)
+            destination.write_bytes(source.read_bytes())
+            destination.chmod(source.stat().st_mode)
+    compose = target / "examples" / "homeserver" / "docker-compose.yml"
+    compose.write_text(
+        compose.read_text().replace("name: homeserver", f"name: {project}").replace("8089", str(example_port))
+    )
+    group_vars = target / "inventory" / "group_vars" / "all.yml"
+    group_vars.write_text(group_vars.read_text().replace("8089", str(example_port)))
+
+
+def test_make_run_writes_a_secret_starts_the_api_and_the_printed_curl_deploys(tmp_path, docker_engine):
+    project = f"dt-run-{uuid.uuid4().hex[:8]}"
+    checkout = tmp_path / "checkout"
+    fresh_copy(checkout, project, free_port())
+    port = free_port()
+    venv = Path(sys.executable).parents[1]
+    server = subprocess.Popen(
+        ["make", "run", f"VENV={venv}", f"DEPLOY_PORT={port}"],
+        cwd=checkout,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        start_new_session=True,
+        env={key: value for key, value in os.environ.items() if key != "WEBHOOK_SECRET"},
+    )
+    output: list[str] = []
+    reader = threading.Thread(target=lambda: output.extend(iter(server.stdout.readline, "")), daemon=True)
+    reader.start()
+    try:
+        deadline = time.monotonic() + 300
+        while not any("Uvicorn running" in line for line in output):
+            assert server.poll() is None, "".join(output)
+            assert time.monotonic() < deadline, "".join(output)
+            time.sleep(0.2)
+        printed = "".join(output)
+
+        env_file = checkout / ".env"
+        assert re.fullmatch(r"WEBHOOK_SECRET=[0-9a-f]{64}\n", env_file.read_text())
+        assert env_file.stat().st_mode & 0o777 == 0o600
+        curl = re.search(r"^curl -X POST .*?-d '[^']*'$", printed, flags=re.MULTILINE | re.DOTALL).group(0)
+        assert f"http://127.0.0.1:{port}/deploy" in curl
+        assert env_file.read_text().split("=", 1)[1].strip() not in printed, "the secret itself is never printed"
+
+        answer = subprocess.run(["bash", "-c", curl + " -s"], capture_output=True, text=True, timeout=180)
+
+        body = json.loads(answer.stdout)
+        assert body["success"] is True, body
+        assert body["service"] == "hello-world"
+        container_id = docker(
+            "ps",
+            "-q",
+            "--filter",
+            f"label=com.docker.compose.project={project}",
+            "--filter",
+            "label=com.docker.compose.service=hello-world",
+        )
+        state = json.loads(docker("inspect", container_id))[0]
+        assert state["State"]["Health"]["Status"] == "healthy"
+        assert state["Image"] == docker("image", "inspect", "--format", "{{.Id}}", "homeserver/hello-world:latest")
+
+        secret_before = env_file.read_text()
+        again = subprocess.run(
+            [str(venv / "bin" / "python"), "-m", "api.quickstart"], cwd=checkout, capture_output=True, text=True
+        )
+        assert again.returncode == 0
+        assert env_file.read_text() == secret_before, "an existing secret is never overwritten"
+    finally:
+        if server.poll() is None:
+            os.killpg(server.pid, signal.SIGTERM)
+            server.wait(20)
+        subprocess.run(["docker", "compose", "-p", project, "down", "--timeout", "1"], capture_output=True)

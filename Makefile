@@ -44,7 +44,7 @@ lint: venv
 	ansible-playbook --syntax-check playbooks/*.yml
 	ansible-lint --profile production playbooks/ roles/
 
-test-unit: venv
+test-unit: venv compose-plugin
 	pytest tests/unit
 
 test-integration: rig

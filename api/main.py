@@ -20,6 +20,7 @@ LOG_FORMAT = "%(asctime)s [%(levelname)s] %(message)s"
 def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        configure_logging()
         app.state.settings = settings or get_settings()
         app.state.inventory = Inventory(app.state.settings.deploy_inventory)
         app.state.inventory.view()
@@ -34,6 +35,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 
 def configure_logging() -> None:
+    """The reference's log format on stdout; a no-op where logging is configured already."""
     logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
 
 

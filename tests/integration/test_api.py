@@ -230,10 +230,12 @@ def test_two_services_deploy_in_parallel_and_health_stays_fast(compose_project, 
     while not (server.state_dir / "runs").exists() or len(list((server.state_dir / "runs").iterdir())) < 2:
         time.sleep(0.05)
     health = httpx.get(f"{server.url}/health", timeout=2)
+    forged = httpx.post(f"{server.url}/deploy", json={"service": "portal"}, timeout=2)
     for worker in workers:
         worker.join(180)
 
     assert health.status_code == 200
+    assert forged.status_code == 403
     assert responses["portal"].status_code == responses["grafana"].status_code == 200
     assert project.container("portal")["Image"] == image_id(image("healthy", "v2"))
     assert project.container("grafana")["Image"] == image_id(image("plain", "v2"))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 import urllib.request
 import uuid
@@ -24,6 +25,22 @@ PLAYBOOK = REPO / "playbooks" / "deploy.yml"
 def image(kind: str, version: str = "v1") -> str:
     """A test image in the loopback registry (tests/rig/images): healthy, crash, unhealthy, dies, plain."""
     return f"{REGISTRY}/deploytest/{kind}:{version}"
+
+
+def service(image_ref: str, **extra: Any) -> dict[str, Any]:
+    """A compose service as a home server runs one. init: busybox as PID 1 ignores SIGTERM."""
+    return {"image": image_ref, "init": True, "restart": "unless-stopped", **extra}
+
+
+def fingerprint(container: dict[str, Any]) -> tuple[str, str, str]:
+    """What changes when a container is touched: its ID, its start time, its image ID."""
+    return container["Id"], container["State"]["StartedAt"], container["Image"]
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
 
 
 def docker(*args: str, check: bool = True) -> str:

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -14,7 +13,7 @@ from pathlib import Path
 
 import httpx
 import pytest
-from conftest import REPO, image, image_id
+from conftest import REPO, fingerprint, free_port, image, image_id, service
 
 from api.signature import sign
 
@@ -28,9 +27,7 @@ class ApiServer:
         self.project = project
         self.state_dir = root / "state"
         self.log_file = root / "api.log"
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
+        self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         environment = {
             **os.environ,
@@ -85,14 +82,6 @@ def api_server(tmp_path) -> Iterator:
     yield start
     for server in servers:
         server.stop()
-
-
-def service(image_ref: str) -> dict:
-    return {"image": image_ref, "init": True, "restart": "unless-stopped"}
-
-
-def fingerprint(container: dict) -> tuple[str, str, str]:
-    return container["Id"], container["State"]["StartedAt"], container["Image"]
 
 
 def test_success_contract(compose_project, api_server):

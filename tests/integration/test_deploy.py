@@ -7,23 +7,13 @@ time), not the playbook's own words; the published result is checked against the
 from __future__ import annotations
 
 import hashlib
-import socket
 
 import pytest
-from conftest import build_unique, docker, image, image_exists, image_id, push_as
+from conftest import build_unique, docker, fingerprint, free_port, image, image_exists, image_id, push_as, service
 
 pytestmark = pytest.mark.usefixtures("registry")
 
 STEPS_OK = ["capture_state", "pull_image", "compose_up", "health_check", "cleanup"]
-
-
-def service(image_ref: str, **extra) -> dict:
-    # init: busybox as PID 1 ignores SIGTERM; restart like a home server's services.
-    return {"image": image_ref, "init": True, "restart": "unless-stopped", **extra}
-
-
-def fingerprint(container: dict) -> tuple[str, str, str]:
-    return container["Id"], container["State"]["StartedAt"], container["Image"]
 
 
 def digest(path) -> str:
@@ -295,12 +285,6 @@ def test_cleanup_keeps_previous_images_and_never_one_in_use(compose_project):
     assert not image_exists(ids["v1"]), "an image beyond keep_images is removed"
     assert image_exists(ids["v2"]), "an image a container uses is never removed"
     assert project.container("pinned")["Image"] == ids["v2"]
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 @pytest.mark.parametrize(

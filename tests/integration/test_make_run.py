@@ -6,7 +6,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -14,13 +13,7 @@ import time
 import uuid
 from pathlib import Path
 
-from conftest import REPO, docker
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
+from conftest import REPO, docker, free_port
 
 
 def fresh_copy(target: Path, project: str, example_port: int) -> None:

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import shutil
+import sys
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -18,6 +20,9 @@ from api.models import DeployRequest
 log = logging.getLogger("deploy")
 
 ANSIBLE_CONFIG = Path(__file__).resolve().parents[1] / "ansible.cfg"
+# ansible-playbook is installed beside this Python: on the PATH first, a virtual environment
+# works without being activated.
+PYTHON_BIN = str(Path(sys.executable).parent)
 
 # Play-level tasks of playbooks/deploy.yml, and how the log announces them.
 STEP_ANNOUNCEMENTS = {
@@ -108,7 +113,11 @@ def run_deploy(
         ident=deployment_id,
         playbook=str(playbook.resolve()),
         inventory=str(inventory.resolve()),
-        envvars={"ANSIBLE_CONFIG": str(ANSIBLE_CONFIG), "ANSIBLE_NOCOLOR": "1"},
+        envvars={
+            "ANSIBLE_CONFIG": str(ANSIBLE_CONFIG),
+            "ANSIBLE_NOCOLOR": "1",
+            "PATH": os.pathsep.join([PYTHON_BIN, os.environ.get("PATH", os.defpath)]),
+        },
         timeout=timeout,
         quiet=True,
         event_handler=on_event,

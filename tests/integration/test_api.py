@@ -31,6 +31,10 @@ class ApiServer:
         self.url = f"http://127.0.0.1:{self.port}"
         environment = {
             **os.environ,
+            # Without the virtual environment on the PATH: the API finds ansible-playbook beside its Python.
+            "PATH": os.pathsep.join(
+                path for path in os.environ["PATH"].split(os.pathsep) if not path.startswith(sys.prefix)
+            ),
             "WEBHOOK_SECRET": SECRET,
             "DEPLOY_INVENTORY": str(project.inventory),
             "DEPLOY_STATE_DIR": str(self.state_dir),

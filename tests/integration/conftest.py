@@ -20,7 +20,6 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 REGISTRY = os.environ.get("DEPLOY_TEST_REGISTRY", "127.0.0.1:5099")
 PLAYBOOK = REPO / "playbooks" / "deploy.yml"
-ROLLBACK_PLAYBOOK = REPO / "playbooks" / "rollback.yml"
 
 
 def image(kind: str, version: str = "v1") -> str:
@@ -133,13 +132,7 @@ class ComposeProject:
         assert docker_wait.returncode == 0, docker_wait.stderr
 
     def deploy(
-        self,
-        service: str,
-        image: str | None = None,
-        *,
-        check: bool = False,
-        limit: str | None = None,
-        playbook: Path = PLAYBOOK,
+        self, service: str, image: str | None = None, *, check: bool = False, limit: str | None = None
     ) -> Deploy:
         extravars: dict[str, Any] = {"service": service}
         if image is not None:
@@ -149,7 +142,7 @@ class ComposeProject:
         private_data_dir.mkdir(mode=0o700)
         runner = ansible_runner.run(
             private_data_dir=str(private_data_dir),
-            playbook=str(playbook),
+            playbook=str(PLAYBOOK),
             inventory=str(self.inventory),
             extravars=extravars,
             cmdline=cmdline or None,
@@ -165,10 +158,10 @@ class ComposeProject:
             stdout=runner.stdout.read(),
         )
 
-    def playbook_cli(self, *args: str, playbook: Path = PLAYBOOK) -> subprocess.CompletedProcess[str]:
+    def playbook_cli(self, *args: str) -> subprocess.CompletedProcess[str]:
         """ansible-playbook as an operator runs it by hand."""
         return subprocess.run(
-            ["ansible-playbook", "-i", str(self.inventory), str(playbook), *args],
+            ["ansible-playbook", "-i", str(self.inventory), str(PLAYBOOK), *args],
             cwd=REPO,
             capture_output=True,
             text=True,

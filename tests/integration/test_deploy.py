@@ -316,3 +316,25 @@ def test_health_url_is_probed_from_the_target_host(compose_project, path, outcom
     rollback = deploy.result["steps"][-1]
     assert rollback["step"] == "rollback"
     assert rollback["success"] is (outcome == "rolled_back")
+
+
+def test_cleanup_leaves_an_image_another_service_keeps_for_rollback(compose_project):
+    first = compose_project({}, {})
+    repo = f"{image('healthy').rsplit('/deploytest', 1)[0]}/{first.name}-repo/app"
+    ids = {version: build_unique(f"{repo}:{version}") for version in ("u1", "u2", "u3")}
+    other = compose_project({"app": service(f"{repo}:u1")})
+    other.up()
+    assert other.deploy("app", f"{repo}:u2").rc == 0  # the other service now keeps u1 for its rollback
+    first.compose_file.write_text(f"name: {first.name}\nservices:\n  app:\n    image: {repo}:u1\n    init: true\n")
+    first.write_inventory(
+        {"localhost": {"deploy_compose_dir": str(first.dir), "deploy_services": {"app": {"keep_images": 1}}}}
+    )
+    first.up()
+
+    for version in ("u2", "u3"):
+        deploy = first.deploy("app", f"{repo}:{version}")
+        assert deploy.rc == 0, deploy.stdout
+
+    assert image_exists(ids["u1"]), "another service still keeps u1"
+    assert image_exists(f"deploy-history/{other.name}/app:{ids['u1'][7:19]}")
+    assert not image_exists(f"deploy-history/{first.name}/app:{ids['u1'][7:19]}"), "this service let it go"

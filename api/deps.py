@@ -1,4 +1,4 @@
-"""Shared dependencies: settings, the inventory, the deployer, and the signed raw body."""
+"""Shared dependencies: the inventory, the deployer, and the signed raw body."""
 
 from __future__ import annotations
 
@@ -8,10 +8,6 @@ from api import signature
 from api.deployer import Deployer
 from api.inventory import Inventory
 from api.settings import Settings
-
-
-def get_settings(request: Request) -> Settings:
-    return request.app.state.settings
 
 
 def get_inventory(request: Request) -> Inventory:

@@ -8,10 +8,13 @@ import secrets
 import threading
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
+from api.history import History
+from api.history import now as history_now
 from api.models import DeployFailure, DeployRequest, DeploySuccess
-from api.runner import RunResult, run_deploy
+from api.runner import RunResult, deploy_extravars, run_playbook
 from api.settings import Settings
 
 log = logging.getLogger("deploy")
@@ -72,12 +75,29 @@ def outcome_body(service: str, run: RunResult, timeout: int) -> tuple[int, Deplo
     return 500, DeployFailure(service=service, error=error, logs=logs, steps=steps)
 
 
+def outcome_of(run: RunResult) -> str:
+    """One outcome for the history: a stopped run is interrupted; with many hosts, the worst host's outcome."""
+    if run.status in ("timeout", "canceled"):
+        return "interrupted"
+    outcomes = [str(result.get("outcome") or "failed") for result in run.results.values()]
+    if run.status == "successful" and outcomes and all(outcome == "succeeded" for outcome in outcomes):
+        return "succeeded"
+    for worst in ("rollback_failed", "failed", "rolled_back"):
+        if worst in outcomes:
+            return worst
+    return "failed"
+
+
 class Deployer:
-    def __init__(self, settings: Settings):
+    """Runs deploys and rollbacks, records them in the history, and recovers the records of a crashed process."""
+
+    def __init__(self, settings: Settings, history: History):
         self.settings = settings
+        self.history = history
         self.shutting_down = threading.Event()
         self._running: dict[str, RunningDeploy] = {}
         self._lock = threading.Lock()
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     def running(self) -> list[RunningDeploy]:
         with self._lock:
@@ -96,36 +116,211 @@ class Deployer:
         with self._lock:
             self._running.pop(claim.service, None)
 
-    async def deploy(self, request: DeployRequest, source: str) -> tuple[str, int, DeploySuccess | DeployFailure]:
+    def reject(self, action: str, document: Any, source: str, status: int, detail: Any) -> str:
+        """Record a signed request refused at validation (400, 409, 422); nothing ran."""
+        fields = document if isinstance(document, dict) else {}
+
+        def text(name: str, limit: int) -> str | None:
+            value = fields.get(name)
+            return value[:limit] if isinstance(value, str) else None
+
+        deployment_id = new_deployment_id(datetime.now(UTC))
+        self.history.create(
+            id=deployment_id,
+            action=action,
+            service=text("service", 128),
+            image=text("image", 255),
+            outcome="rejected",
+            repository=text("repository", 256),
+            commit=text("commit", 128),
+            message=text("message", 4096),
+            source=source,
+            finished_at=history_now(),
+            error=detail if isinstance(detail, str) else "; ".join(str(item) for item in detail),
+            http_status=status,
+        )
+        log.warning("[%s] %s refused (%d): %s", deployment_id, action, status, detail)
+        return deployment_id
+
+    async def start(
+        self, request: DeployRequest, source: str, *, action: str = "deploy", wait: bool = True
+    ) -> tuple[str, int, DeploySuccess | DeployFailure | None]:
+        """Start a deploy (or rollback). With wait, the finished outcome; else (id, 202, None) at once."""
         claim = self._claim(request.service)
         try:
-            self._log_start(claim, request, source)
+            self.history.create(
+                id=claim.deployment_id,
+                action=action,
+                service=request.service,
+                image=request.image,
+                outcome="running",
+                repository=request.repository,
+                commit=request.commit,
+                message=request.message,
+                source=source,
+                started_at=history_now(),
+            )
+        except BaseException:
+            self._release(claim)
+            raise
+        self._log_start(claim, request, action, source)
+        work = self._run(claim, request, action)
+        if wait:
+            status, body = await work
+            return claim.deployment_id, status, body
+        task = asyncio.create_task(work, name=f"{action}-{claim.deployment_id}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        return claim.deployment_id, 202, None
+
+    async def _run(
+        self, claim: RunningDeploy, request: DeployRequest, action: str
+    ) -> tuple[int, DeploySuccess | DeployFailure]:
+        deployment_id = claim.deployment_id
+        host_steps: dict[str, list[dict[str, Any]]] = {}
+
+        def on_step(step: str, announcement: str) -> None:
+            log.info("[%s] %s", deployment_id, announcement)
+            self.history.update(deployment_id, current_step=step)
+
+        def on_steps(host: str, steps: list[dict[str, Any]]) -> None:
+            host_steps[host] = steps
+            many = len(host_steps) > 1
+            steps = [{**step, "host": name} if many else step for name, items in host_steps.items() for step in items]
+            self.history.update(deployment_id, steps=steps)
+
+        try:
             run = await asyncio.to_thread(
-                run_deploy,
-                deployment_id=claim.deployment_id,
-                request=request,
+                run_playbook,
+                run_id=deployment_id,
+                playbook=self.playbook(action),
+                extravars=deploy_extravars(deployment_id, request),
                 inventory=self.settings.deploy_inventory,
-                playbook=self.settings.deploy_playbook,
                 state_dir=self.settings.deploy_state_dir,
                 timeout=self.settings.deploy_timeout,
                 keep_runs=self.settings.deploy_keep_runs,
                 cancel=self.shutting_down,
-                on_step=lambda announcement: log.info("[%s] %s", claim.deployment_id, announcement),
+                on_step=on_step,
+                on_steps=on_steps,
             )
+            status, body = outcome_body(request.service, run, self.settings.deploy_timeout)
+            outcome = outcome_of(run)
+            first = next(iter(run.results.values()), {})
+            self.history.update(
+                deployment_id,
+                outcome=outcome,
+                finished_at=history_now(),
+                current_step=None,
+                old_image=first.get("old_image"),
+                old_image_id=first.get("old_image_id"),
+                new_image=first.get("new_image"),
+                new_image_id=first.get("new_image_id"),
+                steps=body.steps,
+                error=getattr(body, "error", None),
+                logs=getattr(body, "logs", None) or None,
+                http_status=status,
+            )
+            if outcome == "interrupted":
+                await asyncio.to_thread(self._record_running_state, deployment_id, request.service)
+        except BaseException as error:
+            # Whatever went wrong here, the record must not stay `running`.
+            self.history.update(
+                deployment_id,
+                outcome="interrupted",
+                finished_at=history_now(),
+                error=f"The deployment API failed while running the deploy: {error!r}",
+                http_status=500,
+            )
+            raise
         finally:
             self._release(claim)
-        status, body = outcome_body(request.service, run, self.settings.deploy_timeout)
         self._log_end(claim, status, body)
-        return claim.deployment_id, status, body
+        return status, body
+
+    def playbook(self, action: str) -> Path:
+        """playbooks/deploy.yml, and its siblings rollback.yml and status.yml."""
+        deploy = self.settings.deploy_playbook
+        return deploy if action == "deploy" else deploy.with_name(f"{action}.yml")
+
+    def recover(self) -> list[str]:
+        """Mark the records a dead process left `running` as interrupted; their services are inspected later."""
+        interrupted = []
+        for record in self.history.running():
+            step = record["current_step"] or "its start"
+            self.history.update(
+                record["id"],
+                outcome="interrupted",
+                finished_at=history_now(),
+                current_step=None,
+                error=f"Interrupted: the deployment API stopped during {step}",
+                http_status=None,
+            )
+            log.error(
+                "⚠️  [%s] %s of %s was interrupted during %s", record["id"], record["action"], record["service"], step
+            )
+            interrupted.append(record["id"])
+        return interrupted
+
+    async def inspect_interrupted(self, deployment_ids: list[str]) -> None:
+        """Record what each interrupted deploy's service really runs now, by asking the engine."""
+        for deployment_id in deployment_ids:
+            record = self.history.get(deployment_id)
+            if record and record["service"]:
+                await asyncio.to_thread(self._record_running_state, deployment_id, record["service"])
+
+    def _record_running_state(self, deployment_id: str, service: str) -> None:
+        run = run_playbook(
+            run_id=f"{deployment_id}-status",
+            playbook=self.playbook("status"),
+            extravars={"service": service},
+            inventory=self.settings.deploy_inventory,
+            state_dir=self.settings.deploy_state_dir,
+            timeout=min(self.settings.deploy_timeout, 120),
+            keep_runs=self.settings.deploy_keep_runs,
+            cancel=threading.Event(),
+            stats_key="status",
+        )
+        record = self.history.get(deployment_id) or {}
+        if not run.results:
+            self.history.update(
+                deployment_id, error=f"{record.get('error')}. What the service runs now could not be read: {run.status}"
+            )
+            return
+        status = next(iter(run.results.values()))
+        image_id = status.get("image_id")
+        if not image_id:
+            verdict = "no container of the service exists now"
+        elif image_id == record.get("new_image_id"):
+            verdict = f"the service runs the new image {status.get('image')}, {status.get('state')}"
+        elif image_id == record.get("old_image_id"):
+            verdict = f"the service runs the previous image {status.get('image')}, {status.get('state')}"
+        else:
+            verdict = f"the service runs {status.get('image')} ({image_id[7:19]}), {status.get('state')}"
+        base = (record.get("error") or "Interrupted").split(". Now ")[0]
+        self.history.update(
+            deployment_id,
+            running_image=status.get("image"),
+            running_image_id=image_id,
+            running_state=status.get("state"),
+            error=f"{base}. Now {verdict}",
+        )
+        log.warning("[%s] %s: now %s", deployment_id, service, verdict)
+
+    async def drain(self, timeout: float) -> None:
+        """On shutdown: stop running deploys and let their records be written."""
+        self.shutting_down.set()
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=timeout)
 
     @staticmethod
-    def _log_start(claim: RunningDeploy, request: DeployRequest, source: str) -> None:
+    def _log_start(claim: RunningDeploy, request: DeployRequest, action: str, source: str) -> None:
         log.info(BANNER)
-        log.info("🚀 Deployment Started: %s", request.service)
+        log.info("%s Started: %s", "🚀 Deployment" if action == "deploy" else "⏪ Rollback", request.service)
         log.info(BANNER)
         log.info("🆔 Deployment: %s", claim.deployment_id)
         log.info("📦 Service: %s", request.service)
-        log.info("🖼️  Image: %s", request.image or "(as the compose file names it)")
+        default_image = "(as the compose file names it)" if action == "deploy" else "(the previous kept image)"
+        log.info("🖼️  Image: %s", request.image or default_image)
         if request.repository or request.commit:
             log.info("🔖 Source: %r @ %r from %s", request.repository, request.commit, source)
         if request.message:

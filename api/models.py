@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -50,3 +50,53 @@ class DeployFailure(BaseModel):
     error: str
     logs: str
     steps: list[dict[str, Any]]
+
+
+Outcome = Literal["running", "succeeded", "failed", "rolled_back", "rollback_failed", "interrupted", "rejected"]
+
+
+class DeploymentAccepted(BaseModel):
+    """The 202 body of `?wait=false`: the deploy goes on; follow it at status_url."""
+
+    deployment_id: str
+    service: str
+    status: Literal["running"] = "running"
+    status_url: str
+
+
+class DeploymentRecord(BaseModel):
+    """One signed request that reached validation, and what became of it."""
+
+    id: str
+    action: Literal["deploy", "rollback"]
+    service: str | None = Field(description="Null when a rejected body named none")
+    image: str | None = Field(
+        description="The image requested; null means the compose file's (deploy) or the previous one (rollback)"
+    )
+    outcome: Outcome
+    old_image: str | None
+    old_image_id: str | None
+    new_image: str | None
+    new_image_id: str | None
+    repository: str | None
+    commit: str | None
+    message: str | None
+    source: str | None = Field(description="Address the request came from")
+    started_at: str
+    finished_at: str | None
+    duration_seconds: float | None
+    current_step: str | None = Field(description="The step in progress while the outcome is running")
+    steps: list[dict[str, Any]]
+    error: str | None
+    logs: str | None
+    http_status: int | None = Field(description="Status the request was answered with (200, 500, 400, 409, 422...)")
+    running_image: str | None = Field(description="After an interruption: what the service was found running")
+    running_image_id: str | None
+    running_state: str | None
+
+
+class DeploymentPage(BaseModel):
+    items: list[DeploymentRecord]
+    total: int
+    limit: int
+    offset: int

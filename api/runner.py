@@ -24,15 +24,17 @@ ANSIBLE_CONFIG = Path(__file__).resolve().parents[1] / "ansible.cfg"
 # works without being activated.
 PYTHON_BIN = str(Path(sys.executable).parent)
 
-# Play-level tasks of playbooks/deploy.yml, and how the log announces them.
-STEP_ANNOUNCEMENTS = {
-    "Capture the running state": "📸 Capturing current state for rollback...",
-    "Pull the image": "⬇️  Pulling image...",
-    "Start the service": "🔄 Restarting service via docker compose...",
-    "Check health": "🏥 Checking container health...",
-    "Clean up previous images": "🧹 Cleaning up previous images...",
-    "Roll back to the captured image": "⏪ Rolling back to the captured image...",
+# Play-level tasks of playbooks/deploy.yml: the step each one starts, and how the log announces it.
+STEPS = {
+    "Capture the running state": ("capture_state", "📸 Capturing current state for rollback..."),
+    "Pull the image": ("pull_image", "⬇️  Pulling image..."),
+    "Start the service": ("compose_up", "🔄 Restarting service via docker compose..."),
+    "Check health": ("health_check", "🏥 Checking container health..."),
+    "Clean up previous images": ("cleanup", "🧹 Cleaning up previous images..."),
+    "Roll back to the captured image": ("rollback", "⏪ Rolling back to the captured image..."),
 }
+# The fact in which playbooks/deploy.yml collects the finished steps of a host.
+STEPS_FACT = "__deploy_steps"
 
 
 @dataclass
@@ -69,50 +71,53 @@ def _prune_runs(runs_dir: Path, keep: int) -> None:
         shutil.rmtree(stale, ignore_errors=True)
 
 
-def run_deploy(
+def run_playbook(
     *,
-    deployment_id: str,
-    request: DeployRequest,
-    inventory: Path,
+    run_id: str,
     playbook: Path,
+    extravars: dict[str, Any],
+    inventory: Path,
     state_dir: Path,
     timeout: int,
     keep_runs: int,
     cancel: threading.Event,
-    on_step: Callable[[str], None] = log.info,
+    stats_key: str = "deploy",
+    check: bool = False,
+    on_step: Callable[[str, str], None] | None = None,
+    on_steps: Callable[[str, list[dict[str, Any]]], None] | None = None,
 ) -> RunResult:
+    """Run `playbook` in its own private directory; the result is what it published with set_stats under `stats_key`.
+
+    on_step(step, announcement) is called when a step starts; on_steps(host, steps) when a host finished one.
+    """
     runs_dir = state_dir / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-    run_dir = runs_dir / deployment_id
+    run_dir = runs_dir / run_id
     (run_dir / "env").mkdir(parents=True, mode=0o700)
     run_dir.chmod(0o700)
-
-    extravars: dict[str, Any] = {"service": request.service}
-    if request.image:
-        extravars["image"] = request.image
-    extravars["deploy_request"] = {
-        "id": deployment_id,
-        "repository": request.repository,
-        "commit": request.commit,
-        "message": request.message,
-    }
     extravars_file = run_dir / "env" / "extravars"
     extravars_file.write_text(unsafe_extravars(extravars))
     extravars_file.chmod(0o600)
 
     def on_event(event: dict[str, Any]) -> bool:
         data = event.get("event_data", {})
-        if event.get("event") == "playbook_on_task_start" and not data.get("role"):
-            announcement = STEP_ANNOUNCEMENTS.get(data.get("task", ""))
-            if announcement:
-                on_step(announcement)
+        kind = event.get("event")
+        if kind == "playbook_on_task_start" and not data.get("role") and on_step is not None:
+            step = STEPS.get(data.get("task", ""))
+            if step:
+                on_step(*step)
+        elif kind == "runner_on_ok" and on_steps is not None:
+            facts = (data.get("res") or {}).get("ansible_facts") or {}
+            if isinstance(facts.get(STEPS_FACT), list):
+                on_steps(data.get("host", ""), facts[STEPS_FACT])
         return True
 
     runner = ansible_runner.run(
         private_data_dir=str(run_dir),
-        ident=deployment_id,
+        ident=run_id,
         playbook=str(playbook.resolve()),
         inventory=str(inventory.resolve()),
+        cmdline="--check" if check else None,
         envvars={
             "ANSIBLE_CONFIG": str(ANSIBLE_CONFIG),
             "ANSIBLE_NOCOLOR": "1",
@@ -124,7 +129,21 @@ def run_deploy(
         cancel_callback=cancel.is_set,
     )
     stats = next((event for event in runner.events if event.get("event") == "playbook_on_stats"), None)
-    results = (stats or {}).get("event_data", {}).get("artifact_data", {}).get("deploy", {})
+    results = (stats or {}).get("event_data", {}).get("artifact_data", {}).get(stats_key, {})
     output_tail = "\n".join(runner.stdout.read().splitlines()[-30:]) if runner.stdout else ""
     _prune_runs(runs_dir, keep_runs)
     return RunResult(status=runner.status, rc=runner.rc, results=results, output_tail=output_tail)
+
+
+def deploy_extravars(deployment_id: str, request: DeployRequest) -> dict[str, Any]:
+    """What a request passes to the playbooks: the service, the image, and its metadata for records only."""
+    extravars: dict[str, Any] = {"service": request.service}
+    if request.image:
+        extravars["image"] = request.image
+    extravars["deploy_request"] = {
+        "id": deployment_id,
+        "repository": request.repository,
+        "commit": request.commit,
+        "message": request.message,
+    }
+    return extravars

@@ -12,7 +12,8 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 MIN_SECRET_LENGTH = 32
 # Environment variables that hold secrets: removed from the process environment once read, so
 # that no child process (ansible-runner records its environment in its artifacts) sees them.
-SECRET_VARIABLES = ("WEBHOOK_SECRET",)
+SECRET_VARIABLES = ("WEBHOOK_SECRET", "DEPLOY_READ_TOKEN")
+MIN_READ_TOKEN_LENGTH = 16
 # Defaults are the project's own files, wherever the service is started from.
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -25,7 +26,12 @@ class Settings(BaseSettings):
         PROJECT_ROOT / "inventory", description="Ansible inventory: hosts and the allow-list"
     )
     deploy_playbook: Path = Field(PROJECT_ROOT / "playbooks" / "deploy.yml", description="The deploy playbook")
-    deploy_state_dir: Path = Field(PROJECT_ROOT / "var", description="Run directories of deploys")
+    deploy_state_dir: Path = Field(
+        PROJECT_ROOT / "var", description="The deployment history (deployments.sqlite3) and run directories"
+    )
+    deploy_read_token: SecretStr | None = Field(
+        None, description="Bearer token for GET /deployments; unset, the history is readable only by signed id"
+    )
     deploy_timeout: int = Field(900, ge=10, description="Seconds a deploy may run before it is stopped")
     deploy_max_body_bytes: int = Field(64 * 1024, ge=1024, description="Larger request bodies get 413")
     deploy_keep_runs: int = Field(100, ge=1, description="Run directories kept under DEPLOY_STATE_DIR/runs")
@@ -41,6 +47,17 @@ class Settings(BaseSettings):
                 "make one with: python3 -c 'import secrets; print(secrets.token_hex(32))'"
             )
         return secret
+
+    @field_validator("deploy_read_token")
+    @classmethod
+    def read_token_is_strong(cls, token: SecretStr | None) -> SecretStr | None:
+        if token is not None and len(token.get_secret_value()) < MIN_READ_TOKEN_LENGTH:
+            raise ValueError(f"DEPLOY_READ_TOKEN must be at least {MIN_READ_TOKEN_LENGTH} characters")
+        return token or None
+
+    @property
+    def history_file(self) -> Path:
+        return self.deploy_state_dir / "deployments.sqlite3"
 
 
 @lru_cache

@@ -1,9 +1,9 @@
 from __future__ import annotations
 
 import json
-from typing import Annotated
+from typing import Annotated, Any
 
-from fastapi import APIRouter, Depends, HTTPException, Request, status
+from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
@@ -11,12 +11,29 @@ from pydantic import ValidationError
 from api.deployer import DeployConflict, Deployer
 from api.deps import get_deployer, get_inventory, signed_body
 from api.inventory import Inventory
-from api.models import DeployFailure, DeployRequest, DeploySuccess
+from api.models import DeployFailure, DeploymentAccepted, DeployRequest, DeploySuccess
 
 router = APIRouter()
 
+RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"model": DeploySuccess, "description": "Finished and healthy (wait=true)"},
+    202: {"model": DeploymentAccepted, "description": "Started (wait=false); follow the Location header"},
+    400: {"description": "Service not allowed, or a malformed body"},
+    403: {"description": "Invalid signature"},
+    409: {"description": "A deployment of this service is already running"},
+    413: {"description": "Body too large"},
+    422: {"description": "A field has the wrong type or an invalid value"},
+    500: {"model": DeployFailure, "description": "Failed, with the rollback's outcome among the steps (wait=true)"},
+}
+WAIT = Query(
+    description="true: answer when the deploy has finished (the reference's behaviour). "
+    "false: answer 202 at once and let the caller follow GET /deployments/{id} "
+    "(Cloudflare Tunnel cuts a request after 100 s)."
+)
 
-def parse_request(body: bytes) -> DeployRequest:
+
+def parse_request(body: bytes) -> tuple[Any, DeployRequest]:
+    """The JSON document and the request it validates to; HTTPException 400 or 422 otherwise."""
     try:
         document = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
@@ -24,7 +41,7 @@ def parse_request(body: bytes) -> DeployRequest:
     if not isinstance(document, dict):
         raise HTTPException(status.HTTP_400_BAD_REQUEST, detail="Body must be a JSON object")
     try:
-        return DeployRequest.model_validate(document)
+        return document, DeployRequest.model_validate(document)
     except ValidationError as error:
         problems = [
             f"{'.'.join(str(part) for part in problem['loc']) or 'body'}: {problem['msg']}"
@@ -33,34 +50,54 @@ def parse_request(body: bytes) -> DeployRequest:
         raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=problems) from None
 
 
-@router.post(
-    "/deploy",
-    responses={
-        200: {"model": DeploySuccess},
-        400: {"description": "Service not allowed, or a malformed body"},
-        403: {"description": "Invalid signature"},
-        409: {"description": "A deployment of this service is already running"},
-        413: {"description": "Body too large"},
-        422: {"description": "A field has the wrong type or an invalid value"},
-        500: {"model": DeployFailure},
-    },
-)
+async def run_action(
+    action: str, request: Request, body: bytes, wait: bool, inventory: Inventory, deployer: Deployer
+) -> JSONResponse:
+    """Validate a signed body, then deploy or roll back; a refusal is recorded in the history, then raised."""
+    source = request.client.host if request.client else "unknown"
+    document: Any = None
+    try:
+        document, deploy_request = parse_request(body)
+        allowed = (await run_in_threadpool(inventory.view)).services
+        if deploy_request.service not in allowed:
+            raise HTTPException(
+                status.HTTP_400_BAD_REQUEST,
+                detail=f"Service '{deploy_request.service}' not allowed. Allowed: {', '.join(allowed)}",
+            )
+        try:
+            deployment_id, code, outcome = await deployer.start(deploy_request, source, action=action, wait=wait)
+        except DeployConflict as conflict:
+            raise HTTPException(status.HTTP_409_CONFLICT, detail=str(conflict)) from None
+    except HTTPException as refusal:
+        await run_in_threadpool(deployer.reject, action, document, source, refusal.status_code, refusal.detail)
+        raise
+    headers = {"X-Deployment-Id": deployment_id}
+    if outcome is None:
+        location = str(request.app.url_path_for("get_deployment", deployment_id=deployment_id))
+        accepted = DeploymentAccepted(deployment_id=deployment_id, service=deploy_request.service, status_url=location)
+        return JSONResponse(accepted.model_dump(), status_code=code, headers={**headers, "Location": location})
+    return JSONResponse(outcome.model_dump(), status_code=code, headers=headers)
+
+
+@router.post("/deploy", responses=RESPONSES)
 async def deploy(
     request: Request,
     body: Annotated[bytes, Depends(signed_body)],
     inventory: Annotated[Inventory, Depends(get_inventory)],
     deployer: Annotated[Deployer, Depends(get_deployer)],
+    wait: Annotated[bool, WAIT] = True,
 ) -> JSONResponse:
-    deploy_request = parse_request(body)
-    allowed = (await run_in_threadpool(inventory.view)).services
-    if deploy_request.service not in allowed:
-        raise HTTPException(
-            status.HTTP_400_BAD_REQUEST,
-            detail=f"Service '{deploy_request.service}' not allowed. Allowed: {', '.join(allowed)}",
-        )
-    source = request.client.host if request.client else "unknown"
-    try:
-        deployment_id, code, outcome = await deployer.deploy(deploy_request, source)
-    except DeployConflict as conflict:
-        raise HTTPException(status.HTTP_409_CONFLICT, detail=str(conflict)) from None
-    return JSONResponse(outcome.model_dump(), status_code=code, headers={"X-Deployment-Id": deployment_id})
+    """Deploy `image` (or the compose file's image) to `service`, check its health, roll back on failure."""
+    return await run_action("deploy", request, body, wait, inventory, deployer)
+
+
+@router.post("/rollback", responses=RESPONSES)
+async def rollback(
+    request: Request,
+    body: Annotated[bytes, Depends(signed_body)],
+    inventory: Annotated[Inventory, Depends(get_inventory)],
+    deployer: Annotated[Deployer, Depends(get_deployer)],
+    wait: Annotated[bool, WAIT] = True,
+) -> JSONResponse:
+    """Bring `service` back to its previous kept image, or to `image`, with the same health check as a deploy."""
+    return await run_action("rollback", request, body, wait, inventory, deployer)

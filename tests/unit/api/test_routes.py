@@ -19,7 +19,7 @@ SECRET = "unit-test-secret-unit-test-secret-0123456789"
 
 
 class FakeRunner:
-    """Stands in for run_deploy: records calls, answers with a canned result, can hold a deploy open."""
+    """Stands in for run_playbook: records calls, reports each step of its canned result, can hold a deploy open."""
 
     def __init__(self) -> None:
         self.calls: list[dict] = []
@@ -30,9 +30,13 @@ class FakeRunner:
 
     def __call__(self, **kwargs) -> RunResult:
         self.calls.append(kwargs)
-        if kwargs["request"].service in self.hold:
+        if kwargs["extravars"]["service"] in self.hold:
             self.entered.set()
             assert self.release.wait(10)
+        for host, result in self.result.results.items():
+            for done in range(1, len(result.get("steps", [])) + 1):
+                kwargs["on_step"](result["steps"][done - 1]["step"], "announcement")
+                kwargs["on_steps"](host, result["steps"][:done])
         return self.result
 
 
@@ -52,7 +56,7 @@ def success_result() -> dict:
 @pytest.fixture
 def fake_runner(monkeypatch) -> FakeRunner:
     runner = FakeRunner()
-    monkeypatch.setattr(deployer_module, "run_deploy", runner)
+    monkeypatch.setattr(deployer_module, "run_playbook", runner)
     return runner
 
 
@@ -99,7 +103,7 @@ def test_success_contract(client, fake_runner):
     }
     assert response.headers["X-Deployment-Id"]
     (call,) = fake_runner.calls
-    assert call["request"].commit == "abc123"
+    assert call["extravars"]["deploy_request"]["commit"] == "abc123"
 
 
 def test_failure_contract(client, fake_runner):

@@ -1,0 +1,205 @@
+"""Deployment history in SQLite under DEPLOY_STATE_DIR: one record per signed request that reached validation.
+
+Embedded (no server to run), WAL mode, and versioned with `PRAGMA user_version`: a newer release adds a
+migration to MIGRATIONS and older databases are brought up to date when the service starts.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+OUTCOMES = ("running", "succeeded", "failed", "rolled_back", "rollback_failed", "interrupted", "rejected")
+FINAL_OUTCOMES = frozenset(OUTCOMES) - {"running"}
+
+# Migration N brings a database from user_version N to N + 1. Never edit one that has shipped.
+MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE deployments (
+        id TEXT PRIMARY KEY,
+        action TEXT NOT NULL,
+        service TEXT,
+        image TEXT,
+        outcome TEXT NOT NULL,
+        old_image TEXT,
+        old_image_id TEXT,
+        new_image TEXT,
+        new_image_id TEXT,
+        repository TEXT,
+        commit_id TEXT,
+        message TEXT,
+        source TEXT,
+        started_at TEXT NOT NULL,
+        finished_at TEXT,
+        current_step TEXT,
+        steps TEXT NOT NULL DEFAULT '[]',
+        error TEXT,
+        logs TEXT,
+        http_status INTEGER,
+        running_image TEXT,
+        running_image_id TEXT,
+        running_state TEXT
+    );
+    CREATE INDEX deployments_by_start ON deployments (started_at DESC, id DESC);
+    CREATE INDEX deployments_by_service ON deployments (service, started_at DESC);
+    CREATE INDEX deployments_by_outcome ON deployments (outcome, started_at DESC);
+    """,
+)
+SCHEMA_VERSION = len(MIGRATIONS)
+
+# Record keys and their columns, where the two differ.
+_COLUMNS = {"commit": "commit_id"}
+_FIELDS = (
+    "id",
+    "action",
+    "service",
+    "image",
+    "outcome",
+    "old_image",
+    "old_image_id",
+    "new_image",
+    "new_image_id",
+    "repository",
+    "commit",
+    "message",
+    "source",
+    "started_at",
+    "finished_at",
+    "current_step",
+    "steps",
+    "error",
+    "logs",
+    "http_status",
+    "running_image",
+    "running_image_id",
+    "running_state",
+)
+
+
+def now() -> str:
+    return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def _column(field: str) -> str:
+    return _COLUMNS.get(field, field)
+
+
+class History:
+    """The deployment records. Thread-safe: one connection, one lock; every write is one short transaction."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self._lock = threading.Lock()
+        self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        self._db.row_factory = sqlite3.Row
+        path.chmod(0o600)
+        with self._lock:
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA busy_timeout=5000")
+            self._migrate()
+
+    def _migrate(self) -> None:
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise RuntimeError(
+                f"{self.path} has schema version {version}, newer than this release knows ({SCHEMA_VERSION})"
+            )
+        for number in range(version, SCHEMA_VERSION):
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                for statement in MIGRATIONS[number].split(";"):
+                    if statement.strip():
+                        self._db.execute(statement)
+                self._db.execute(f"PRAGMA user_version = {number + 1}")
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+
+    def schema_version(self) -> int:
+        with self._lock:
+            return self._db.execute("PRAGMA user_version").fetchone()[0]
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    def create(self, **record: Any) -> None:
+        record.setdefault("started_at", now())
+        record.setdefault("steps", [])
+        fields = [field for field in _FIELDS if field in record]
+        values = [_encode(field, record[field]) for field in fields]
+        columns = ", ".join(_column(field) for field in fields)
+        with self._lock:
+            self._db.execute(
+                f"INSERT INTO deployments ({columns}) VALUES ({', '.join('?' * len(fields))})",
+                values,
+            )
+
+    def update(self, deployment_id: str, **changes: Any) -> None:
+        unknown = set(changes) - set(_FIELDS)
+        if unknown:
+            raise ValueError(f"unknown record fields: {sorted(unknown)}")
+        if not changes:
+            return
+        assignments = ", ".join(f"{_column(field)} = ?" for field in changes)
+        values = [_encode(field, value) for field, value in changes.items()]
+        with self._lock:
+            self._db.execute(f"UPDATE deployments SET {assignments} WHERE id = ?", [*values, deployment_id])
+
+    def get(self, deployment_id: str) -> dict[str, Any] | None:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM deployments WHERE id = ?", (deployment_id,)).fetchone()
+        return _decode(row) if row else None
+
+    def list(
+        self, *, service: str | None = None, outcome: str | None = None, limit: int = 20, offset: int = 0
+    ) -> tuple[list[dict[str, Any]], int]:
+        """Records newest first, and how many match in all."""
+        conditions, parameters = [], []
+        if service is not None:
+            conditions.append("service = ?")
+            parameters.append(service)
+        if outcome is not None:
+            conditions.append("outcome = ?")
+            parameters.append(outcome)
+        where = f"WHERE {' AND '.join(conditions)}" if conditions else ""
+        with self._lock:
+            total = self._db.execute(f"SELECT count(*) FROM deployments {where}", parameters).fetchone()[0]
+            rows = self._db.execute(
+                f"SELECT * FROM deployments {where} ORDER BY started_at DESC, id DESC LIMIT ? OFFSET ?",
+                [*parameters, limit, offset],
+            ).fetchall()
+        return [_decode(row) for row in rows], total
+
+    def running(self) -> list[dict[str, Any]]:
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM deployments WHERE outcome = 'running' ORDER BY started_at")
+            rows = rows.fetchall()
+        return [_decode(row) for row in rows]
+
+
+def _encode(field: str, value: Any) -> Any:
+    if field == "steps":
+        return json.dumps(list(value))
+    return value
+
+
+def _decode(row: sqlite3.Row) -> dict[str, Any]:
+    record = {field: row[_column(field)] for field in _FIELDS}
+    record["steps"] = json.loads(record["steps"] or "[]")
+    record["duration_seconds"] = _duration(record["started_at"], record["finished_at"])
+    return record
+
+
+def _duration(started: str | None, finished: str | None) -> float | None:
+    if not started or not finished:
+        return None
+    parse = datetime.fromisoformat
+    return round((parse(finished) - parse(started)).total_seconds(), 3)

@@ -173,7 +173,7 @@ class History:
         with self._lock:
             total = self._db.execute(f"SELECT count(*) FROM deployments {where}", parameters).fetchone()[0]
             rows = self._db.execute(
-                f"SELECT * FROM deployments {where} ORDER BY started_at DESC, id DESC LIMIT ? OFFSET ?",
+                f"SELECT * FROM deployments {where} ORDER BY started_at DESC, rowid DESC LIMIT ? OFFSET ?",
                 [*parameters, limit, offset],
             ).fetchall()
         return [_decode(row) for row in rows], total

@@ -32,16 +32,21 @@ WAIT = Query(
 )
 
 
-def parse_request(body: bytes) -> tuple[Any, DeployRequest]:
-    """The JSON document and the request it validates to; HTTPException 400 or 422 otherwise."""
+def load_document(body: bytes) -> dict[str, Any]:
+    """The body as a JSON object; HTTPException 400 otherwise."""
     try:
         document = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
         raise HTTPException(status.HTTP_400_BAD_REQUEST, detail=f"Body is not valid JSON: {error}") from None
     if not isinstance(document, dict):
         raise HTTPException(status.HTTP_400_BAD_REQUEST, detail="Body must be a JSON object")
+    return document
+
+
+def validate(document: dict[str, Any]) -> DeployRequest:
+    """The request a document describes; HTTPException 422 with every problem otherwise."""
     try:
-        return document, DeployRequest.model_validate(document)
+        return DeployRequest.model_validate(document)
     except ValidationError as error:
         problems = [
             f"{'.'.join(str(part) for part in problem['loc']) or 'body'}: {problem['msg']}"
@@ -57,7 +62,8 @@ async def run_action(
     source = request.client.host if request.client else "unknown"
     document: Any = None
     try:
-        document, deploy_request = parse_request(body)
+        document = load_document(body)
+        deploy_request = validate(document)
         allowed = (await run_in_threadpool(inventory.view)).services
         if deploy_request.service not in allowed:
             raise HTTPException(

@@ -1,0 +1,296 @@
+"""The deployment history: the SQLite store, the read endpoints, 202 mode and crash recovery, with a fake runner."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from pathlib import Path
+
+import pytest
+from fastapi.testclient import TestClient
+from test_routes import SECRET, FakeRunner, post, success_result
+
+from api import deployer as deployer_module
+from api.history import SCHEMA_VERSION, History
+from api.main import create_app
+from api.runner import RunResult
+from api.settings import Settings
+from api.signature import sign
+
+READ_TOKEN = "read-token-0123456789abcdef"
+
+
+@pytest.fixture
+def fake_runner(monkeypatch) -> FakeRunner:
+    runner = FakeRunner()
+    monkeypatch.setattr(deployer_module, "run_playbook", runner)
+    return runner
+
+
+def make_settings(tmp_path: Path, **overrides) -> Settings:
+    inventory = tmp_path / "inventory.yml"
+    inventory.write_text(
+        "all:\n  hosts:\n    localhost:\n      ansible_connection: local\n"
+        "  vars:\n    deploy_compose_dir: /srv/homeserver\n"
+        "    deploy_services:\n      portal: {}\n      hello-world: {}\n"
+    )
+    return Settings(
+        webhook_secret=SECRET,
+        deploy_inventory=inventory,
+        deploy_state_dir=tmp_path / "var",
+        deploy_read_token=READ_TOKEN,
+        **overrides,
+    )
+
+
+@pytest.fixture
+def client(tmp_path: Path, fake_runner: FakeRunner):
+    with TestClient(create_app(make_settings(tmp_path))) as test_client:
+        yield test_client
+
+
+def read(client: TestClient, path: str, token: str | None = READ_TOKEN, **params):
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    return client.get(path, headers=headers, params=params)
+
+
+def poll(client: TestClient, deployment_id: str, until: str = "running") -> dict:
+    deadline = time.monotonic() + 10
+    while True:
+        record = read(client, f"/deployments/{deployment_id}").json()
+        if record["outcome"] != until:
+            return record
+        assert time.monotonic() < deadline, record
+        time.sleep(0.02)
+
+
+# The store.
+
+
+def test_new_database_is_wal_and_at_the_current_schema(tmp_path):
+    history = History(tmp_path / "h.sqlite3")
+    assert history.schema_version() == SCHEMA_VERSION
+    with sqlite3.connect(tmp_path / "h.sqlite3") as raw:
+        assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+    assert (tmp_path / "h.sqlite3").stat().st_mode & 0o077 == 0, "the history is private to its owner"
+
+
+def test_a_database_from_a_newer_release_is_refused(tmp_path):
+    with sqlite3.connect(tmp_path / "h.sqlite3") as raw:
+        raw.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    with pytest.raises(RuntimeError, match="newer than this release"):
+        History(tmp_path / "h.sqlite3")
+
+
+def test_records_survive_reopening_and_list_newest_first_with_filters_and_pages(tmp_path):
+    history = History(tmp_path / "h.sqlite3")
+    for number in range(7):
+        history.create(
+            id=f"d{number}",
+            action="deploy",
+            service="portal" if number % 2 else "grafana",
+            outcome="succeeded" if number < 5 else "rolled_back",
+            started_at=f"2026-11-27T00:00:0{number}.000Z",
+            steps=[{"step": "capture_state", "success": True}],
+        )
+    history.update("d6", finished_at="2026-11-27T00:00:08.500Z")
+    history.close()
+
+    reopened = History(tmp_path / "h.sqlite3")
+    everything, total = reopened.list()
+    assert total == 7
+    assert [record["id"] for record in everything] == ["d6", "d5", "d4", "d3", "d2", "d1", "d0"]
+    assert everything[0]["duration_seconds"] == 2.5
+    assert everything[0]["steps"] == [{"step": "capture_state", "success": True}]
+
+    portal, total = reopened.list(service="portal")
+    assert (total, [record["id"] for record in portal]) == (3, ["d5", "d3", "d1"])
+    page, total = reopened.list(outcome="succeeded", limit=2, offset=2)
+    assert (total, [record["id"] for record in page]) == (5, ["d2", "d1"])
+    both, total = reopened.list(service="grafana", outcome="rolled_back")
+    assert (total, [record["id"] for record in both]) == (1, ["d6"])
+
+
+# The read endpoints.
+
+
+def test_history_needs_the_read_token(client):
+    post(client, {"service": "portal"})
+
+    assert read(client, "/deployments", token=None).status_code == 401
+    wrong = read(client, "/deployments", token="x" * 30)
+    assert wrong.status_code == 401
+    assert wrong.headers["WWW-Authenticate"] == "Bearer"
+    good = read(client, "/deployments")
+    assert good.status_code == 200
+    assert good.json()["total"] == 1
+
+
+def test_without_a_read_token_configured_the_list_stays_closed(tmp_path, fake_runner):
+    settings = make_settings(tmp_path).model_copy(update={"deploy_read_token": None})
+    with TestClient(create_app(settings)) as client:
+        response = read(client, "/deployments", token="anything-at-all-0123")
+    assert response.status_code == 401
+    assert "no DEPLOY_READ_TOKEN" in response.json()["detail"]
+
+
+def test_one_record_opens_with_a_signature_over_its_id(client):
+    deployment_id = post(client, {"service": "portal"}).headers["X-Deployment-Id"]
+    other_id = post(client, {"service": "hello-world"}).headers["X-Deployment-Id"]
+    path = f"/deployments/{deployment_id}"
+
+    signed = client.get(path, headers={"X-Hub-Signature-256": sign(SECRET.encode(), deployment_id.encode())})
+    assert signed.status_code == 200
+    assert signed.json()["id"] == deployment_id
+    other_signature = {"X-Hub-Signature-256": sign(SECRET.encode(), other_id.encode())}
+    assert client.get(path, headers=other_signature).status_code == 401
+    assert client.get(path).status_code == 401
+    assert read(client, "/deployments/20260101T000000-00000000").status_code == 404
+
+
+def test_a_finished_deploy_is_recorded_with_its_request_and_outcome(client):
+    response = post(
+        client,
+        {"service": "portal", "image": "ghcr.io/acme/portal:2", "repository": "acme/portal", "commit": "abc123"},
+    )
+    record = read(client, f"/deployments/{response.headers['X-Deployment-Id']}").json()
+
+    assert record["action"] == "deploy"
+    assert record["outcome"] == "succeeded"
+    assert record["http_status"] == 200
+    assert (record["service"], record["image"]) == ("portal", "ghcr.io/acme/portal:2")
+    assert (record["repository"], record["commit"]) == ("acme/portal", "abc123")
+    assert (record["old_image"], record["new_image"]) == ("ghcr.io/acme/portal:1", "ghcr.io/acme/portal:2")
+    assert record["source"] == "testclient"
+    assert record["steps"] == success_result()["steps"]
+    assert record["finished_at"] >= record["started_at"]
+    assert record["current_step"] is None
+
+
+def test_refused_signed_requests_are_recorded_as_rejected_and_bad_signatures_are_not(client, fake_runner):
+    post(client, {"service": "xyz", "commit": "c1"})
+    post(client, {"service": "portal", "image": "Not A Reference"})
+    post(client, b"{not json")
+    post(client, {"service": "portal"}, signature="sha256=" + "0" * 64)
+
+    records = read(client, "/deployments", outcome="rejected").json()
+    assert records["total"] == 3
+    statuses = [(record["http_status"], record["service"]) for record in records["items"]]
+    assert statuses == [(400, None), (422, "portal"), (400, "xyz")]
+    assert records["items"][2]["error"].startswith("Service 'xyz' not allowed")
+    assert records["items"][2]["commit"] == "c1"
+    assert fake_runner.calls == []
+    assert read(client, "/deployments").json()["total"] == 3, "a request with a bad signature leaves no record"
+
+
+def test_a_conflict_is_recorded_as_rejected(client, fake_runner):
+    fake_runner.hold.add("portal")
+    started = signed_post(client, "/deploy?wait=false", {"service": "portal"})
+    assert fake_runner.entered.wait(10)
+    conflict = post(client, {"service": "portal"})
+    fake_runner.release.set()
+
+    assert conflict.status_code == 409
+    rejected = read(client, "/deployments", outcome="rejected").json()["items"]
+    assert [(record["http_status"], record["service"]) for record in rejected] == [(409, "portal")]
+    assert poll(client, started.json()["deployment_id"])["outcome"] == "succeeded"
+
+
+# Asynchronous mode.
+
+
+def signed_post(client: TestClient, path: str, body: dict):
+    raw = json.dumps(body).encode()
+    return client.post(path, content=raw, headers={"X-Hub-Signature-256": sign(SECRET.encode(), raw)})
+
+
+def test_wait_false_answers_202_and_the_record_shows_progress(client, fake_runner):
+    fake_runner.hold.add("portal")
+
+    response = signed_post(client, "/deploy?wait=false", {"service": "portal"})
+
+    assert response.status_code == 202
+    body = response.json()
+    assert body["status"] == "running"
+    assert response.headers["Location"] == body["status_url"] == f"/deployments/{body['deployment_id']}"
+    assert fake_runner.entered.wait(10)
+    running = read(client, response.headers["Location"]).json()
+    assert running["outcome"] == "running"
+    assert running["finished_at"] is None
+    fake_runner.release.set()
+    final = poll(client, body["deployment_id"])
+    assert final["outcome"] == "succeeded"
+    assert [step["step"] for step in final["steps"]] == ["capture_state", "pull_image", "compose_up"]
+
+
+def test_rollback_endpoint_runs_the_rollback_playbook(client, fake_runner):
+    response = signed_post(client, "/rollback", {"service": "portal"})
+
+    assert response.status_code == 200
+    (call,) = fake_runner.calls
+    assert call["playbook"].name == "rollback.yml"
+    assert call["extravars"]["service"] == "portal"
+    assert "image" not in call["extravars"]
+    record = read(client, f"/deployments/{response.headers['X-Deployment-Id']}").json()
+    assert (record["action"], record["outcome"]) == ("rollback", "succeeded")
+
+
+@pytest.mark.parametrize(
+    ("outcome", "status"),
+    [("rolled_back", "failed"), ("rollback_failed", "failed"), ("failed", "failed")],
+)
+def test_failed_outcomes_are_recorded_as_the_playbook_reports_them(client, fake_runner, outcome, status):
+    failed = {**success_result(), "success": False, "outcome": outcome, "error": "boom", "logs": "last line"}
+    fake_runner.result = RunResult(status=status, rc=2, results={"localhost": failed})
+
+    response = post(client, {"service": "portal"})
+
+    record = read(client, f"/deployments/{response.headers['X-Deployment-Id']}").json()
+    assert (record["outcome"], record["http_status"]) == (outcome, 500)
+    assert (record["error"], record["logs"]) == ("boom", "last line")
+
+
+# Crash safety.
+
+
+def test_a_record_left_running_by_a_dead_process_is_interrupted_with_what_runs_now(tmp_path, fake_runner):
+    settings = make_settings(tmp_path)
+    settings.deploy_state_dir.mkdir()
+    left = History(settings.history_file)
+    left.create(
+        id="20261127T000000-deadbeef",
+        action="deploy",
+        service="portal",
+        outcome="running",
+        current_step="health_check",
+        old_image_id="sha256:" + "a" * 64,
+        new_image_id="sha256:" + "b" * 64,
+    )
+    left.close()
+    status = {"image": "ghcr.io/acme/portal:2", "image_id": "sha256:" + "b" * 64, "state": "running, unhealthy"}
+    fake_runner.result = RunResult(status="successful", rc=0, results={"localhost": status})
+
+    with TestClient(create_app(settings)) as client:
+        deadline = time.monotonic() + 10
+        while (record := read(client, "/deployments/20261127T000000-deadbeef").json())["running_image_id"] is None:
+            assert time.monotonic() < deadline, record
+            time.sleep(0.02)
+
+    assert record["outcome"] == "interrupted"
+    assert record["finished_at"]
+    assert record["error"] == (
+        "Interrupted: the deployment API stopped during health_check. "
+        "Now the service runs the new image ghcr.io/acme/portal:2, running, unhealthy"
+    )
+    assert (record["running_image"], record["running_state"]) == ("ghcr.io/acme/portal:2", "running, unhealthy")
+    (call,) = fake_runner.calls
+    assert (call["playbook"].name, call["stats_key"]) == ("status.yml", "status")
+
+
+def test_a_second_api_on_the_same_state_dir_refuses_to_start(tmp_path, fake_runner):
+    settings = make_settings(tmp_path)
+    with TestClient(create_app(settings)):
+        second = TestClient(create_app(settings))
+        with pytest.raises(RuntimeError, match="Another deployment API"):
+            second.__enter__()

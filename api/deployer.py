@@ -88,6 +88,25 @@ def outcome_of(run: RunResult) -> str:
     return "failed"
 
 
+IMAGE_FIELDS = ("old_image", "old_image_id", "new_image", "new_image_id")
+
+
+def restore_reason(record: dict[str, Any], status: dict[str, Any] | None) -> str | None:
+    """Why an interrupted deploy's service should go back to its previous image, or None when it should not.
+
+    Only when the deploy had replaced the previous image (the service runs something else, or nothing) and the
+    new one never passed its health check. A first deploy has nothing to go back to.
+    """
+    if status is None or not record.get("old_image_id"):
+        return None
+    healthy = any(step.get("step") == "health_check" and step.get("success") for step in record.get("steps", []))
+    if healthy or status.get("image_id") == record["old_image_id"]:
+        return None
+    if not status.get("image_id"):
+        return "the service has no container"
+    return "the service runs an image that never passed its health check"
+
+
 class Deployer:
     """Runs deploys and rollbacks, records them in the history, and recovers the records of a crashed process."""
 
@@ -168,9 +187,7 @@ class Deployer:
         if wait:
             status, body = await work
             return claim.deployment_id, status, body
-        task = asyncio.create_task(work, name=f"{action}-{claim.deployment_id}")
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self._spawn(work, f"{action}-{claim.deployment_id}")
         return claim.deployment_id, 202, None
 
     async def _run(
@@ -187,7 +204,14 @@ class Deployer:
             host_steps[host] = steps
             many = len(host_steps) > 1
             steps = [{**step, "host": name} if many else step for name, items in host_steps.items() for step in items]
-            self.history.update(deployment_id, steps=steps)
+            # The images are known as soon as their steps are done, and the record says so while the deploy runs.
+            images = {}
+            for step in next(iter(host_steps.values())):
+                if step.get("step") == "capture_state" and step.get("image_id"):
+                    images.update(old_image=step.get("image"), old_image_id=step["image_id"])
+                elif step.get("step") == "pull_image" and step.get("image_id"):
+                    images.update(new_image=step.get("image"), new_image_id=step["image_id"])
+            self.history.update(deployment_id, steps=steps, **images)
 
         try:
             run = await asyncio.to_thread(
@@ -206,22 +230,18 @@ class Deployer:
             status, body = outcome_body(request.service, run, self.settings.deploy_timeout)
             outcome = outcome_of(run)
             first = next(iter(run.results.values()), {})
+            images = {key: first[key] for key in IMAGE_FIELDS if first.get(key)}
             self.history.update(
                 deployment_id,
                 outcome=outcome,
                 finished_at=history_now(),
                 current_step=None,
-                old_image=first.get("old_image"),
-                old_image_id=first.get("old_image_id"),
-                new_image=first.get("new_image"),
-                new_image_id=first.get("new_image_id"),
-                steps=body.steps,
+                steps=body.steps or (self.history.get(deployment_id) or {}).get("steps", []),
                 error=getattr(body, "error", None),
                 logs=getattr(body, "logs", None) or None,
                 http_status=status,
+                **images,
             )
-            if outcome == "interrupted":
-                await asyncio.to_thread(self._record_running_state, deployment_id, request.service)
         except BaseException as error:
             # Whatever went wrong here, the record must not stay `running`.
             self.history.update(
@@ -235,7 +255,15 @@ class Deployer:
         finally:
             self._release(claim)
         self._log_end(claim, status, body)
+        if outcome == "interrupted" and not self.shutting_down.is_set():
+            # A deploy stopped by its timeout: say what runs now, and restore the previous image if needed.
+            self._spawn(self.inspect_interrupted([deployment_id]), f"inspect-{deployment_id}")
         return status, body
+
+    def _spawn(self, work: Any, name: str) -> None:
+        task = asyncio.create_task(work, name=name)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     def playbook(self, action: str) -> Path:
         """playbooks/deploy.yml, and its siblings rollback.yml and status.yml."""
@@ -262,13 +290,41 @@ class Deployer:
         return interrupted
 
     async def inspect_interrupted(self, deployment_ids: list[str]) -> None:
-        """Record what each interrupted deploy's service really runs now, by asking the engine."""
+        """For each interrupted deploy: record what its service really runs, then restore the previous image when
+        the deploy had replaced it with one that never passed its health check (DEPLOY_RECOVER_INTERRUPTED)."""
         for deployment_id in deployment_ids:
             record = self.history.get(deployment_id)
-            if record and record["service"]:
-                await asyncio.to_thread(self._record_running_state, deployment_id, record["service"])
+            if not record or not record["service"]:
+                continue
+            status = await asyncio.to_thread(self._record_running_state, deployment_id, record["service"])
+            reason = restore_reason(record, status)
+            if reason is None or self.settings.deploy_recover_interrupted != "rollback":
+                continue
+            await self._restore(record, reason)
 
-    def _record_running_state(self, deployment_id: str, service: str) -> None:
+    async def _restore(self, record: dict[str, Any], reason: str) -> None:
+        deployment_id = record["id"]
+        request = DeployRequest(
+            service=record["service"],
+            message=f"Automatic rollback after the interrupted deployment {deployment_id}: {reason}",
+        )
+        log.warning("⏪ [%s] %s: rolling back to the previous image", deployment_id, reason)
+        try:
+            rollback_id, status, _ = await self.start(request, "recovery", action="rollback", wait=True)
+        except DeployConflict as conflict:
+            note = f"Not rolled back: {conflict}"
+        else:
+            rollback = self.history.get(rollback_id) or {}
+            restored = rollback.get("new_image_id") == record.get("old_image_id")
+            note = (
+                f"Rolled back to the previous image by {rollback_id}"
+                if status == 200 and restored
+                else f"The automatic rollback {rollback_id} ended {rollback.get('outcome')}: {rollback.get('error')}"
+            )
+        current = self.history.get(deployment_id) or {}
+        self.history.update(deployment_id, error=f"{current.get('error')}. {note}")
+
+    def _record_running_state(self, deployment_id: str, service: str) -> dict[str, Any] | None:
         run = run_playbook(
             run_id=f"{deployment_id}-status",
             playbook=self.playbook("status"),
@@ -285,26 +341,26 @@ class Deployer:
             self.history.update(
                 deployment_id, error=f"{record.get('error')}. What the service runs now could not be read: {run.status}"
             )
-            return
+            return None
         status = next(iter(run.results.values()))
         image_id = status.get("image_id")
         if not image_id:
-            verdict = "no container of the service exists now"
+            verdict = "no container of the service exists"
         elif image_id == record.get("new_image_id"):
             verdict = f"the service runs the new image {status.get('image')}, {status.get('state')}"
         elif image_id == record.get("old_image_id"):
             verdict = f"the service runs the previous image {status.get('image')}, {status.get('state')}"
         else:
             verdict = f"the service runs {status.get('image')} ({image_id[7:19]}), {status.get('state')}"
-        base = (record.get("error") or "Interrupted").split(". Now ")[0]
         self.history.update(
             deployment_id,
             running_image=status.get("image"),
             running_image_id=image_id,
             running_state=status.get("state"),
-            error=f"{base}. Now {verdict}",
+            error=f"{record.get('error') or 'Interrupted'}. Now {verdict}",
         )
         log.warning("[%s] %s: now %s", deployment_id, service, verdict)
+        return status
 
     async def drain(self, timeout: float) -> None:
         """On shutdown: stop running deploys and let their records be written."""

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -33,6 +34,11 @@ class Settings(BaseSettings):
         None, description="Bearer token for GET /deployments; unset, the history is readable only by signed id"
     )
     deploy_timeout: int = Field(900, ge=10, description="Seconds a deploy may run before it is stopped")
+    deploy_recover_interrupted: Literal["rollback", "report"] = Field(
+        "rollback",
+        description="After a deploy was interrupted (crash, timeout) with an unverified image running: roll back "
+        "to the previous image, or only report what runs",
+    )
     deploy_max_body_bytes: int = Field(64 * 1024, ge=1024, description="Larger request bodies get 413")
     deploy_keep_runs: int = Field(100, ge=1, description="Run directories kept under DEPLOY_STATE_DIR/runs")
     deploy_host: str = Field("127.0.0.1", description="Address to listen on")

@@ -3,89 +3,20 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import threading
 import time
-from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import pytest
-from conftest import REPO, fingerprint, free_port, image, image_id, service
-
-from api.signature import sign
+from apiserver import READ_TOKEN, SECRET, serving
+from conftest import fingerprint, image, image_id, service
 
 pytestmark = pytest.mark.usefixtures("registry")
 
-SECRET = "integration-secret-" + "0123456789abcdef" * 3
-
-
-class ApiServer:
-    def __init__(self, project, root: Path):
-        self.project = project
-        self.state_dir = root / "state"
-        self.log_file = root / "api.log"
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        environment = {
-            **os.environ,
-            # Without the virtual environment on the PATH: the API finds ansible-playbook beside its Python.
-            "PATH": os.pathsep.join(
-                path for path in os.environ["PATH"].split(os.pathsep) if not path.startswith(sys.prefix)
-            ),
-            "WEBHOOK_SECRET": SECRET,
-            "DEPLOY_INVENTORY": str(project.inventory),
-            "DEPLOY_STATE_DIR": str(self.state_dir),
-            "DEPLOY_PORT": str(self.port),
-            "PYTHONPATH": str(REPO),
-        }
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "api"],
-            cwd=root,
-            env=environment,
-            stdout=self.log_file.open("w"),
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            assert self.process.poll() is None, self.log_file.read_text()
-            assert time.monotonic() < deadline, "the API did not answer /health in 30 s"
-            time.sleep(0.1)
-
-    def post(self, body: dict | bytes, *, signature: str | None = "sign", timeout: float = 180) -> httpx.Response:
-        raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-        headers = {"Content-Type": "application/json"}
-        if signature == "sign":
-            signature = sign(SECRET.encode(), raw)
-        if signature is not None:
-            headers["X-Hub-Signature-256"] = signature
-        return httpx.post(f"{self.url}/deploy", content=raw, headers=headers, timeout=timeout)
-
-    def stop(self) -> None:
-        self.process.terminate()
-        self.process.wait(10)
-
 
 @pytest.fixture
-def api_server(tmp_path) -> Iterator:
-    servers: list[ApiServer] = []
-
-    def start(project) -> ApiServer:
-        root = tmp_path / f"api{len(servers)}"
-        root.mkdir()
-        servers.append(ApiServer(project, root))
-        return servers[-1]
-
-    yield start
-    for server in servers:
-        server.stop()
+def api_server(tmp_path):
+    yield from serving(tmp_path)
 
 
 def test_success_contract(compose_project, api_server):
@@ -259,3 +190,4 @@ def test_request_fields_are_never_evaluated_and_the_secret_is_nowhere(compose_pr
     assert len(files) > 5
     for path in files:
         assert SECRET.encode() not in path.read_bytes(), f"the webhook secret is in {path}"
+        assert READ_TOKEN.encode() not in path.read_bytes(), f"the read token is in {path}"

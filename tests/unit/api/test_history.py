@@ -254,8 +254,11 @@ def test_failed_outcomes_are_recorded_as_the_playbook_reports_them(client, fake_
 # Crash safety.
 
 
-def test_a_record_left_running_by_a_dead_process_is_interrupted_with_what_runs_now(tmp_path, fake_runner):
-    settings = make_settings(tmp_path)
+OLD_ID, NEW_ID = "sha256:" + "a" * 64, "sha256:" + "b" * 64
+
+
+def leave_running_record(settings: Settings, **fields) -> None:
+    """What a process killed mid-deploy leaves behind."""
     settings.deploy_state_dir.mkdir()
     left = History(settings.history_file)
     left.create(
@@ -264,28 +267,85 @@ def test_a_record_left_running_by_a_dead_process_is_interrupted_with_what_runs_n
         service="portal",
         outcome="running",
         current_step="health_check",
-        old_image_id="sha256:" + "a" * 64,
-        new_image_id="sha256:" + "b" * 64,
+        old_image="ghcr.io/acme/portal:1",
+        old_image_id=OLD_ID,
+        new_image="ghcr.io/acme/portal:2",
+        new_image_id=NEW_ID,
+        **fields,
     )
     left.close()
-    status = {"image": "ghcr.io/acme/portal:2", "image_id": "sha256:" + "b" * 64, "state": "running, unhealthy"}
-    fake_runner.result = RunResult(status="successful", rc=0, results={"localhost": status})
+
+
+def wait_for(client: TestClient, deployment_id: str, done) -> dict:
+    deadline = time.monotonic() + 10
+    while not done(record := read(client, f"/deployments/{deployment_id}").json()):
+        assert time.monotonic() < deadline, record
+        time.sleep(0.02)
+    return record
+
+
+def status_run(image_id: str, state: str) -> RunResult:
+    return RunResult(
+        status="successful",
+        rc=0,
+        results={"localhost": {"image": "ghcr.io/acme/portal:x", "image_id": image_id, "state": state}},
+    )
+
+
+def test_a_record_left_running_by_a_dead_process_is_interrupted_with_what_runs_now(tmp_path, fake_runner):
+    settings = make_settings(tmp_path, deploy_recover_interrupted="report")
+    leave_running_record(settings)
+    fake_runner.by_playbook["status.yml"] = status_run(NEW_ID, "running, unhealthy")
 
     with TestClient(create_app(settings)) as client:
-        deadline = time.monotonic() + 10
-        while (record := read(client, "/deployments/20261127T000000-deadbeef").json())["running_image_id"] is None:
-            assert time.monotonic() < deadline, record
-            time.sleep(0.02)
+        record = wait_for(client, "20261127T000000-deadbeef", lambda record: record["running_state"])
 
     assert record["outcome"] == "interrupted"
     assert record["finished_at"]
     assert record["error"] == (
         "Interrupted: the deployment API stopped during health_check. "
-        "Now the service runs the new image ghcr.io/acme/portal:2, running, unhealthy"
+        "Now the service runs the new image ghcr.io/acme/portal:x, running, unhealthy"
     )
-    assert (record["running_image"], record["running_state"]) == ("ghcr.io/acme/portal:2", "running, unhealthy")
+    assert (record["running_image_id"], record["running_state"]) == (NEW_ID, "running, unhealthy")
     (call,) = fake_runner.calls
     assert (call["playbook"].name, call["stats_key"]) == ("status.yml", "status")
+
+
+def test_an_unverified_image_left_running_is_rolled_back_at_restart(tmp_path, fake_runner):
+    settings = make_settings(tmp_path)
+    leave_running_record(settings)
+    fake_runner.by_playbook["status.yml"] = status_run(NEW_ID, "running, unhealthy")
+    restored = {**success_result(), "new_image_id": OLD_ID, "new_image": "ghcr.io/acme/portal:1"}
+    fake_runner.by_playbook["rollback.yml"] = RunResult(status="successful", rc=0, results={"localhost": restored})
+
+    with TestClient(create_app(settings)) as client:
+        record = wait_for(client, "20261127T000000-deadbeef", lambda record: "Rolled back" in record["error"])
+        rollbacks = read(client, "/deployments", outcome="succeeded").json()["items"]
+
+    assert [call["playbook"].name for call in fake_runner.calls] == ["status.yml", "rollback.yml"]
+    (rollback,) = rollbacks
+    assert (rollback["action"], rollback["source"]) == ("rollback", "recovery")
+    assert "20261127T000000-deadbeef" in rollback["message"]
+    assert record["error"].endswith(f"Rolled back to the previous image by {rollback['id']}")
+
+
+@pytest.mark.parametrize(
+    ("running", "steps"),
+    [
+        (OLD_ID, []),
+        (NEW_ID, [{"step": "health_check", "success": True}]),
+    ],
+    ids=["previous-image-still-runs", "new-image-was-healthy"],
+)
+def test_nothing_is_rolled_back_when_nothing_unverified_runs(tmp_path, fake_runner, running, steps):
+    settings = make_settings(tmp_path)
+    leave_running_record(settings, steps=steps)
+    fake_runner.by_playbook["status.yml"] = status_run(running, "running, healthy")
+
+    with TestClient(create_app(settings)) as client:
+        wait_for(client, "20261127T000000-deadbeef", lambda record: record["running_state"])
+
+    assert [call["playbook"].name for call in fake_runner.calls] == ["status.yml"]
 
 
 def test_a_second_api_on_the_same_state_dir_refuses_to_start(tmp_path, fake_runner):

@@ -24,6 +24,8 @@ class FakeRunner:
     def __init__(self) -> None:
         self.calls: list[dict] = []
         self.result = RunResult(status="successful", rc=0, results={"localhost": success_result()})
+        # Results for other playbooks than deploy.yml, by file name.
+        self.by_playbook: dict[str, RunResult] = {}
         self.hold: set[str] = set()
         self.entered = threading.Event()
         self.release = threading.Event()
@@ -33,11 +35,13 @@ class FakeRunner:
         if kwargs["extravars"]["service"] in self.hold:
             self.entered.set()
             assert self.release.wait(10)
-        for host, result in self.result.results.items():
-            for done in range(1, len(result.get("steps", [])) + 1):
-                kwargs["on_step"](result["steps"][done - 1]["step"], "announcement")
-                kwargs["on_steps"](host, result["steps"][:done])
-        return self.result
+        result = self.by_playbook.get(kwargs["playbook"].name, self.result)
+        for host, published in result.results.items():
+            for done in range(1, len(published.get("steps", [])) + 1):
+                if kwargs.get("on_step"):
+                    kwargs["on_step"](published["steps"][done - 1]["step"], "announcement")
+                    kwargs["on_steps"](host, published["steps"][:done])
+        return result
 
 
 def success_result() -> dict:

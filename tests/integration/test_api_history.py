@@ -1,0 +1,169 @@
+"""The deployment history, asynchronous deploys and crash safety over HTTP, against the real engine."""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+
+import httpx
+import pytest
+from apiserver import SECRET, serving
+from conftest import image, image_id, service
+
+from api.signature import sign
+
+pytestmark = pytest.mark.usefixtures("registry")
+
+
+@pytest.fixture
+def api_server(tmp_path):
+    yield from serving(tmp_path)
+
+
+def test_history_records_success_rollback_and_pull_failure(compose_project, api_server):
+    project = compose_project({"portal": service(image("healthy", "v1"))}, {"portal": {"health_timeout": 30}})
+    project.up()
+    server = api_server(project)
+
+    ok = server.post(
+        {"service": "portal", "image": image("healthy", "v2"), "repository": "acme/portal", "commit": "c2"}
+    )
+    crashed = server.post({"service": "portal", "image": image("crash", "v1"), "commit": "c3"})
+    missing = server.post({"service": "portal", "image": image("healthy", "no-such-tag"), "commit": "c4"})
+    assert (ok.status_code, crashed.status_code, missing.status_code) == (200, 500, 500)
+
+    page = server.get("/deployments", service="portal").json()
+    assert page["total"] == 3
+    records = page["items"]
+    assert [record["outcome"] for record in records] == ["failed", "rolled_back", "succeeded"]
+    assert [record["commit"] for record in records] == ["c4", "c3", "c2"]
+    assert [record["id"] for record in records] == [
+        response.headers["X-Deployment-Id"] for response in (missing, crashed, ok)
+    ]
+    succeeded, rolled_back, failed = reversed(records)
+    # What the records say is what the engine did.
+    assert succeeded["old_image_id"] == image_id(image("healthy", "v1"))
+    assert succeeded["new_image_id"] == image_id(image("healthy", "v2"))
+    assert (succeeded["repository"], succeeded["http_status"]) == ("acme/portal", 200)
+    assert [step["step"] for step in succeeded["steps"]] == [
+        "capture_state",
+        "pull_image",
+        "compose_up",
+        "health_check",
+        "cleanup",
+    ]
+    assert rolled_back["old_image_id"] == image_id(image("healthy", "v2"))
+    assert rolled_back["steps"][-1]["step"] == "rollback" and rolled_back["steps"][-1]["rolled_back"] is True
+    assert "fatal: configuration file /etc/app.conf not found" in rolled_back["logs"]
+    assert rolled_back["error"].startswith("Container is restarting")
+    assert [step["step"] for step in failed["steps"]] == ["capture_state", "pull_image"]
+    assert failed["finished_at"] and failed["duration_seconds"] > 0
+    assert project.container("portal")["Image"] == image_id(image("healthy", "v2"))
+
+    assert server.get("/deployments", outcome="rolled_back").json()["total"] == 1
+    second = server.get("/deployments", limit=1, offset=1).json()
+    assert (second["total"], [record["id"] for record in second["items"]]) == (3, [rolled_back["id"]])
+    assert server.get("/deployments", service="grafana").json() == {"items": [], "total": 0, "limit": 20, "offset": 0}
+    assert server.get("/deployments", token=None).status_code == 401
+    assert server.get("/deployments", token="wrong-token-0123456789").status_code == 401
+    assert server.get(f"/deployments/{ok.headers['X-Deployment-Id']}", token=None).status_code == 401
+    assert server.get("/deployments", outcome="exploded").status_code == 422
+
+
+def test_wait_false_answers_202_at_once_and_the_record_follows_each_step(compose_project, api_server):
+    project = compose_project({"portal": service(image("healthy", "v1"))})
+    project.up()
+    server = api_server(project)
+
+    started = time.monotonic()
+    response = server.post({"service": "portal", "image": image("healthy", "v2")}, path="/deploy?wait=false")
+    answered = time.monotonic() - started
+
+    assert response.status_code == 202, response.text
+    deployment_id = response.json()["deployment_id"]
+    assert response.headers["Location"] == f"/deployments/{deployment_id}"
+    assert answered < 5, "the 202 does not wait for the deploy"
+    # CI holds only the webhook secret: it follows its own deploy with a signature over the id.
+    signed = httpx.get(
+        f"{server.url}{response.headers['Location']}",
+        headers={"X-Hub-Signature-256": sign(SECRET.encode(), deployment_id.encode())},
+        timeout=10,
+    )
+    assert signed.status_code == 200
+    seen = server.follow(deployment_id)
+    final = seen[-1]
+    assert final["outcome"] == "succeeded" and final["http_status"] == 200
+    assert [step["step"] for step in final["steps"]] == [
+        "capture_state",
+        "pull_image",
+        "compose_up",
+        "health_check",
+        "cleanup",
+    ]
+    in_progress = [record["current_step"] for record in seen if record["outcome"] == "running"]
+    assert "health_check" in in_progress, f"progress was visible step by step: {in_progress}"
+    partial = [len(record["steps"]) for record in seen if record["outcome"] == "running"]
+    assert any(0 < count < 5 for count in partial), f"finished steps appear while the deploy runs: {partial}"
+    assert project.container("portal")["Image"] == image_id(image("healthy", "v2"))
+
+
+def test_kill_9_mid_deploy_then_restart_marks_it_interrupted_and_restores_the_previous_image(
+    compose_project, api_server
+):
+    project = compose_project({"portal": service(image("healthy", "v1"))}, {"portal": {"health_timeout": 120}})
+    project.up()
+    server = api_server(project)
+    earlier = server.post({"service": "portal", "image": image("healthy", "v2")})
+    assert earlier.status_code == 200
+
+    response = server.post({"service": "portal", "image": image("unhealthy", "v1")}, path="/deploy?wait=false")
+    deployment_id = response.json()["deployment_id"]
+    server.follow(deployment_id, until=lambda record: record["current_step"] == "health_check")
+    server.process.send_signal(signal.SIGKILL)
+    server.process.wait(10)
+    left = project.container("portal")
+    assert left["Image"] == image_id(image("unhealthy", "v1")), "the kill left the service half-deployed"
+    orphans = subprocess.run(["pgrep", "-f", f"runs/{deployment_id}"], capture_output=True, text=True)
+    assert orphans.stdout == "", "the playbook run died with the API"
+
+    restarted = api_server(project, state_dir=server.state_dir)
+    record = restarted.follow(deployment_id, until=lambda record: "ollback" in (record["error"] or ""))[-1]
+
+    assert record["outcome"] == "interrupted"
+    assert record["finished_at"]
+    assert record["running_image_id"] == left["Image"], "the record says what the engine ran after the crash"
+    assert record["running_state"] == "running, unhealthy"
+    assert record["error"].startswith(
+        "Interrupted: the deployment API stopped during health_check. "
+        f"Now the service runs the new image {image('unhealthy', 'v1')}, running, unhealthy. "
+        "Rolled back to the previous image by "
+    ), record["error"]
+    rollback_id = record["error"].rsplit(" ", 1)[-1]
+    rollback = restarted.record(rollback_id)
+    assert (rollback["action"], rollback["source"], rollback["outcome"]) == ("rollback", "recovery", "succeeded")
+    container = project.container("portal")
+    assert container["Image"] == image_id(image("healthy", "v2"))
+    assert container["State"]["Health"]["Status"] == "healthy"
+    assert restarted.record(earlier.headers["X-Deployment-Id"])["outcome"] == "succeeded", "records survive"
+
+
+def test_manual_rollback_through_the_api(compose_project, api_server):
+    project = compose_project({"portal": service(image("healthy", "v1"))})
+    project.up()
+    server = api_server(project)
+    assert server.post({"service": "portal", "image": image("healthy", "v2")}).status_code == 200
+
+    response = server.post({"service": "portal", "commit": "undo"}, path="/rollback")
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["success"] is True
+    assert (body["old_image"], body["new_image"]) == (image("healthy", "v2"), image("healthy", "v1"))
+    assert project.container("portal")["Image"] == image_id(image("healthy", "v1"))
+    record = server.record(response.headers["X-Deployment-Id"])
+    assert (record["action"], record["outcome"], record["commit"]) == ("rollback", "succeeded", "undo")
+    assert record["new_image_id"] == image_id(image("healthy", "v1"))
+    refused = server.post({"service": "ghost"}, path="/rollback")
+    assert refused.status_code == 400
+    assert server.post({"service": "portal"}, path="/rollback", signature="sha256=" + "0" * 64).status_code == 403

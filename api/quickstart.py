@@ -1,4 +1,4 @@
-"""`make run` helpers: a strong secret in `.env` when there is none, and a signed curl to paste."""
+"""`make run` helpers: a strong secret and read token in `.env` when there are none, and a signed curl to paste."""
 
 from __future__ import annotations
 
@@ -14,18 +14,18 @@ from api.signature import sign
 EXAMPLE_BODY = json.dumps({"service": "hello-world"}, separators=(",", ":"))
 
 
-def ensure_secret(env_file: Path) -> str:
-    """The WEBHOOK_SECRET from `env_file`; a new random one is appended when it has none. Never overwrites."""
+def ensure_secret(env_file: Path, name: str = "WEBHOOK_SECRET", why: str = "give CI the same secret") -> str:
+    """The value of `name` in `env_file`; a new random one is appended when it has none. Never overwrites."""
     text = env_file.read_text() if env_file.exists() else ""
-    match = re.search(r"^\s*WEBHOOK_SECRET\s*=\s*['\"]?([^'\"\n]*)['\"]?\s*$", text, flags=re.MULTILINE)
+    match = re.search(rf"^\s*{name}\s*=\s*['\"]?([^'\"\n]*)['\"]?\s*$", text, flags=re.MULTILINE)
     if match:
         return match.group(1)
     secret = secrets.token_hex(32)
     separator = "" if not text or text.endswith("\n") else "\n"
     descriptor = os.open(env_file, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
     with os.fdopen(descriptor, "a") as handle:
-        handle.write(f"{separator}WEBHOOK_SECRET={secret}\n")
-    print(f"Wrote a new random WEBHOOK_SECRET to {env_file} (give CI the same secret).", file=sys.stderr)
+        handle.write(f"{separator}{name}={secret}\n")
+    print(f"Wrote a new random {name} to {env_file} ({why}).", file=sys.stderr)
     return secret
 
 
@@ -42,6 +42,7 @@ def curl_example(secret: str, url: str, body: str = EXAMPLE_BODY) -> str:
 def main() -> int:
     env_file = Path(".env")
     secret = ensure_secret(env_file)
+    ensure_secret(env_file, "DEPLOY_READ_TOKEN", "deployctl history reads it from there")
     if secret != secret.strip() or len(secret) < 32:
         print(f"WEBHOOK_SECRET in {env_file} is shorter than 32 characters: the API will refuse to start.")
         return 1

@@ -13,6 +13,7 @@ import time
 import uuid
 from pathlib import Path
 
+import httpx
 from conftest import REPO, docker, free_port
 
 
@@ -60,11 +61,12 @@ def test_make_run_writes_a_secret_starts_the_api_and_the_printed_curl_deploys(tm
         printed = "".join(output)
 
         env_file = checkout / ".env"
-        assert re.fullmatch(r"WEBHOOK_SECRET=[0-9a-f]{64}\n", env_file.read_text())
+        assert re.fullmatch(r"WEBHOOK_SECRET=[0-9a-f]{64}\nDEPLOY_READ_TOKEN=[0-9a-f]{64}\n", env_file.read_text())
         assert env_file.stat().st_mode & 0o777 == 0o600
         curl = re.search(r"^curl -X POST .*?-d '[^']*'$", printed, flags=re.MULTILINE | re.DOTALL).group(0)
         assert f"http://127.0.0.1:{port}/deploy" in curl
-        assert env_file.read_text().split("=", 1)[1].strip() not in printed, "the secret itself is never printed"
+        secret, token = (line.split("=", 1)[1] for line in env_file.read_text().splitlines())
+        assert secret not in printed and token not in printed, "secrets are never printed"
 
         answer = subprocess.run(["bash", "-c", curl + " -s"], capture_output=True, text=True, timeout=180)
 
@@ -82,6 +84,9 @@ def test_make_run_writes_a_secret_starts_the_api_and_the_printed_curl_deploys(tm
         state = json.loads(docker("inspect", container_id))[0]
         assert state["State"]["Health"]["Status"] == "healthy"
         assert state["Image"] == docker("image", "inspect", "--format", "{{.Id}}", "homeserver/hello-world:latest")
+        history = httpx.get(f"http://127.0.0.1:{port}/deployments", headers={"Authorization": f"Bearer {token}"})
+        records = [(item["service"], item["outcome"]) for item in history.json()["items"]]
+        assert records == [("hello-world", "succeeded")], "the read token make run wrote opens the history"
 
         secret_before = env_file.read_text()
         again = subprocess.run(

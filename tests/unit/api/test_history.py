@@ -354,3 +354,15 @@ def test_a_second_api_on_the_same_state_dir_refuses_to_start(tmp_path, fake_runn
         second = TestClient(create_app(settings))
         with pytest.raises(RuntimeError, match="Another deployment API"):
             second.__enter__()
+
+
+def test_the_openapi_document_describes_the_history_and_its_token(client):
+    document = client.get("/openapi.json").json()
+
+    listing = document["paths"]["/deployments"]["get"]
+    assert {parameter["name"] for parameter in listing["parameters"]} == {"service", "outcome", "limit", "offset"}
+    assert listing["security"] == [{"HTTPBearer": []}]
+    assert "401" in listing["responses"]
+    assert "DeploymentRecord" in document["components"]["schemas"]
+    assert "202" in document["paths"]["/deploy"]["post"]["responses"]
+    assert "/rollback" in document["paths"]

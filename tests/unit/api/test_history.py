@@ -366,3 +366,24 @@ def test_the_openapi_document_describes_the_history_and_its_token(client):
     assert "DeploymentRecord" in document["components"]["schemas"]
     assert "202" in document["paths"]["/deploy"]["post"]["responses"]
     assert "/rollback" in document["paths"]
+
+
+def test_a_deploy_stopped_by_its_timeout_is_interrupted_and_restored(client, fake_runner):
+    steps = [
+        {"step": "capture_state", "success": True, "image": "ghcr.io/acme/portal:1", "image_id": OLD_ID},
+        {"step": "pull_image", "success": True, "image": "ghcr.io/acme/portal:2", "image_id": NEW_ID},
+        {"step": "compose_up", "success": True},
+    ]
+    fake_runner.result = RunResult(status="timeout", rc=254, results={"localhost": {"steps": steps}})
+    fake_runner.by_playbook["status.yml"] = status_run(NEW_ID, "running, starting")
+    restored = {**success_result(), "new_image_id": OLD_ID}
+    fake_runner.by_playbook["rollback.yml"] = RunResult(status="successful", rc=0, results={"localhost": restored})
+
+    response = post(client, {"service": "portal"})
+
+    assert response.status_code == 500
+    assert response.json()["error"].startswith("Deployment timed out after")
+    record = wait_for(client, response.headers["X-Deployment-Id"], lambda record: "Rolled back" in record["error"])
+    assert record["outcome"] == "interrupted"
+    assert (record["old_image_id"], record["new_image_id"]) == (OLD_ID, NEW_ID)
+    assert [call["playbook"].name for call in fake_runner.calls] == ["deploy.yml", "status.yml", "rollback.yml"]

@@ -16,10 +16,11 @@ help:
 	@echo "make rig      bring up the test rig only (engine, compose v2, loopback registry, test images)"
 	@echo "make lint     ruff, ansible-playbook --syntax-check, ansible-lint (production profile)"
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt
+$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
 	$(BIN)/pip install --quiet -r requirements-dev.txt
+	$(BIN)/pip install --quiet --no-deps -e .
 	touch $@
 
 venv: $(VENV)/.installed

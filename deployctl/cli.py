@@ -1,0 +1,325 @@
+"""deployctl: the operator's command line for the deployment API."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from enum import IntEnum
+from typing import Any, BinaryIO
+
+from pydantic import ValidationError
+
+from api.signature import HEADER, sign
+from deployctl.client import DEPLOYMENT_ID, Client, Refused, Unavailable
+from deployctl.follow import FollowTimeout, follow
+from deployctl.render import Progress, history_table, outcome_lines, record_lines
+from deployctl.settings import DEFAULT_URL, ClientSettings
+
+OUTCOMES = ("running", "succeeded", "failed", "rolled_back", "rollback_failed", "interrupted", "rejected")
+DEFAULT_TIMEOUT = 900.0
+
+
+class Exit(IntEnum):
+    SUCCEEDED = 0
+    DID_NOT_SUCCEED = 1
+    USAGE = 2
+    REFUSED = 3
+    UNREACHABLE = 4
+
+
+class ConfigurationError(Exception):
+    """A secret, token or URL that the command needs is missing or malformed."""
+
+
+DESCRIPTION = """\
+Deploy and roll back the services of the deployment API, follow each deployment step by step
+until it has finished, and read the history. deploy and rollback sign their request with
+WEBHOOK_SECRET and follow the deployment with a signature over its id, so the webhook secret is
+enough for them; history needs DEPLOY_READ_TOKEN. Both are read from the environment or from
+.env in the current directory (the API's own .env works as it is), DEPLOY_URL tells where the
+API is (default http://127.0.0.1:9000; --url overrides it). The secret is never printed."""
+
+EXAMPLES_MAIN = """\
+examples:
+  deployctl deploy portal ghcr.io/acme/portal:1.4.2      # signs, starts, follows step by step
+  deployctl rollback portal                              # back to the previous kept image
+  deployctl history --service portal
+  deployctl show 20251127T023912-1a2b3c4d
+  deployctl <command> --help                             # each command's options and examples"""
+
+EXIT_CODES = """\
+exit codes:
+  0  succeeded (history, show, sign: answered)
+  1  the deploy or rollback ran and did not succeed: failed, rolled_back, rollback_failed, interrupted
+  2  usage or configuration error: bad arguments, a missing WEBHOOK_SECRET or DEPLOY_READ_TOKEN
+  3  refused by the API (4xx): signature, read token, service not allowed, already running, validation;
+     the API's detail is printed
+  4  the API is unreachable, or the deployment was still running when --timeout ran out"""
+
+EXAMPLES = {
+    "deploy": """\
+examples:
+  deployctl deploy portal ghcr.io/acme/portal:1.4.2 --commit "$(git rev-parse HEAD)" --message "Update homepage"
+  deployctl deploy hello-world                 # the image its compose file names, pulled again
+  deployctl deploy portal ghcr.io/acme/portal:1.4.2 --no-follow   # print the deployment id and leave""",
+    "rollback": """\
+examples:
+  deployctl rollback portal                    # back to the previous kept image
+  deployctl rollback portal ghcr.io/acme/portal:1.4.1 --message "1.4.2 breaks logins"
+  deployctl rollback portal --json | jq -r .outcome""",
+    "history": """\
+examples:
+  deployctl history
+  deployctl history --service portal --outcome rolled_back --limit 5
+  deployctl history --json | jq -r '.items[0].id'""",
+    "show": """\
+examples:
+  deployctl show 20251127T023912-1a2b3c4d
+  deployctl show 20251127T023912-1a2b3c4d --json | jq .steps""",
+    "sign": """\
+examples:
+  deployctl sign body.json
+  printf '%s' '{"service":"portal"}' | deployctl sign --value
+  (the signature covers the exact bytes: echo adds a newline, printf '%s' does not)""",
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        settings = ClientSettings()
+    except ValidationError as error:
+        return _fail(Exit.USAGE, f"configuration: {error}")
+    try:
+        return int(args.command(args, settings))
+    except ConfigurationError as error:
+        return _fail(Exit.USAGE, str(error))
+    except Refused as refusal:
+        return _fail(Exit.REFUSED, _refusal_text(refusal))
+    except Unavailable as error:
+        return _fail(Exit.UNREACHABLE, f"the API did not answer: {error}")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="deployctl",
+        description=DESCRIPTION,
+        epilog=f"{EXAMPLES_MAIN}\n\n{EXIT_CODES}",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    # --url is accepted before and after the command; SUPPRESS keeps a command's parser from resetting it.
+    parser.add_argument("--url", default=None, help=f"the API's base URL (default: DEPLOY_URL, else {DEFAULT_URL})")
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--url", default=argparse.SUPPRESS, help="the API's base URL (default: DEPLOY_URL)")
+    commands = parser.add_subparsers(title="commands", metavar="COMMAND", required=True)
+
+    def command(name: str, help_text: str) -> argparse.ArgumentParser:
+        return commands.add_parser(
+            name,
+            help=help_text,
+            description=help_text[0].upper() + help_text[1:] + ".",
+            epilog=f"{EXAMPLES[name]}\n\n{EXIT_CODES}",
+            formatter_class=argparse.RawDescriptionHelpFormatter,
+            parents=[common],
+        )
+
+    for action, help_text in (
+        ("deploy", "deploy IMAGE (or the compose file's image) to SERVICE and follow it until it has finished"),
+        ("rollback", "roll SERVICE back to its previous kept image (or to IMAGE) and follow it"),
+    ):
+        sub = command(action, help_text)
+        sub.add_argument("service", metavar="SERVICE", help="a service of the inventory's deploy_services")
+        sub.add_argument("image", metavar="IMAGE", nargs="?", help="image reference, e.g. ghcr.io/acme/portal:1.4.2")
+        sub.add_argument("--repository", help="recorded with the deployment, e.g. acme/portal")
+        sub.add_argument("--commit", help="recorded with the deployment, e.g. the commit SHA")
+        sub.add_argument("--message", help="recorded with the deployment, e.g. the commit message")
+        sub.add_argument(
+            "--no-follow", dest="follow", action="store_false", help="print the deployment id and return at once"
+        )
+        sub.add_argument(
+            "--timeout",
+            type=_positive_seconds,
+            default=DEFAULT_TIMEOUT,
+            metavar="S",
+            help="give up following after S seconds, exit 4 (default: %(default).0f)",
+        )
+        sub.add_argument("--json", action="store_true", help="print the final record as JSON, nothing else")
+        sub.set_defaults(command=run_deployment, action=action)
+
+    history = command("history", "list deployments, newest first (needs DEPLOY_READ_TOKEN)")
+    history.add_argument("--service", help="only this service")
+    history.add_argument("--outcome", choices=OUTCOMES, metavar="O", help=f"only this outcome: {', '.join(OUTCOMES)}")
+    history.add_argument(
+        "--limit", type=_bounded(1, 100), default=20, metavar="N", help="at most N (1-100, default 20)"
+    )
+    history.add_argument("--offset", type=_bounded(0, None), default=0, metavar="K", help="skip the newest K")
+    history.add_argument("--json", action="store_true", help="print the API's page as JSON")
+    history.set_defaults(command=run_history)
+
+    show = command("show", "show one deployment: steps, images, error and logs (read token, else signed by id)")
+    show.add_argument("deployment_id", metavar="ID", help="a deployment id, as deploy and history print them")
+    show.add_argument("--json", action="store_true", help="print the record as JSON")
+    show.set_defaults(command=run_show)
+
+    sign_command = command("sign", "print the X-Hub-Signature-256 header for a body (FILE, or standard input)")
+    sign_command.add_argument(
+        "body", metavar="FILE", nargs="?", type=argparse.FileType("rb"), help="the exact body to sign (- for stdin)"
+    )
+    sign_command.add_argument("--value", action="store_true", help="print only sha256=<hex>, for scripts")
+    sign_command.set_defaults(command=run_sign)
+    return parser
+
+
+def run_deployment(args: argparse.Namespace, settings: ClientSettings) -> int:
+    fields = {
+        "service": args.service,
+        "image": args.image,
+        "repository": args.repository,
+        "commit": args.commit,
+        "message": args.message,
+    }
+    with _client(args, settings, secret=True) as client:
+        accepted = client.start(args.action, fields)
+        deployment_id = accepted["deployment_id"]
+        if not args.follow:
+            if args.json:
+                _print_json(accepted)
+            else:
+                print(f"{args.action} of {args.service} started: deployment {deployment_id}")
+                print(f"follow it with: deployctl show {deployment_id}")
+            return Exit.SUCCEEDED
+        progress = None
+        if not args.json:
+            print(f"{args.action} of {args.service} started: deployment {deployment_id}", flush=True)
+            progress = Progress(sys.stdout, tty=sys.stdout.isatty())
+        try:
+            record = follow(client, deployment_id, timeout=args.timeout, progress=progress)
+        except FollowTimeout:
+            return _fail(
+                Exit.UNREACHABLE,
+                f"deployment {deployment_id} was still running after {args.timeout:g} s; "
+                f"it goes on: deployctl show {deployment_id}",
+            )
+        except KeyboardInterrupt:
+            print(f"\nstopped following; deployment {deployment_id} goes on: deployctl show {deployment_id}")
+            return 128 + 2  # as a shell reports SIGINT
+        finally:
+            if progress is not None:
+                progress.done()
+    if args.json:
+        _print_json(record)
+    else:
+        print("\n".join(outcome_lines(record)))
+    return exit_for(record)
+
+
+def run_history(args: argparse.Namespace, settings: ClientSettings) -> Exit:
+    if settings.deploy_read_token is None:
+        raise ConfigurationError("history needs DEPLOY_READ_TOKEN (the API's own, from the environment or .env)")
+    with _client(args, settings) as client:
+        page = client.deployments(service=args.service, outcome=args.outcome, limit=args.limit, offset=args.offset)
+    if args.json:
+        _print_json(page)
+    else:
+        print("\n".join(history_table(page)))
+    return Exit.SUCCEEDED
+
+
+def run_show(args: argparse.Namespace, settings: ClientSettings) -> Exit:
+    if not DEPLOYMENT_ID.fullmatch(args.deployment_id):
+        raise ConfigurationError(f"'{args.deployment_id}' is not a deployment id")
+    if settings.deploy_read_token is None and settings.webhook_secret is None:
+        raise ConfigurationError("show needs DEPLOY_READ_TOKEN or WEBHOOK_SECRET (from the environment or .env)")
+    with _client(args, settings, secret=settings.deploy_read_token is None) as client:
+        record = client.deployment(args.deployment_id)
+    if args.json:
+        _print_json(record)
+    else:
+        print("\n".join(record_lines(record)))
+    return Exit.SUCCEEDED
+
+
+def run_sign(args: argparse.Namespace, settings: ClientSettings) -> Exit:
+    secret = _secret(settings)
+    source: BinaryIO
+    if args.body is None:
+        if sys.stdin.isatty():
+            raise ConfigurationError("sign reads the body from FILE or from a pipe: deployctl sign body.json")
+        source = sys.stdin.buffer
+    else:
+        source = args.body
+    with source:
+        signature = sign(secret, source.read())
+    print(signature if args.value else f"{HEADER}: {signature}")
+    return Exit.SUCCEEDED
+
+
+def exit_for(record: dict[str, Any]) -> Exit:
+    outcome = record.get("outcome")
+    if outcome == "succeeded":
+        return Exit.SUCCEEDED
+    if outcome == "rejected":
+        return Exit.REFUSED
+    return Exit.DID_NOT_SUCCEED
+
+
+def _client(args: argparse.Namespace, settings: ClientSettings, *, secret: bool = False) -> Client:
+    url = args.url or settings.deploy_url
+    if not url.startswith(("http://", "https://")):
+        raise ConfigurationError(f"the API's URL must start with http:// or https://, not '{url}'")
+    token = settings.deploy_read_token
+    return Client(
+        url,
+        secret=_secret(settings) if secret else None,
+        read_token=token.get_secret_value() if token else None,
+    )
+
+
+def _secret(settings: ClientSettings) -> bytes:
+    if settings.webhook_secret is None:
+        raise ConfigurationError("WEBHOOK_SECRET is not set (the API's own, from the environment or .env)")
+    return settings.webhook_secret.get_secret_value().encode()
+
+
+def _refusal_text(refusal: Refused) -> str:
+    detail = refusal.detail
+    text = "".join(f"\n  - {item}" for item in detail) if isinstance(detail, list) else f" {detail}"
+    hints = {
+        401: "DEPLOY_READ_TOKEN (or WEBHOOK_SECRET, for one deployment) is not the API's",
+        403: "WEBHOOK_SECRET here is not the API's",
+    }
+    hint = f"\n  ({hints[refusal.status]})" if refusal.status in hints else ""
+    return f"refused by the API ({refusal.status}):{text}{hint}"
+
+
+def _fail(code: Exit, message: str) -> Exit:
+    print(f"deployctl: {message}", file=sys.stderr)
+    return code
+
+
+def _print_json(document: Any) -> None:
+    print(json.dumps(document, indent=2, ensure_ascii=False))
+
+
+def _positive_seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of seconds: '{text}'") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError("must be more than 0")
+    return value
+
+
+def _bounded(low: int, high: int | None):
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not a whole number: '{text}'") from None
+        if value < low or (high is not None and value > high):
+            raise argparse.ArgumentTypeError(f"must be {low} or more" + (f" and {high} or less" if high else ""))
+        return value
+
+    return parse

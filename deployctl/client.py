@@ -1,0 +1,113 @@
+"""The API as deployctl uses it: signed deploys and rollbacks, records read by token or by signed id."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+import httpx
+
+from api import __version__
+from api.signature import HEADER, sign
+
+# What the API's ids look like (20251127T023912-1a2b3c4d); anything else is refused before it reaches a URL.
+DEPLOYMENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+
+
+class Refused(Exception):
+    """The API answered 4xx: a bad signature or token, a service not allowed, a conflict, a validation error."""
+
+    def __init__(self, status: int, detail: Any):
+        self.status = status
+        self.detail = detail
+        super().__init__(f"{status}: {detail}")
+
+
+class Unavailable(Exception):
+    """No answer from the API (connection, timeout), or an answer that is not the API's (5xx from a proxy)."""
+
+
+def encode_body(fields: dict[str, str | None]) -> bytes:
+    """The exact bytes that are signed and sent: compact JSON, unset fields left out."""
+    return json.dumps({name: value for name, value in fields.items() if value}, separators=(",", ":")).encode()
+
+
+def error_detail(response: httpx.Response) -> Any:
+    try:
+        return response.json()["detail"]
+    except (ValueError, KeyError, TypeError):
+        # Not the API's JSON: a proxy's page (Cloudflare answers HTML). A line of it is enough.
+        return " ".join(response.text.split())[:200] or response.reason_phrase
+
+
+class Client:
+    def __init__(
+        self,
+        url: str,
+        *,
+        secret: bytes | None = None,
+        read_token: str | None = None,
+        timeout: float = 30,
+        transport: httpx.BaseTransport | None = None,
+    ):
+        self.url = url.rstrip("/")
+        self._secret = secret
+        self._read_token = read_token
+        self._http = httpx.Client(
+            base_url=self.url,
+            timeout=timeout,
+            transport=transport,
+            # Cloudflare's browser integrity check turns away the default user agents of HTTP libraries.
+            headers={"User-Agent": f"deployctl/{__version__}"},
+        )
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._http.close()
+
+    def start(self, action: str, fields: dict[str, str | None]) -> dict[str, Any]:
+        """POST /deploy or /rollback with ?wait=false, signed; the 202 body ({"deployment_id", ...})."""
+        assert self._secret is not None, "starting a deployment needs the webhook secret"
+        body = encode_body(fields)
+        headers = {"Content-Type": "application/json", HEADER: sign(self._secret, body)}
+        answer = self._request("POST", f"/{action}", params={"wait": "false"}, content=body, headers=headers)
+        if not DEPLOYMENT_ID.fullmatch(str(answer.get("deployment_id", ""))):
+            raise Unavailable(f"{self.url}/{action} answered without a deployment id: {answer}")
+        return answer
+
+    def deployment(self, deployment_id: str) -> dict[str, Any]:
+        """GET /deployments/{id}: signed over the id when this client holds the secret, else with the read token."""
+        if self._secret is not None:
+            headers = {HEADER: sign(self._secret, deployment_id.encode())}
+        else:
+            assert self._read_token, "reading a deployment needs the webhook secret or the read token"
+            headers = {"Authorization": f"Bearer {self._read_token}"}
+        return self._request("GET", f"/deployments/{deployment_id}", headers=headers)
+
+    def deployments(self, **filters: str | int | None) -> dict[str, Any]:
+        """GET /deployments with the read token: {"items", "total", "limit", "offset"}, newest first."""
+        assert self._read_token, "the history needs the read token"
+        params = {name: value for name, value in filters.items() if value is not None}
+        headers = {"Authorization": f"Bearer {self._read_token}"}
+        return self._request("GET", "/deployments", params=params, headers=headers)
+
+    def _request(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
+        """The answer's JSON object; Refused on 4xx, Unavailable when there is no answer from the API itself."""
+        try:
+            response = self._http.request(method, path, **kwargs)
+        except httpx.TransportError as error:
+            raise Unavailable(f"{self.url}{path}: {error or type(error).__name__}") from None
+        if 400 <= response.status_code < 500:
+            raise Refused(response.status_code, error_detail(response))
+        if response.status_code >= 500 or response.status_code < 200:
+            raise Unavailable(f"{self.url}{path} answered {response.status_code}: {error_detail(response)}")
+        try:
+            answer = response.json()
+        except ValueError:
+            answer = None
+        if not isinstance(answer, dict):
+            raise Unavailable(f"{self.url}{path} answered {response.status_code} without a JSON object")
+        return answer

@@ -1,0 +1,190 @@
+"""What a person reads: steps as they happen, an outcome, a record, the history as a table."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, TextIO
+
+SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
+LOG_TAIL_LINES = 20
+OUTCOMES = {
+    "succeeded": "succeeded",
+    "rolled_back": "failed and was rolled back: the service runs the previous image again",
+    "rollback_failed": "failed, and so did the rollback: the service needs a look",
+    "failed": "failed with nothing to roll back",
+    "interrupted": "was interrupted",
+    "rejected": "was refused",
+    "running": "is still running",
+}
+
+
+def duration(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f} s"
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes} min {rest:02d} s"
+
+
+def timestamp(iso: str | None) -> str:
+    """2025-11-27T02:39:12.345Z as 2025-11-27 02:39:12 (UTC, as the API keeps it)."""
+    return iso.replace("T", " ")[:19] if iso else "-"
+
+
+def short_id(image_id: str | None) -> str:
+    return image_id.removeprefix("sha256:")[:12] if image_id else ""
+
+
+def image_label(reference: str | None, image_id: str | None) -> str:
+    identity = short_id(image_id)
+    if reference and identity:
+        return f"{reference} ({identity})"
+    return reference or identity or "-"
+
+
+def step_line(step: dict[str, Any]) -> str:
+    mark = "✓" if step.get("success") else "✗"
+    host = f"[{step['host']}] " if step.get("host") else ""
+    return f"  {mark} {host}{step.get('step', '?'):<13} {step.get('detail') or ''}".rstrip()
+
+
+def outcome_lines(record: dict[str, Any]) -> list[str]:
+    """The end of a deployment: what became of it, which image runs, and why it failed (error, log tail)."""
+    outcome = record.get("outcome", "?")
+    mark = "✓" if outcome == "succeeded" else "…" if outcome == "running" else "✗"
+    words = OUTCOMES.get(outcome, outcome)
+    lines = [f"{mark} {record.get('action', 'deploy')} of {record.get('service')} {words}"]
+    if record.get("duration_seconds") is not None:
+        lines[0] += f" ({duration(record['duration_seconds'])})"
+    old = image_label(record.get("old_image"), record.get("old_image_id"))
+    new = image_label(record.get("new_image"), record.get("new_image_id"))
+    if outcome == "succeeded":
+        lines.append(f"  now runs  {new}")
+        lines.append(f"  replaced  {old}")
+    elif outcome in ("rolled_back", "rollback_failed"):
+        lines.append(f"  tried     {new}")
+        lines.append(f"  previous  {old}")
+    if record.get("running_image") or record.get("running_image_id"):
+        state = f", {record['running_state']}" if record.get("running_state") else ""
+        running = image_label(record.get("running_image"), record.get("running_image_id"))
+        lines.append(f"  found     {running}{state}")
+    if record.get("error"):
+        lines.append(f"  error     {record['error']}")
+    logs = (record.get("logs") or "").rstrip().splitlines()
+    if logs:
+        tail = logs[-LOG_TAIL_LINES:]
+        lines.append(f"  logs      last {len(tail)} of {len(logs)} lines:")
+        lines.extend(f"    {line}" for line in tail)
+    return lines
+
+
+def record_lines(record: dict[str, Any]) -> list[str]:
+    """One deployment in full, for `deployctl show`."""
+    requested = record.get("image") or (
+        "the previous kept image" if record.get("action") == "rollback" else "the compose file's image"
+    )
+    fields = [
+        ("deployment", record.get("id")),
+        ("action", record.get("action")),
+        ("service", record.get("service")),
+        ("outcome", record.get("outcome")),
+        ("requested", requested),
+        ("repository", record.get("repository")),
+        ("commit", record.get("commit")),
+        ("message", record.get("message")),
+        ("source", record.get("source")),
+        ("started", timestamp(record.get("started_at")) + " UTC"),
+        ("finished", timestamp(record.get("finished_at")) + (" UTC" if record.get("finished_at") else "")),
+        ("duration", duration(record.get("duration_seconds"))),
+        ("old image", image_label(record.get("old_image"), record.get("old_image_id"))),
+        ("new image", image_label(record.get("new_image"), record.get("new_image_id"))),
+        ("http status", record.get("http_status")),
+    ]
+    if record.get("current_step"):
+        fields.append(("in progress", record["current_step"]))
+    lines = [f"{name:<12} {value}" for name, value in fields if value not in (None, "")]
+    steps = record.get("steps") or []
+    if steps:
+        lines.append("steps")
+        lines.extend(step_line(step) for step in steps)
+    lines.extend(outcome_lines(record))
+    return lines
+
+
+def history_table(page: dict[str, Any]) -> list[str]:
+    items = page.get("items", [])
+    if not items:
+        return ["No deployments."]
+    header = ("ID", "ACTION", "SERVICE", "OUTCOME", "STARTED (UTC)", "DURATION", "NEW IMAGE")
+    rows = [
+        (
+            item.get("id") or "",
+            item.get("action") or "",
+            item.get("service") or "-",
+            item.get("outcome") or "",
+            timestamp(item.get("started_at")),
+            duration(item.get("duration_seconds")),
+            item.get("new_image") or item.get("image") or "-",
+        )
+        for item in items
+    ]
+    widths = [max(len(row[column]) for row in (header, *rows)) for column in range(len(header))]
+    lines = [
+        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
+        for row in [header, *rows]
+    ]
+    first = page.get("offset", 0) + 1
+    last = page.get("offset", 0) + len(items)
+    lines.append(f"{first}-{last} of {page.get('total', len(items))}, newest first")
+    return lines
+
+
+class Progress:
+    """Prints each step once, as it appears in the record; on a terminal, a spinner with the running step's time."""
+
+    def __init__(self, stream: TextIO, *, tty: bool, clock: Callable[[], float] = time.monotonic):
+        self.stream = stream
+        self.tty = tty
+        self.clock = clock
+        self.printed = 0
+        self.current: str | None = None
+        self.current_since = 0.0
+        self.frame = 0
+        self.spinning = False
+
+    def update(self, record: dict[str, Any]) -> None:
+        steps = record.get("steps") or []
+        new_steps = steps[self.printed :]
+        if new_steps:
+            self._clear()
+            for step in new_steps:
+                self.stream.write(step_line(step) + "\n")
+            self.printed = len(steps)
+        current = record.get("current_step") if record.get("outcome") == "running" else None
+        if current != self.current:
+            self.current, self.current_since = current, self.clock()
+        self.tick()
+
+    def tick(self) -> None:
+        """Redraw the spinner line (a terminal only)."""
+        if not self.tty:
+            return
+        if self.current is None:
+            self._clear()
+            return
+        self.frame = (self.frame + 1) % len(SPINNER)
+        elapsed = self.clock() - self.current_since
+        self.stream.write(f"\r\x1b[K  {SPINNER[self.frame]} {self.current:<13} {elapsed:.0f} s")
+        self.stream.flush()
+        self.spinning = True
+
+    def done(self) -> None:
+        self._clear()
+
+    def _clear(self) -> None:
+        if self.spinning:
+            self.stream.write("\r\x1b[K")
+            self.spinning = False
+        self.stream.flush()

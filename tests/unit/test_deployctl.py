@@ -1,0 +1,533 @@
+"""deployctl against a fake API on loopback: every command, every exit code, and what the fake received."""
+
+from __future__ import annotations
+
+import io
+import json
+import subprocess
+import sys
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+from urllib.parse import parse_qs, urlsplit
+
+import pytest
+
+import deployctl.follow
+from api.signature import is_valid, sign
+from deployctl.cli import main
+from deployctl.render import Progress
+
+REPO = Path(__file__).resolve().parents[2]
+SECRET = "unit-secret-" + "0123456789abcdef" * 3
+READ_TOKEN = "unit-read-token-0123456789"
+DEPLOYMENT_ID = "20251127T023912-1a2b3c4d"
+STEPS = [
+    {"step": "capture_state", "success": True, "detail": "Running acme/portal:1.4.1 (803b769d63c8)"},
+    {"step": "pull_image", "success": True, "detail": "Pulled acme/portal:1.4.2: new image 99a472288b48"},
+    {"step": "compose_up", "success": True, "detail": "Container recreated"},
+    {"step": "health_check", "success": True, "detail": "Container is healthy", "running": True},
+    {"step": "cleanup", "success": True, "detail": "Kept 1 previous image"},
+]
+
+
+def record(outcome: str = "succeeded", steps: list[dict[str, Any]] = STEPS, **fields: Any) -> dict[str, Any]:
+    """A record as GET /deployments/{id} answers it."""
+    finished = outcome != "running"
+    return {
+        "id": DEPLOYMENT_ID,
+        "action": "deploy",
+        "service": "portal",
+        "image": "acme/portal:1.4.2",
+        "outcome": outcome,
+        "old_image": "acme/portal:1.4.1",
+        "old_image_id": "sha256:803b769d63c8aaaa",
+        "new_image": "acme/portal:1.4.2",
+        "new_image_id": "sha256:99a472288b48bbbb",
+        "repository": "acme/portal",
+        "commit": "abc123",
+        "message": "Update homepage",
+        "source": "127.0.0.1",
+        "started_at": "2025-11-27T02:39:12.345Z",
+        "finished_at": "2025-11-27T02:39:24.100Z" if finished else None,
+        "duration_seconds": 11.8 if finished else None,
+        "current_step": None,
+        "steps": steps,
+        "error": None,
+        "logs": None,
+        "http_status": 200 if finished else None,
+        "running_image": None,
+        "running_image_id": None,
+        "running_state": None,
+        **fields,
+    }
+
+
+def progressing(final: dict[str, Any]) -> list[dict[str, Any]]:
+    """The records a follower sees: no step yet, then one more finished step at a time, then `final`."""
+    names = [step["step"] for step in final["steps"]]
+    return [record("running", final["steps"][:done], current_step=names[done]) for done in range(len(names))] + [final]
+
+
+@dataclass
+class Seen:
+    method: str
+    path: str
+    query: dict[str, list[str]]
+    headers: dict[str, str]
+    body: bytes
+
+
+@dataclass
+class FakeApi:
+    """The deployment API's HTTP surface, scripted: what POST answers, and the records GET answers in turn."""
+
+    url: str = ""
+    seen: list[Seen] = field(default_factory=list)
+    start_answer: tuple[int, dict[str, Any]] | None = None
+    timeline: list[dict[str, Any]] = field(default_factory=lambda: [record()])
+    unavailable_reads: int = 0
+    page: dict[str, Any] = field(default_factory=dict)
+
+    def handle(self, handler: BaseHTTPRequestHandler) -> tuple[int, dict[str, Any]]:
+        parts = urlsplit(handler.path)
+        length = int(handler.headers.get("Content-Length") or 0)
+        seen = Seen(
+            handler.command, parts.path, parse_qs(parts.query), dict(handler.headers), handler.rfile.read(length)
+        )
+        self.seen.append(seen)
+        signature = handler.headers.get("X-Hub-Signature-256")
+        bearer = handler.headers.get("Authorization") == f"Bearer {READ_TOKEN}"
+        if seen.method == "POST":
+            if not is_valid(SECRET.encode(), seen.body, signature):
+                return 403, {"detail": "Invalid signature"}
+            if self.start_answer is not None:
+                return self.start_answer
+            service = json.loads(seen.body)["service"]
+            status_url = f"/deployments/{DEPLOYMENT_ID}"
+            return 202, {
+                "deployment_id": DEPLOYMENT_ID,
+                "service": service,
+                "status": "running",
+                "status_url": status_url,
+            }
+        if parts.path == "/deployments":
+            if not bearer:
+                return 401, {"detail": "A valid read token is required: Authorization: Bearer <DEPLOY_READ_TOKEN>"}
+            return 200, self.page
+        deployment_id = parts.path.removeprefix("/deployments/")
+        if not (bearer or is_valid(SECRET.encode(), deployment_id.encode(), signature)):
+            return 401, {"detail": "A valid read token, or X-Hub-Signature-256 over the deployment id, is required"}
+        if deployment_id != DEPLOYMENT_ID:
+            return 404, {"detail": f"No deployment '{deployment_id}'"}
+        if self.unavailable_reads:
+            self.unavailable_reads -= 1
+            return 502, {"detail": "Bad gateway"}
+        return 200, self.timeline.pop(0) if len(self.timeline) > 1 else self.timeline[0]
+
+    def requests(self, method: str) -> list[Seen]:
+        return [seen for seen in self.seen if seen.method == method]
+
+
+@pytest.fixture
+def fake_api() -> Iterator[FakeApi]:
+    api = FakeApi()
+
+    class Handler(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.answer()
+
+        def do_POST(self) -> None:
+            self.answer()
+
+        def answer(self) -> None:
+            status, body = api.handle(self)
+            raw = json.dumps(body).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(raw)))
+            self.end_headers()
+            self.wfile.write(raw)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    api.url = f"http://127.0.0.1:{server.server_address[1]}"
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    yield api
+    server.shutdown()
+    server.server_close()
+
+
+@pytest.fixture(autouse=True)
+def environment(monkeypatch, tmp_path, fake_api) -> None:
+    """Only what each test sets: no `.env` (the working directory is empty), no variables from the shell."""
+    for name in ("WEBHOOK_SECRET", "DEPLOY_URL", "DEPLOY_READ_TOKEN"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("WEBHOOK_SECRET", SECRET)
+    monkeypatch.setenv("DEPLOY_URL", fake_api.url)
+    monkeypatch.setattr(deployctl.follow, "POLL_INTERVAL", 0.01)
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    assert SECRET not in out + err, "the secret is never printed"
+    return code, out, err
+
+
+def test_help_describes_every_command_with_examples_and_the_exit_codes(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for command in ("deploy", "rollback", "history", "show", "sign"):
+        assert f"\n    {command} " in text, f"{command} has a help line"
+    assert "WEBHOOK_SECRET" in text and "DEPLOY_READ_TOKEN" in text and "DEPLOY_URL" in text
+    for code in range(5):
+        assert f"\n  {code}  " in text, f"exit code {code} is documented"
+    for command in ("deploy", "rollback", "history", "show", "sign"):
+        with pytest.raises(SystemExit):
+            main([command, "--help"])
+        assert f"examples:\n  deployctl {command}" in capsys.readouterr().out
+
+
+def test_the_console_script_and_python_m_run_the_cli():
+    for command in ([str(Path(sys.executable).parent / "deployctl")], [sys.executable, "-m", "deployctl"]):
+        completed = subprocess.run([*command, "--help"], capture_output=True, text=True, cwd=REPO)
+        assert completed.returncode == 0, completed.stderr
+        assert completed.stdout.startswith("usage: deployctl")
+
+
+def test_deploy_signs_starts_asynchronously_and_prints_each_step_once(capsys, fake_api):
+    fake_api.timeline = progressing(record())
+
+    code, out, _ = run(
+        capsys, "deploy", "portal", "acme/portal:1.4.2", "--repository", "acme/portal", "--commit", "abc123",
+        "--message", "Update homepage",
+    )  # fmt: skip
+
+    assert code == 0
+    (start,) = fake_api.requests("POST")
+    assert (start.path, start.query) == ("/deploy", {"wait": ["false"]})
+    assert start.body == (
+        b'{"service":"portal","image":"acme/portal:1.4.2","repository":"acme/portal","commit":"abc123",'
+        b'"message":"Update homepage"}'
+    )
+    assert is_valid(SECRET.encode(), start.body, start.headers["X-Hub-Signature-256"])
+    reads = fake_api.requests("GET")
+    assert len(reads) == 6, "polled until the outcome was final, then stopped"
+    for read in reads:
+        assert read.path == f"/deployments/{DEPLOYMENT_ID}"
+        assert is_valid(SECRET.encode(), DEPLOYMENT_ID.encode(), read.headers["X-Hub-Signature-256"])
+    lines = out.splitlines()
+    assert lines[0] == f"deploy of portal started: deployment {DEPLOYMENT_ID}"
+    assert lines[1:6] == [
+        "  ✓ capture_state Running acme/portal:1.4.1 (803b769d63c8)",
+        "  ✓ pull_image    Pulled acme/portal:1.4.2: new image 99a472288b48",
+        "  ✓ compose_up    Container recreated",
+        "  ✓ health_check  Container is healthy",
+        "  ✓ cleanup       Kept 1 previous image",
+    ]
+    assert lines[6:] == [
+        "✓ deploy of portal succeeded (11.8 s)",
+        "  now runs  acme/portal:1.4.2 (99a472288b48)",
+        "  replaced  acme/portal:1.4.1 (803b769d63c8)",
+    ]
+    assert "\x1b[K" not in out, "no spinner when stdout is not a terminal"
+
+
+def test_deploy_without_image_sends_only_the_service(capsys, fake_api):
+    assert run(capsys, "deploy", "hello-world")[0] == 0
+    assert fake_api.requests("POST")[0].body == b'{"service":"hello-world"}'
+
+
+def test_deploy_json_prints_only_the_final_record(capsys, fake_api):
+    final = record()
+    fake_api.timeline = progressing(final)
+
+    code, out, _ = run(capsys, "deploy", "portal", "acme/portal:1.4.2", "--json")
+
+    assert code == 0
+    assert json.loads(out) == final
+
+
+@pytest.mark.parametrize(
+    ("outcome", "words"),
+    [
+        ("rolled_back", "failed and was rolled back: the service runs the previous image again"),
+        ("rollback_failed", "failed, and so did the rollback: the service needs a look"),
+        ("failed", "failed with nothing to roll back"),
+        ("interrupted", "was interrupted"),
+    ],
+)
+def test_a_deploy_that_did_not_succeed_exits_1_with_its_error_and_log_tail(capsys, fake_api, outcome, words):
+    steps = [*STEPS[:3], {"step": "health_check", "success": False, "detail": "Container is restarting"}]
+    logs = "\n".join(f"line {number}" for number in range(1, 31))
+    final = record(outcome, steps, error="Container is restarting: it stopped 1 time(s)", logs=logs, http_status=500)
+    fake_api.timeline = progressing(final)
+
+    code, out, _ = run(capsys, "deploy", "portal", "acme/portal:1.4.2")
+
+    assert code == 1
+    assert "  ✗ health_check  Container is restarting\n" in out
+    assert f"✗ deploy of portal {words} (11.8 s)" in out
+    assert "  error     Container is restarting: it stopped 1 time(s)" in out
+    assert "  logs      last 20 of 30 lines:\n    line 11\n" in out and out.rstrip().endswith("    line 30")
+    assert "line 10\n" not in out
+
+
+def test_rollback_posts_to_rollback_and_follows(capsys, fake_api):
+    final = record(action="rollback", image=None)
+    fake_api.timeline = progressing(final)
+
+    code, out, _ = run(capsys, "rollback", "portal", "--message", "1.4.2 breaks logins")
+
+    assert code == 0
+    (start,) = fake_api.requests("POST")
+    assert (start.path, start.query) == ("/rollback", {"wait": ["false"]})
+    assert start.body == b'{"service":"portal","message":"1.4.2 breaks logins"}'
+    assert is_valid(SECRET.encode(), start.body, start.headers["X-Hub-Signature-256"])
+    assert "✓ rollback of portal succeeded" in out
+
+
+def test_no_follow_prints_the_id_and_returns_at_once(capsys, fake_api):
+    code, out, _ = run(capsys, "deploy", "portal", "--no-follow")
+
+    assert code == 0
+    assert fake_api.requests("GET") == []
+    assert (
+        out == f"deploy of portal started: deployment {DEPLOYMENT_ID}\nfollow it with: deployctl show {DEPLOYMENT_ID}\n"
+    )
+    assert json.loads(run(capsys, "rollback", "portal", "--no-follow", "--json")[1])["deployment_id"] == DEPLOYMENT_ID
+
+
+@pytest.mark.parametrize(
+    ("status", "detail", "printed"),
+    [
+        (400, "Service 'ghost' not allowed. Allowed: portal, hello-world", "(400): Service 'ghost' not allowed."),
+        (409, "A deployment of 'portal' is already running (deployment x)", "(409): A deployment of 'portal'"),
+        (413, "Request body is larger than 65536 bytes", "(413): Request body is larger than 65536 bytes"),
+        (422, ["image: Value error, not a valid Docker image reference"], "(422):\n  - image: Value error, not a"),
+    ],
+    ids=["not-allowed", "conflict", "too-large", "validation"],
+)
+def test_a_refusal_exits_3_with_the_api_detail(capsys, fake_api, status, detail, printed):
+    fake_api.start_answer = (status, {"detail": detail})
+
+    code, out, err = run(capsys, "deploy", "ghost", "acme/portal:1.4.2")
+
+    assert code == 3
+    assert f"deployctl: refused by the API {printed}" in err
+    assert out == "" and fake_api.requests("GET") == []
+
+
+def test_a_wrong_secret_exits_3_and_says_which_setting(capsys, fake_api, monkeypatch):
+    monkeypatch.setenv("WEBHOOK_SECRET", "not-the-secret-" + "x" * 32)
+
+    code, _, err = run(capsys, "deploy", "portal")
+
+    assert code == 3
+    assert "refused by the API (403): Invalid signature" in err and "WEBHOOK_SECRET here is not the API's" in err
+
+
+def test_an_unreachable_api_exits_4(capsys, fake_api):
+    closed = fake_api.url.rsplit(":", 1)[0] + ":9"
+
+    code, _, err = run(capsys, "--url", closed, "deploy", "portal")
+
+    assert code == 4
+    assert f"deployctl: the API did not answer: {closed}/deploy" in err
+
+
+def test_a_5xx_from_a_proxy_exits_4(capsys, fake_api):
+    fake_api.start_answer = (502, {"detail": "Bad gateway"})
+
+    code, _, err = run(capsys, "deploy", "portal")
+
+    assert (code, "answered 502: Bad gateway" in err) == (4, True)
+
+
+def test_following_past_the_timeout_exits_4_and_the_deploy_goes_on(capsys, fake_api):
+    fake_api.timeline = [record("running", STEPS[:1], current_step="pull_image")]
+
+    code, out, err = run(capsys, "deploy", "portal", "--timeout", "0.2")
+
+    assert code == 4
+    assert (
+        f"deployment {DEPLOYMENT_ID} was still running after 0.2 s; it goes on: deployctl show {DEPLOYMENT_ID}" in err
+    )
+    assert "  ✓ capture_state" in out
+
+
+def test_a_moment_without_answers_while_following_is_waited_out(capsys, fake_api):
+    fake_api.timeline = progressing(record())
+    fake_api.unavailable_reads = 2
+
+    code, out, err = run(capsys, "deploy", "portal")
+
+    assert code == 0
+    assert err.count("no answer, asking again until the timeout") == 1
+    assert out.count("✓ cleanup") == 1
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["history"], "history needs DEPLOY_READ_TOKEN"),
+        (["show", DEPLOYMENT_ID], "show needs DEPLOY_READ_TOKEN or WEBHOOK_SECRET"),
+        (["deploy", "portal"], "WEBHOOK_SECRET is not set"),
+        (["sign", "body.json"], "WEBHOOK_SECRET is not set"),
+        (["show", "../etc/passwd"], "'../etc/passwd' is not a deployment id"),
+    ],
+)
+def test_missing_configuration_exits_2(capsys, monkeypatch, tmp_path, argv, message):
+    monkeypatch.delenv("WEBHOOK_SECRET")
+    (tmp_path / "body.json").write_text("{}")
+
+    code, _, err = run(capsys, *argv)
+
+    assert code == 2
+    assert message in err
+
+
+def test_a_url_without_scheme_exits_2(capsys, fake_api):
+    code, _, err = run(capsys, "deploy", "portal", "--url", "127.0.0.1:9000")
+
+    assert code == 2
+    assert "the API's URL must start with http:// or https://, not '127.0.0.1:9000'" in err
+    assert fake_api.seen == []
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        [],
+        ["deploy"],
+        ["deploy", "portal", "--timeout", "soon"],
+        ["history", "--limit", "500"],
+        ["history", "--outcome", "exploded"],
+        ["sign", "no-such-file"],
+    ],
+)
+def test_bad_arguments_exit_2(capsys, argv):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert "usage: deployctl" in capsys.readouterr().err
+
+
+def test_settings_come_from_dot_env_in_the_current_directory(capsys, fake_api, monkeypatch, tmp_path):
+    for name in ("WEBHOOK_SECRET", "DEPLOY_URL"):
+        monkeypatch.delenv(name)
+    (tmp_path / ".env").write_text(f"WEBHOOK_SECRET={SECRET}\nDEPLOY_URL={fake_api.url}/\nDEPLOY_PORT=9000\n")
+
+    assert run(capsys, "deploy", "portal")[0] == 0
+    assert is_valid(SECRET.encode(), fake_api.seen[0].body, fake_api.seen[0].headers["X-Hub-Signature-256"])
+
+
+def test_history_is_a_table_read_with_the_token(capsys, fake_api, monkeypatch):
+    monkeypatch.setenv("DEPLOY_READ_TOKEN", READ_TOKEN)
+    rolled_back = record("rolled_back", duration_seconds=75.2, new_image="acme/portal:1.4.3")
+    rolled_back["id"] = "20251127T024500-99999999"
+    fake_api.page = {"items": [rolled_back, record()], "total": 7, "limit": 2, "offset": 3}
+
+    code, out, _ = run(
+        capsys, "history", "--service", "portal", "--outcome", "succeeded", "--limit", "2", "--offset", "3"
+    )
+
+    assert code == 0
+    (read,) = fake_api.requests("GET")
+    assert read.path == "/deployments" and read.headers["Authorization"] == f"Bearer {READ_TOKEN}"
+    assert read.query == {"service": ["portal"], "outcome": ["succeeded"], "limit": ["2"], "offset": ["3"]}
+    assert out.splitlines() == [
+        "ID                        ACTION  SERVICE  OUTCOME      STARTED (UTC)        DURATION    NEW IMAGE",
+        "20251127T024500-99999999  deploy  portal   rolled_back  2025-11-27 02:39:12  1 min 15 s  acme/portal:1.4.3",
+        "20251127T023912-1a2b3c4d  deploy  portal   succeeded    2025-11-27 02:39:12  11.8 s      acme/portal:1.4.2",
+        "4-5 of 7, newest first",
+    ]
+    code, out, _ = run(capsys, "history", "--json")
+    assert (code, json.loads(out)) == (0, fake_api.page)
+
+
+def test_history_with_a_wrong_token_exits_3(capsys, monkeypatch):
+    monkeypatch.setenv("DEPLOY_READ_TOKEN", "not-the-read-token-0000")
+
+    code, _, err = run(capsys, "history")
+
+    assert code == 3
+    assert "refused by the API (401): A valid read token is required" in err
+
+
+def test_show_reads_with_the_token_or_else_signs_the_id(capsys, fake_api, monkeypatch):
+    final = record("rolled_back", error="Container is restarting", logs="fatal: no config")
+    fake_api.timeline = [final]
+    monkeypatch.setenv("DEPLOY_READ_TOKEN", READ_TOKEN)
+
+    code, out, _ = run(capsys, "show", DEPLOYMENT_ID)
+
+    assert code == 0, "show answered; the outcome is in what it prints"
+    assert fake_api.seen[-1].headers["Authorization"] == f"Bearer {READ_TOKEN}"
+    assert "X-Hub-Signature-256" not in fake_api.seen[-1].headers
+    assert f"deployment   {DEPLOYMENT_ID}\n" in out and "outcome      rolled_back\n" in out
+    assert "commit       abc123\n" in out and "started      2025-11-27 02:39:12 UTC\n" in out
+    assert "steps\n  ✓ capture_state" in out and "  error     Container is restarting" in out
+    assert "    fatal: no config" in out
+
+    monkeypatch.delenv("DEPLOY_READ_TOKEN")
+    code, out, _ = run(capsys, "show", DEPLOYMENT_ID, "--json")
+    assert (code, json.loads(out)) == (0, final)
+    read = fake_api.seen[-1]
+    assert "Authorization" not in read.headers
+    assert is_valid(SECRET.encode(), DEPLOYMENT_ID.encode(), read.headers["X-Hub-Signature-256"])
+
+
+def test_show_an_unknown_id_exits_3(capsys):
+    code, _, err = run(capsys, "show", "20251127T000000-00000000")
+
+    assert code == 3
+    assert "refused by the API (404): No deployment '20251127T000000-00000000'" in err
+
+
+def test_sign_prints_the_header_for_the_exact_bytes_of_a_file_or_stdin(capsys, monkeypatch, tmp_path):
+    body = b'{"service":"portal"}\n'
+    (tmp_path / "body.json").write_bytes(body)
+
+    code, out, _ = run(capsys, "sign", "body.json")
+
+    assert code == 0
+    name, value = out.rstrip("\n").split(": ")
+    assert name == "X-Hub-Signature-256" and is_valid(SECRET.encode(), body, value)
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(body.rstrip())))
+    code, out, _ = run(capsys, "sign", "--value")
+    assert (code, out) == (0, sign(SECRET.encode(), body.rstrip()) + "\n")
+
+
+def test_the_spinner_shows_the_running_step_and_its_time_on_a_terminal():
+    now = [100.0]
+    screen = io.StringIO()
+    progress = Progress(screen, tty=True, clock=lambda: now[0])
+
+    progress.update(record("running", STEPS[:1], current_step="pull_image"))
+    now[0] += 3.2
+    progress.tick()
+    progress.update(record("running", STEPS[:2], current_step="compose_up"))
+    progress.update(record())
+    progress.done()
+
+    assert screen.getvalue() == (
+        "  ✓ capture_state Running acme/portal:1.4.1 (803b769d63c8)\n"
+        "\r\x1b[K  ⠙ pull_image    0 s"
+        "\r\x1b[K  ⠹ pull_image    3 s"
+        "\r\x1b[K  ✓ pull_image    Pulled acme/portal:1.4.2: new image 99a472288b48\n"
+        "\r\x1b[K  ⠸ compose_up    0 s"
+        "\r\x1b[K  ✓ compose_up    Container recreated\n"
+        "  ✓ health_check  Container is healthy\n"
+        "  ✓ cleanup       Kept 1 previous image\n"
+    )

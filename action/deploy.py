@@ -1,0 +1,325 @@
+"""The step of action.yml: sign a deploy request, start it, follow it until it has finished.
+
+Runs on a GitHub runner with its python3 alone (3.9 or newer): the standard library only. The
+request is asynchronous (`POST /deploy?wait=false`) because Cloudflare Tunnel cuts a request
+after 100 seconds; the deployment is then followed at `GET /deployments/{id}`, signed over the
+id with the same secret. Inputs come from INPUT_* variables that action.yml sets.
+
+Exit codes, as deployctl's: 0 succeeded (or started, with wait: false); 1 the deploy ran and did
+not succeed; 2 an input is missing or malformed; 3 refused by the API (4xx); 4 the API is
+unreachable, or the deploy was still running when the timeout ran out.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import json
+import os
+import re
+import secrets
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, TextIO
+
+POLL_INTERVAL = 2.0
+REQUEST_TIMEOUT = 30
+LOG_TAIL_LINES = 40
+# Cloudflare's browser integrity check turns away urllib's default user agent.
+USER_AGENT = "deploy-action/1"
+DEPLOYMENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+TRUE, FALSE = ("true", "yes", "1", "on"), ("false", "no", "0", "off")
+
+
+class InputError(Exception):
+    pass
+
+
+class Refused(Exception):
+    def __init__(self, status: int, detail: Any):
+        self.status = status
+        self.detail = detail
+        super().__init__(f"{status}: {detail}")
+
+
+class Unavailable(Exception):
+    pass
+
+
+@dataclass(frozen=True)
+class Inputs:
+    url: str
+    secret: bytes
+    service: str
+    image: str
+    repository: str
+    commit: str
+    message: str
+    wait: bool
+    timeout: float
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str]) -> Inputs:
+        def value(name: str, required: bool = False) -> str:
+            text = environ.get(f"INPUT_{name.upper()}", "").strip()
+            if required and not text:
+                raise InputError(f"the input '{name}' is required")
+            return text
+
+        url = value("url", required=True).rstrip("/")
+        if not url.startswith(("https://", "http://")):
+            raise InputError("the input 'url' must start with https:// or http://")
+        wait = value("wait").lower() or "true"
+        if wait not in TRUE + FALSE:
+            raise InputError(f"the input 'wait' must be true or false, not '{wait}'")
+        try:
+            timeout = float(value("timeout") or 900)
+        except ValueError:
+            raise InputError("the input 'timeout' must be a number of seconds") from None
+        if timeout <= 0:
+            raise InputError("the input 'timeout' must be more than 0")
+        return cls(
+            url=url,
+            secret=value("secret", required=True).encode(),
+            service=value("service", required=True),
+            image=value("image"),
+            repository=value("repository"),
+            commit=value("commit"),
+            # A commit message keeps its lines; only the outer whitespace goes.
+            message=environ.get("INPUT_MESSAGE", "").strip(),
+            wait=wait in TRUE,
+            timeout=timeout,
+        )
+
+    def body(self) -> bytes:
+        fields = {
+            "service": self.service,
+            "image": self.image,
+            "repository": self.repository,
+            "commit": self.commit,
+            "message": self.message,
+        }
+        return json.dumps({name: text for name, text in fields.items() if text}, separators=(",", ":")).encode()
+
+
+def sign(secret: bytes, body: bytes) -> str:
+    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
+
+
+def call(method: str, url: str, headers: dict[str, str], body: bytes | None = None) -> dict[str, Any]:
+    """The API's JSON answer; Refused on 4xx, Unavailable when the API itself did not answer."""
+    request = urllib.request.Request(url, data=body, method=method, headers={"User-Agent": USER_AGENT, **headers})
+    try:
+        with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT) as response:
+            raw = response.read()
+    except urllib.error.HTTPError as error:
+        detail = _detail(error.read(), error.reason)
+        if 400 <= error.code < 500:
+            raise Refused(error.code, detail) from None
+        raise Unavailable(f"{method} {url} answered {error.code}: {detail}") from None
+    except (urllib.error.URLError, OSError) as error:
+        raise Unavailable(f"{method} {url}: {getattr(error, 'reason', error)}") from None
+    try:
+        answer = json.loads(raw)
+    except ValueError:
+        answer = None
+    if not isinstance(answer, dict):
+        raise Unavailable(f"{method} {url} answered without a JSON object")
+    return answer
+
+
+def _detail(raw: bytes, reason: str) -> Any:
+    try:
+        return json.loads(raw)["detail"]
+    except (ValueError, KeyError, TypeError):
+        # Not the API's JSON: a proxy's page. A line of it is enough.
+        return " ".join(raw.decode(errors="replace").split())[:200] or reason
+
+
+class Log:
+    """GitHub's workflow commands, with whatever the API or a container wrote kept from being read as one."""
+
+    def __init__(self, stream: TextIO):
+        self.stream = stream
+
+    def line(self, text: str = "") -> None:
+        self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def command(self, name: str, message: str, **properties: str) -> None:
+        listed = ",".join(f"{key}={_escape(value, property_value=True)}" for key, value in properties.items())
+        self.line(f"::{name}{' ' + listed if listed else ''}::{_escape(message)}")
+
+    def untrusted(self, text: str) -> None:
+        """Text from elsewhere (a container's logs): printed with workflow commands switched off around it."""
+        token = secrets.token_hex(16)
+        self.line(f"::stop-commands::{token}")
+        self.line(text)
+        self.line(f"::{token}::")
+
+    def group(self, title: str, body: str) -> None:
+        self.command("group", title)
+        self.untrusted(body)
+        self.line("::endgroup::")
+
+
+def _escape(text: str, property_value: bool = False) -> str:
+    text = text.replace("%", "%25").replace("\r", "%0D").replace("\n", "%0A")
+    return text.replace(":", "%3A").replace(",", "%2C") if property_value else text
+
+
+class Outputs:
+    """The step's outputs ($GITHUB_OUTPUT) and its job summary ($GITHUB_STEP_SUMMARY); absent outside a runner."""
+
+    def __init__(self, environ: Mapping[str, str]):
+        self.output_file = environ.get("GITHUB_OUTPUT")
+        self.summary_file = environ.get("GITHUB_STEP_SUMMARY")
+
+    def set(self, name: str, value: str) -> None:
+        if self.output_file:
+            with open(self.output_file, "a", encoding="utf-8") as output:
+                output.write(f"{name}={' '.join(value.split())}\n")
+
+    def summary(self, markdown: str) -> None:
+        if self.summary_file:
+            with open(self.summary_file, "a", encoding="utf-8") as summary:
+                summary.write(markdown + "\n")
+
+
+def step_title(step: dict[str, Any]) -> str:
+    mark = "✓" if step.get("success") else "✗"
+    host = f"[{step['host']}] " if step.get("host") else ""
+    detail = " ".join(str(step.get("detail") or "").split())
+    return f"{mark} {host}{step.get('step', '?')}: {detail}".rstrip(": ")
+
+
+def summary_markdown(record: dict[str, Any]) -> str:
+    def cell(value: Any) -> str:
+        return " ".join(str(value or "").split()).replace("|", "\\|") or "-"
+
+    lines = [
+        f"### {record.get('action', 'deploy')} of {cell(record.get('service'))}: {record.get('outcome')}",
+        "",
+        f"Deployment `{record.get('id')}` ({cell(record.get('duration_seconds'))} s): "
+        f"`{cell(record.get('old_image'))}` → `{cell(record.get('new_image'))}`",
+        "",
+        "| step | | detail |",
+        "| --- | --- | --- |",
+    ]
+    lines += [
+        f"| {cell(step.get('step'))} | {'✓' if step.get('success') else '✗'} | {cell(step.get('detail'))} |"
+        for step in record.get("steps") or []
+    ]
+    if record.get("error"):
+        lines += ["", f"**Error:** {cell(record['error'])}"]
+    return "\n".join(lines)
+
+
+def start(inputs: Inputs) -> str:
+    body = inputs.body()
+    headers = {"Content-Type": "application/json", "X-Hub-Signature-256": sign(inputs.secret, body)}
+    answer = call("POST", f"{inputs.url}/deploy?wait=false", headers, body)
+    deployment_id = str(answer.get("deployment_id", ""))
+    if not DEPLOYMENT_ID.fullmatch(deployment_id):
+        raise Unavailable(f"the API started no deployment: {answer}")
+    return deployment_id
+
+
+def follow(inputs: Inputs, deployment_id: str, log: Log, clock=time.monotonic, sleep=time.sleep) -> dict[str, Any]:
+    """Poll the record until its outcome is final, each new step a log group. An API that stops answering for
+    a while is asked again until the timeout; the last record seen is returned, still `running` at the timeout."""
+    url = f"{inputs.url}/deployments/{deployment_id}"
+    headers = {"X-Hub-Signature-256": sign(inputs.secret, deployment_id.encode())}
+    deadline = clock() + inputs.timeout
+    record: dict[str, Any] = {"id": deployment_id, "outcome": "running", "steps": []}
+    printed = 0
+    warned = False
+    while True:
+        try:
+            record = call("GET", url, headers)
+        except Unavailable as error:
+            if not warned:
+                log.command("warning", f"No answer from the deployment API, asking again until the timeout: {error}")
+                warned = True
+        else:
+            steps = record.get("steps") or []
+            for step in steps[printed:]:
+                log.group(step_title(step), json.dumps(step, indent=2, ensure_ascii=False))
+            printed = len(steps)
+            if record.get("outcome") != "running":
+                return record
+        if clock() >= deadline:
+            return record
+        sleep(POLL_INTERVAL)
+
+
+def report(record: dict[str, Any], log: Log) -> None:
+    """The outcome as an annotation, then the failing container's log tail."""
+    service = record.get("service")
+    outcome = record.get("outcome")
+    took = f" in {record['duration_seconds']:.1f} s" if record.get("duration_seconds") is not None else ""
+    if outcome == "succeeded":
+        log.command("notice", f"{service} runs {record.get('new_image')}{took}", title=f"Deployed {service}")
+        return
+    explanation = {
+        "rolled_back": "failed and was rolled back: the service runs the previous image again",
+        "rollback_failed": "failed, and so did the rollback: the service needs a look",
+        "failed": "failed with nothing to roll back",
+        "interrupted": "was interrupted",
+        "running": "was still running when the timeout ran out; it goes on",
+    }.get(str(outcome), str(outcome))
+    error = f": {record['error']}" if record.get("error") else ""
+    log.command("error", f"The deploy of {service} {explanation}{took}{error}", title=f"Deploy of {service}: {outcome}")
+    logs = (record.get("logs") or "").rstrip().splitlines()
+    if logs:
+        tail = logs[-LOG_TAIL_LINES:]
+        log.group(f"Container logs (last {len(tail)} of {len(logs)} lines)", "\n".join(tail))
+
+
+def main(environ: Mapping[str, str] = os.environ, stream: TextIO = sys.stdout) -> int:
+    log = Log(stream)
+    outputs = Outputs(environ)
+    secret = environ.get("INPUT_SECRET", "").strip()
+    if secret:
+        log.line(f"::add-mask::{secret}")
+    try:
+        inputs = Inputs.from_environment(environ)
+    except InputError as error:
+        log.command("error", str(error), title="Deploy")
+        return 2
+    try:
+        deployment_id = start(inputs)
+    except Refused as refusal:
+        outputs.set("outcome", "rejected")
+        detail = "; ".join(map(str, refusal.detail)) if isinstance(refusal.detail, list) else str(refusal.detail)
+        hint = " (the secret is not the API's WEBHOOK_SECRET)" if refusal.status == 403 else ""
+        log.command("error", f"{refusal.status}: {detail}{hint}", title=f"The deployment API refused {inputs.service}")
+        return 3
+    except Unavailable as error:
+        log.command("error", str(error), title="The deployment API did not answer")
+        return 4
+    outputs.set("deployment-id", deployment_id)
+    log.line(f"Deployment {deployment_id} of {inputs.service} started")
+    if not inputs.wait:
+        outputs.set("outcome", "running")
+        return 0
+    try:
+        record = follow(inputs, deployment_id, log)
+    except Refused as refusal:
+        log.command("error", f"{refusal.status}: {refusal.detail}", title=f"Following deployment {deployment_id}")
+        return 3
+    outcome = str(record.get("outcome"))
+    outputs.set("outcome", outcome)
+    outputs.summary(summary_markdown(record))
+    report(record, log)
+    if outcome == "succeeded":
+        return 0
+    return 4 if outcome == "running" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

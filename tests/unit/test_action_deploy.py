@@ -1,0 +1,254 @@
+"""The GitHub Action: action.yml's shape, and action/deploy.py against a fake API on loopback."""
+
+from __future__ import annotations
+
+import ast
+import importlib.util
+import io
+import re
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+import yaml
+from fakeapi import DEPLOYMENT_ID, SECRET, STEPS, FakeApi, progressing, record, serving
+
+from api.signature import is_valid
+
+REPO = Path(__file__).resolve().parents[2]
+SCRIPT = REPO / "action" / "deploy.py"
+ACTION = yaml.safe_load((REPO / "action.yml").read_text())
+WORKFLOW = yaml.safe_load((REPO / "docs" / "github-actions-deployment-api.yml").read_text())
+
+
+def load_script() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("action_deploy", SCRIPT)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # dataclasses look their module up while the class is built
+    spec.loader.exec_module(module)
+    return module
+
+
+action_deploy = load_script()
+
+
+@pytest.fixture
+def fake_api(monkeypatch) -> Iterator[FakeApi]:
+    monkeypatch.setattr(action_deploy, "POLL_INTERVAL", 0.01)
+    yield from serving()
+
+
+@pytest.fixture
+def runner(tmp_path, fake_api):
+    """The environment action.yml gives the script, with $GITHUB_OUTPUT and $GITHUB_STEP_SUMMARY files."""
+    environ = {
+        "INPUT_URL": fake_api.url,
+        "INPUT_SECRET": SECRET,
+        "INPUT_SERVICE": "portal",
+        "INPUT_IMAGE": "acme/portal:1.4.2",
+        "INPUT_REPOSITORY": "acme/portal",
+        "INPUT_COMMIT": "abc123",
+        "INPUT_MESSAGE": "Update homepage\n\nWith a body.\n",
+        "INPUT_WAIT": "true",
+        "INPUT_TIMEOUT": "900",
+        "GITHUB_OUTPUT": str(tmp_path / "output"),
+        "GITHUB_STEP_SUMMARY": str(tmp_path / "summary"),
+    }
+
+    def run(**inputs: str) -> tuple[int, str, dict[str, str]]:
+        stream = io.StringIO()
+        code = action_deploy.main({**environ, **inputs}, stream)
+        log = stream.getvalue()
+        output_file = tmp_path / "output"
+        lines = output_file.read_text().splitlines() if output_file.exists() else []
+        output_file.unlink(missing_ok=True)
+        assert log.count(SECRET) == (1 if log.startswith(f"::add-mask::{SECRET}\n") else 0), "only masked"
+        return code, log, dict(line.split("=", 1) for line in lines)
+
+    return run
+
+
+def test_a_successful_deploy_signs_starts_asynchronously_and_follows_each_step_as_a_group(runner, fake_api, tmp_path):
+    fake_api.timeline = progressing(record())
+
+    code, log, outputs = runner()
+
+    assert code == 0
+    assert outputs == {"deployment-id": DEPLOYMENT_ID, "outcome": "succeeded"}
+    (start,) = fake_api.requests("POST")
+    assert (start.path, start.query) == ("/deploy", {"wait": ["false"]})
+    assert start.body == (
+        b'{"service":"portal","image":"acme/portal:1.4.2","repository":"acme/portal","commit":"abc123",'
+        b'"message":"Update homepage\\n\\nWith a body."}'
+    )
+    assert is_valid(SECRET.encode(), start.body, start.headers["X-Hub-Signature-256"])
+    assert start.headers["User-Agent"].startswith("deploy-action/")
+    for read in fake_api.requests("GET"):
+        assert read.path == f"/deployments/{DEPLOYMENT_ID}"
+        assert is_valid(SECRET.encode(), DEPLOYMENT_ID.encode(), read.headers["X-Hub-Signature-256"])
+    assert log.startswith(f"::add-mask::{SECRET}\nDeployment {DEPLOYMENT_ID} of portal started\n")
+    groups = re.findall(r"^::group::(.*)$", log, flags=re.MULTILINE)
+    assert groups == [
+        "✓ capture_state: Running acme/portal:1.4.1 (803b769d63c8)",
+        "✓ pull_image: Pulled acme/portal:1.4.2: new image 99a472288b48",
+        "✓ compose_up: Container recreated",
+        "✓ health_check: Container is healthy",
+        "✓ cleanup: Kept 1 previous image",
+    ]
+    assert log.count("::endgroup::") == 5
+    assert log.rstrip().endswith("::notice title=Deployed portal::portal runs acme/portal:1.4.2 in 11.8 s")
+    summary = (tmp_path / "summary").read_text()
+    assert summary.startswith("### deploy of portal: succeeded\n")
+    assert "| health_check | ✓ | Container is healthy |" in summary
+
+
+def test_a_rolled_back_deploy_fails_the_step_with_the_error_and_the_log_tail(runner, fake_api):
+    steps = [*STEPS[:3], {"step": "health_check", "success": False, "detail": "Container is restarting"}]
+    logs = "starting\n::error::forged by the container\nfatal: configuration file /etc/app.conf not found"
+    fake_api.timeline = progressing(
+        record("rolled_back", steps, error="Container is restarting: it stopped 1 time(s)", logs=logs)
+    )
+
+    code, log, outputs = runner()
+
+    assert code == 1
+    assert outputs == {"deployment-id": DEPLOYMENT_ID, "outcome": "rolled_back"}
+    assert "::group::✗ health_check: Container is restarting\n" in log
+    assert (
+        "::error title=Deploy of portal%3A rolled_back::The deploy of portal failed and was rolled back: the "
+        "service runs the previous image again in 11.8 s: Container is restarting: it stopped 1 time(s)\n"
+    ) in log
+    assert "::group::Container logs (last 3 of 3 lines)\n" in log
+    # What the container wrote is never read as a workflow command.
+    before, after = log.split("\n::error::forged by the container\n")
+    token = re.findall(r"^::stop-commands::(\w+)$", before, flags=re.MULTILINE)[-1]
+    assert f"::{token}::" not in before and f"\n::{token}::\n" in after
+
+
+@pytest.mark.parametrize(
+    ("inputs", "answer", "message"),
+    [
+        ({"INPUT_SERVICE": "ghost"}, (400, {"detail": "Service 'ghost' not allowed. Allowed: portal"}), "400: Service"),
+        ({"INPUT_SECRET": "wrong-" + "x" * 40}, None, "403: Invalid signature (the secret is not the API's"),
+        ({}, (409, {"detail": "A deployment of 'portal' is already running"}), "409: A deployment of 'portal'"),
+        ({}, (422, {"detail": ["image: not a valid Docker image reference"]}), "422: image: not a valid Docker"),
+    ],
+    ids=["not-allowed", "wrong-secret", "conflict", "validation"],
+)
+def test_a_refusal_fails_the_step_with_exit_3(runner, fake_api, inputs, answer, message):
+    fake_api.start_answer = answer
+
+    code, log, outputs = runner(**inputs)
+
+    assert code == 3
+    assert outputs == {"outcome": "rejected"}
+    assert re.search(r"^::error title=The deployment API refused \w+::" + re.escape(message), log, re.MULTILINE)
+    assert fake_api.requests("GET") == []
+
+
+def test_an_unreachable_api_fails_the_step_with_exit_4(runner, fake_api):
+    code, log, outputs = runner(INPUT_URL=fake_api.url.rsplit(":", 1)[0] + ":9")
+
+    assert code == 4
+    assert outputs == {}
+    assert "::error title=The deployment API did not answer::POST http" in log
+
+
+def test_a_deploy_still_running_at_the_timeout_fails_the_step_with_exit_4(runner, fake_api):
+    fake_api.timeline = [record("running", STEPS[:2], current_step="compose_up")]
+
+    code, log, outputs = runner(INPUT_TIMEOUT="0.2")
+
+    assert code == 4
+    assert outputs == {"deployment-id": DEPLOYMENT_ID, "outcome": "running"}
+    assert "was still running when the timeout ran out; it goes on" in log
+
+
+def test_a_moment_without_answers_is_a_warning_then_the_deploy_is_followed(runner, fake_api):
+    fake_api.timeline = progressing(record())
+    fake_api.unavailable_reads = 3
+
+    code, log, _ = runner()
+
+    assert code == 0
+    assert log.count("::warning::No answer from the deployment API") == 1
+
+
+def test_wait_false_returns_once_started(runner, fake_api):
+    code, _, outputs = runner(INPUT_WAIT="false")
+
+    assert code == 0
+    assert outputs == {"deployment-id": DEPLOYMENT_ID, "outcome": "running"}
+    assert fake_api.requests("GET") == []
+
+
+def test_empty_optional_inputs_are_left_out_of_the_body(runner, fake_api):
+    runner(INPUT_IMAGE="", INPUT_REPOSITORY="", INPUT_COMMIT="", INPUT_MESSAGE="  ")
+
+    assert fake_api.requests("POST")[0].body == b'{"service":"portal"}'
+
+
+@pytest.mark.parametrize(
+    ("inputs", "message"),
+    [
+        ({"INPUT_URL": ""}, "the input 'url' is required"),
+        ({"INPUT_URL": "deploy.example.com"}, "the input 'url' must start with https://"),
+        ({"INPUT_SECRET": ""}, "the input 'secret' is required"),
+        ({"INPUT_SERVICE": " "}, "the input 'service' is required"),
+        ({"INPUT_WAIT": "sometimes"}, "the input 'wait' must be true or false"),
+        ({"INPUT_TIMEOUT": "soon"}, "the input 'timeout' must be a number of seconds"),
+    ],
+)
+def test_a_missing_or_malformed_input_exits_2(runner, fake_api, inputs, message):
+    code, log, _ = runner(**inputs)
+
+    assert code == 2
+    assert f"::error title=Deploy::{message}" in log
+    assert fake_api.seen == []
+
+
+def test_the_script_needs_only_the_standard_library():
+    tree = ast.parse(SCRIPT.read_text())
+    imported = {
+        alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
+    }
+    imported |= {
+        node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module
+    }
+    assert imported <= sys.stdlib_module_names | {"__future__"}, imported - sys.stdlib_module_names
+
+
+def test_action_yml_inputs_outputs_and_a_step_that_takes_inputs_only_from_its_environment():
+    inputs = ACTION["inputs"]
+    assert set(inputs) == {"url", "secret", "service", "image", "repository", "commit", "message", "wait", "timeout"}
+    assert {name for name, spec in inputs.items() if spec.get("required")} == {"url", "secret", "service"}
+    assert inputs["repository"]["default"] == "${{ github.repository }}"
+    assert inputs["commit"]["default"] == "${{ github.sha }}"
+    assert (inputs["wait"]["default"], inputs["timeout"]["default"]) == ("true", "900")
+    assert set(ACTION["outputs"]) == {"deployment-id", "outcome"}
+    assert ACTION["runs"]["using"] == "composite"
+    (step,) = ACTION["runs"]["steps"]
+    assert "${{" not in step["run"], "inputs reach the shell through env, never inside the script"
+    assert step["env"] == {f"INPUT_{name.upper()}": f"${{{{ inputs.{name} }}}}" for name in inputs}
+    for output in ACTION["outputs"].values():
+        assert output["value"].startswith(f"${{{{ steps.{step['id']}.outputs.")
+
+
+def deploy_step(workflow: dict[str, Any]) -> dict[str, Any]:
+    steps = [step for job in workflow["jobs"].values() for step in job["steps"]]
+    (step,) = [step for step in steps if "with" in step and "secret" in step["with"]]
+    return step
+
+
+def test_the_documented_workflow_builds_pushes_and_deploys_with_the_action():
+    step = deploy_step(WORKFLOW)
+    assert set(step["with"]) <= set(ACTION["inputs"])
+    assert step["with"]["url"] == "${{ secrets.DEPLOY_URL }}"
+    assert step["with"]["secret"] == "${{ secrets.DEPLOY_WEBHOOK_SECRET }}"
+    assert {"service", "image"} <= set(step["with"])
+    text = (REPO / "docs" / "github-actions-deployment-api.yml").read_text()
+    assert "ghcr.io" in text and "docker/build-push-action" in text and "packages: write" in text

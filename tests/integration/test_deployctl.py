@@ -1,0 +1,152 @@
+"""deployctl as an operator runs it (the installed command, in a process of its own) against the real API,
+the real playbook and the real engine; what it says is checked against what the engine runs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from apiserver import READ_TOKEN, SECRET, ApiServer, serving
+from conftest import fingerprint, free_port, image, image_id, service
+
+pytestmark = pytest.mark.usefixtures("registry")
+
+DEPLOYCTL = Path(sys.executable).parent / "deployctl"
+STEPS = ["capture_state", "pull_image", "compose_up", "health_check", "cleanup"]
+
+
+@pytest.fixture
+def api_server(tmp_path):
+    yield from serving(tmp_path)
+
+
+@pytest.fixture
+def deployctl(tmp_path):
+    """Run the installed deployctl against a server, from an empty directory (no .env), with only the
+    settings given; the secret must appear in nothing it prints."""
+    workdir = tmp_path / "operator"
+    workdir.mkdir()
+
+    def run(
+        server: ApiServer,
+        *args: str,
+        secret: str | None = SECRET,
+        read_token: str | None = None,
+        url: str | None = None,
+    ) -> subprocess.CompletedProcess[str]:
+        environment = {
+            name: value
+            for name, value in os.environ.items()
+            if name not in ("WEBHOOK_SECRET", "DEPLOY_URL", "DEPLOY_READ_TOKEN")
+        }
+        environment["DEPLOY_URL"] = url or server.url
+        if secret is not None:
+            environment["WEBHOOK_SECRET"] = secret
+        if read_token is not None:
+            environment["DEPLOY_READ_TOKEN"] = read_token
+        completed = subprocess.run(
+            [str(DEPLOYCTL), *args], cwd=workdir, env=environment, capture_output=True, text=True, timeout=300
+        )
+        assert SECRET not in completed.stdout + completed.stderr
+        return completed
+
+    return run
+
+
+def step_lines(output: str) -> list[str]:
+    """The step names of deployctl's step lines ("  ✓ capture_state ..."), in the order printed."""
+    return [line.split()[1] for line in output.splitlines() if line.startswith(("  ✓ ", "  ✗ "))]
+
+
+def test_deploy_succeeds_a_crash_rolls_back_and_history_and_show_tell_both(compose_project, api_server, deployctl):
+    project = compose_project({"portal": service(image("healthy", "v1"))}, {"portal": {"health_timeout": 30}})
+    project.up()
+    server = api_server(project)
+
+    ok = deployctl(server, "deploy", "portal", image("healthy", "v2"), "--commit", "c2", "--message", "Update")
+
+    assert ok.returncode == 0, ok.stdout + ok.stderr
+    first, *_ = ok.stdout.splitlines()
+    assert first.startswith("deploy of portal started: deployment ")
+    ok_id = first.rsplit(" ", 1)[-1]
+    assert step_lines(ok.stdout) == STEPS, "each step printed once, in order"
+    assert "✓ deploy of portal succeeded (" in ok.stdout
+    assert f"  now runs  {image('healthy', 'v2')} ({image_id(image('healthy', 'v2'))[7:19]})" in ok.stdout
+    assert project.container("portal")["Image"] == image_id(image("healthy", "v2"))
+
+    crashed = deployctl(server, "deploy", "portal", image("crash", "v1"), "--json")
+
+    assert crashed.returncode == 1, crashed.stdout + crashed.stderr
+    record = json.loads(crashed.stdout)
+    assert (record["outcome"], record["http_status"]) == ("rolled_back", 500)
+    assert record["steps"][-1]["step"] == "rollback" and record["steps"][-1]["rolled_back"] is True
+    assert "fatal: configuration file /etc/app.conf not found" in record["logs"]
+    assert project.container("portal")["Image"] == image_id(image("healthy", "v2")), "the engine agrees"
+
+    history = deployctl(server, "history", "--service", "portal", read_token=READ_TOKEN)
+
+    assert history.returncode == 0, history.stderr
+    header, newest, oldest, footer = history.stdout.splitlines()
+    assert header.split() == ["ID", "ACTION", "SERVICE", "OUTCOME", "STARTED", "(UTC)", "DURATION", "NEW", "IMAGE"]
+    assert newest.split()[:4] == [record["id"], "deploy", "portal", "rolled_back"]
+    assert newest.endswith(image("crash", "v1"))
+    assert oldest.split()[:4] == [ok_id, "deploy", "portal", "succeeded"]
+    assert footer == "1-2 of 2, newest first"
+
+    shown = deployctl(server, "show", ok_id, read_token=READ_TOKEN)
+
+    assert shown.returncode == 0, shown.stderr
+    assert f"deployment   {ok_id}\n" in shown.stdout and "outcome      succeeded\n" in shown.stdout
+    assert "commit       c2\n" in shown.stdout and "message      Update\n" in shown.stdout
+    assert step_lines(shown.stdout) == STEPS
+    # Without the read token, signed over the id with the webhook secret: the same record.
+    signed = deployctl(server, "show", record["id"], "--json")
+    assert signed.returncode == 0, signed.stderr
+    assert json.loads(signed.stdout) == server.record(record["id"])
+
+
+def test_refusals_exit_3_and_an_unreachable_api_exits_4(compose_project, api_server, deployctl):
+    project = compose_project({"portal": service(image("healthy", "v1"))})
+    project.up()
+    before = fingerprint(project.container("portal"))
+    server = api_server(project)
+
+    unknown = deployctl(server, "deploy", "ghost", image("healthy", "v2"))
+    forged = deployctl(server, "deploy", "portal", image("healthy", "v2"), secret="not-the-secret-" + "x" * 32)
+    invalid = deployctl(server, "deploy", "portal", "Not An Image!")
+    unreachable = deployctl(server, "deploy", "portal", url=f"http://127.0.0.1:{free_port()}")
+    wrong_token = deployctl(server, "history", read_token="not-the-read-token-0000")
+
+    assert (unknown.returncode, unknown.stdout) == (3, "")
+    assert "refused by the API (400): Service 'ghost' not allowed. Allowed: portal" in unknown.stderr
+    assert forged.returncode == 3
+    assert "refused by the API (403): Invalid signature" in forged.stderr
+    assert invalid.returncode == 3
+    assert "refused by the API (422):\n  - image: Value error, not a valid Docker image reference" in invalid.stderr
+    assert unreachable.returncode == 4
+    assert "the API did not answer: http://127.0.0.1:" in unreachable.stderr
+    assert wrong_token.returncode == 3
+    assert "refused by the API (401)" in wrong_token.stderr
+    assert fingerprint(project.container("portal")) == before, "nothing ran"
+
+
+def test_a_second_deploy_while_one_runs_is_refused_with_exit_3(compose_project, api_server, deployctl):
+    project = compose_project({"portal": service(image("healthy", "v1"))})
+    project.up()
+    server = api_server(project)
+
+    started = deployctl(server, "deploy", "portal", image("healthy", "v2"), "--no-follow", "--json")
+    second = deployctl(server, "deploy", "portal", image("healthy", "v3"))
+
+    assert started.returncode == 0, started.stderr
+    deployment_id = json.loads(started.stdout)["deployment_id"]
+    assert second.returncode == 3
+    assert f"refused by the API (409): A deployment of 'portal' is already running (deployment {deployment_id}" in (
+        second.stderr
+    )
+    assert server.follow(deployment_id)[-1]["outcome"] == "succeeded"
+    assert project.container("portal")["Image"] == image_id(image("healthy", "v2"))

@@ -35,6 +35,16 @@ DEPLOYMENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 TRUE, FALSE = ("true", "yes", "1", "on"), ("false", "no", "0", "off")
 
 
+class _NoRedirects(urllib.request.HTTPRedirectHandler):
+    """A redirect is an error: a POST must not turn into a GET, nor a signed request go elsewhere unseen."""
+
+    def redirect_request(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+_OPENER = urllib.request.build_opener(_NoRedirects)
+
+
 class InputError(Exception):
     pass
 
@@ -114,12 +124,15 @@ def call(method: str, url: str, headers: dict[str, str], body: bytes | None = No
     """The API's JSON answer; Refused on 4xx, Unavailable when the API itself did not answer."""
     request = urllib.request.Request(url, data=body, method=method, headers={"User-Agent": USER_AGENT, **headers})
     try:
-        with urllib.request.urlopen(request, timeout=REQUEST_TIMEOUT) as response:
+        with _OPENER.open(request, timeout=REQUEST_TIMEOUT) as response:
             raw = response.read()
     except urllib.error.HTTPError as error:
         detail = _detail(error.read(), error.reason)
         if 400 <= error.code < 500:
             raise Refused(error.code, detail) from None
+        if 300 <= error.code < 400:
+            location = error.headers.get("Location")
+            raise Unavailable(f"{method} {url} redirects to {location}: set the url input to where it points") from None
         raise Unavailable(f"{method} {url} answered {error.code}: {detail}") from None
     except (urllib.error.URLError, OSError) as error:
         raise Unavailable(f"{method} {url}: {getattr(error, 'reason', error)}") from None

@@ -49,7 +49,6 @@ class Client:
         secret: bytes | None = None,
         read_token: str | None = None,
         timeout: float = 30,
-        transport: httpx.BaseTransport | None = None,
     ):
         self.url = url.rstrip("/")
         self._secret = secret
@@ -57,7 +56,6 @@ class Client:
         self._http = httpx.Client(
             base_url=self.url,
             timeout=timeout,
-            transport=transport,
             # Cloudflare's browser integrity check turns away the default user agents of HTTP libraries.
             headers={"User-Agent": f"deployctl/{__version__}"},
         )
@@ -102,6 +100,10 @@ class Client:
             raise Unavailable(f"{self.url}{path}: {error or type(error).__name__}") from None
         if 400 <= response.status_code < 500:
             raise Refused(response.status_code, error_detail(response))
+        if response.is_redirect:
+            # Not followed: a POST must not turn into a GET, nor a signed request go elsewhere unseen.
+            location = response.headers.get("location")
+            raise Unavailable(f"{self.url}{path} redirects to {location}: set DEPLOY_URL (or --url) to where it points")
         if response.status_code >= 500 or response.status_code < 200:
             raise Unavailable(f"{self.url}{path} answered {response.status_code}: {error_detail(response)}")
         try:

@@ -78,6 +78,7 @@ class FakeApi:
     url: str = ""
     seen: list[Seen] = field(default_factory=list)
     start_answer: tuple[int, dict[str, Any]] | None = None
+    extra_headers: dict[str, str] = field(default_factory=dict)
     timeline: list[dict[str, Any]] = field(default_factory=lambda: [record()])
     unavailable_reads: int = 0
     page: dict[str, Any] = field(default_factory=dict)
@@ -138,6 +139,8 @@ def serving() -> Iterator[FakeApi]:
             raw = json.dumps(body).encode()
             self.send_response(status)
             self.send_header("Content-Type", "application/json")
+            for name, value in api.extra_headers.items():
+                self.send_header(name, value)
             self.send_header("Content-Length", str(len(raw)))
             self.end_headers()
             self.wfile.write(raw)

@@ -158,6 +158,17 @@ def test_an_unreachable_api_fails_the_step_with_exit_4(runner, fake_api):
     assert "::error title=The deployment API did not answer::POST http" in log
 
 
+def test_a_redirect_is_not_followed_and_fails_the_step_with_exit_4(runner, fake_api):
+    fake_api.start_answer = (301, {})
+    fake_api.extra_headers = {"Location": "https://deploy.example.com/deploy"}
+
+    code, log, _ = runner()
+
+    assert code == 4
+    assert "redirects to https://deploy.example.com/deploy: set the url input to where it points" in log
+    assert len(fake_api.seen) == 1
+
+
 def test_a_deploy_still_running_at_the_timeout_fails_the_step_with_exit_4(runner, fake_api):
     fake_api.timeline = [record("running", STEPS[:2], current_step="compose_up")]
 

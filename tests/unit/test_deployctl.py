@@ -215,6 +215,17 @@ def test_a_5xx_from_a_proxy_exits_4(capsys, fake_api):
     assert (code, "answered 502: Bad gateway" in err) == (4, True)
 
 
+def test_a_redirect_is_not_followed_and_exits_4_naming_where_it_points(capsys, fake_api):
+    fake_api.start_answer = (308, {})
+    fake_api.extra_headers = {"Location": "https://deploy.example.com/deploy"}
+
+    code, _, err = run(capsys, "deploy", "portal")
+
+    assert code == 4
+    assert "redirects to https://deploy.example.com/deploy: set DEPLOY_URL (or --url) to where it points" in err
+    assert len(fake_api.seen) == 1
+
+
 def test_following_past_the_timeout_exits_4_and_the_deploy_goes_on(capsys, fake_api):
     fake_api.timeline = [record("running", STEPS[:1], current_step="pull_image")]
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import socket
 import subprocess
 import urllib.request
@@ -20,6 +21,8 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 REGISTRY = os.environ.get("DEPLOY_TEST_REGISTRY", "127.0.0.1:5099")
 PLAYBOOK = REPO / "playbooks" / "deploy.yml"
+# A history tag: `<stamp>-<short image id>`, or the older `<short image id>` alone.
+HISTORY_TAG = re.compile(r"(?:(?P<stamp>[0-9]{8}T[0-9]{12})-)?(?P<short_id>[0-9a-f]{12})")
 
 
 def image(kind: str, version: str = "v1") -> str:
@@ -56,6 +59,15 @@ def image_id(reference: str) -> str:
 
 def image_exists(reference: str) -> bool:
     return bool(docker("image", "inspect", "--format", "{{.Id}}", reference, check=False))
+
+
+@dataclass(frozen=True)
+class HistoryTag:
+    """One tag of a service's history: deploy-history/<project>/<service>:<stamp>-<short id>."""
+
+    ref: str
+    stamp: str  # "" for the older `<short id>` form
+    image_id: str
 
 
 @dataclass
@@ -130,6 +142,18 @@ class ComposeProject:
             text=True,
         )
         assert docker_wait.returncode == 0, docker_wait.stderr
+
+    def history(self, service: str) -> list[HistoryTag]:
+        """The service's history tags, newest stamp first; each tag's name is checked against the format."""
+        repository = f"deploy-history/{self.name}/{service}"
+        listing = docker("images", "--no-trunc", "--format", "{{.Tag}} {{.ID}}", repository)
+        tags = []
+        for line in listing.splitlines():
+            tag, full_id = line.split()
+            match = HISTORY_TAG.fullmatch(tag)
+            assert match and match["short_id"] == full_id[7:19], f"{repository}:{tag} is not a history tag of {full_id}"
+            tags.append(HistoryTag(f"{repository}:{tag}", match["stamp"] or "", full_id))
+        return sorted(tags, key=lambda entry: entry.stamp, reverse=True)
 
     def deploy(
         self, service: str, image: str | None = None, *, check: bool = False, limit: str | None = None

@@ -41,8 +41,10 @@ def test_success_runs_exactly_the_requested_image(compose_project):
     assert (result["new_image"], result["new_image_id"]) == (image("healthy", "v2"), container["Image"])
     assert deploy.steps == STEPS_OK
     assert all(step["success"] for step in result["steps"])
-    # The replaced image stays, protected by a history tag, for a rollback.
-    assert image_id(f"deploy-history/{project.name}/app:{old_id[7:19]}") == old_id
+    # The replaced image stays, protected by a history tag, for a rollback; the running image is the newest entry.
+    history = project.history("app")
+    assert [entry.image_id for entry in history] == [container["Image"], old_id]
+    assert all(entry.stamp for entry in history)
 
 
 @pytest.mark.parametrize(
@@ -336,5 +338,5 @@ def test_cleanup_leaves_an_image_another_service_keeps_for_rollback(compose_proj
         assert deploy.rc == 0, deploy.stdout
 
     assert image_exists(ids["u1"]), "another service still keeps u1"
-    assert image_exists(f"deploy-history/{other.name}/app:{ids['u1'][7:19]}")
-    assert not image_exists(f"deploy-history/{first.name}/app:{ids['u1'][7:19]}"), "this service let it go"
+    assert ids["u1"] in [entry.image_id for entry in other.history("app")]
+    assert [entry.image_id for entry in first.history("app")] == [ids["u3"], ids["u2"]], "this service let u1 go"

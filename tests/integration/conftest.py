@@ -21,6 +21,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[2]
 REGISTRY = os.environ.get("DEPLOY_TEST_REGISTRY", "127.0.0.1:5099")
 PLAYBOOK = REPO / "playbooks" / "deploy.yml"
+ROLLBACK_PLAYBOOK = REPO / "playbooks" / "rollback.yml"
 # A history tag: `<stamp>-<short image id>`, or the older `<short image id>` alone.
 HISTORY_TAG = re.compile(r"(?:(?P<stamp>[0-9]{8}T[0-9]{12})-)?(?P<short_id>[0-9a-f]{12})")
 
@@ -158,6 +159,18 @@ class ComposeProject:
     def deploy(
         self, service: str, image: str | None = None, *, check: bool = False, limit: str | None = None
     ) -> Deploy:
+        """playbooks/deploy.yml through ansible-runner, as the API runs it."""
+        return self.run_playbook(PLAYBOOK, service, image, check=check, limit=limit)
+
+    def rollback(
+        self, service: str, image: str | None = None, *, check: bool = False, limit: str | None = None
+    ) -> Deploy:
+        """playbooks/rollback.yml through ansible-runner, as the API runs it."""
+        return self.run_playbook(ROLLBACK_PLAYBOOK, service, image, check=check, limit=limit)
+
+    def run_playbook(
+        self, playbook: Path, service: str, image: str | None, *, check: bool, limit: str | None
+    ) -> Deploy:
         extravars: dict[str, Any] = {"service": service}
         if image is not None:
             extravars["image"] = image
@@ -166,7 +179,7 @@ class ComposeProject:
         private_data_dir.mkdir(mode=0o700)
         runner = ansible_runner.run(
             private_data_dir=str(private_data_dir),
-            playbook=str(PLAYBOOK),
+            playbook=str(playbook),
             inventory=str(self.inventory),
             extravars=extravars,
             cmdline=cmdline or None,
@@ -182,10 +195,10 @@ class ComposeProject:
             stdout=runner.stdout.read(),
         )
 
-    def playbook_cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+    def playbook_cli(self, *args: str, playbook: Path = PLAYBOOK) -> subprocess.CompletedProcess[str]:
         """ansible-playbook as an operator runs it by hand."""
         return subprocess.run(
-            ["ansible-playbook", "-i", str(self.inventory), str(PLAYBOOK), *args],
+            ["ansible-playbook", "-i", str(self.inventory), str(playbook), *args],
             cwd=REPO,
             capture_output=True,
             text=True,

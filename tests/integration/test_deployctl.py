@@ -7,11 +7,12 @@ import json
 import os
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
 from apiserver import READ_TOKEN, SECRET, ApiServer, serving
-from conftest import fingerprint, free_port, image, image_id, service
+from conftest import REGISTRY, build_unique, fingerprint, free_port, image, image_id, service
 
 pytestmark = pytest.mark.usefixtures("registry")
 
@@ -150,3 +151,28 @@ def test_a_second_deploy_while_one_runs_is_refused_with_exit_3(compose_project, 
     )
     assert server.follow(deployment_id)[-1]["outcome"] == "succeeded"
     assert project.container("portal")["Image"] == image_id(image("healthy", "v2"))
+
+
+def test_rollback_after_two_deploys_runs_the_previous_image_again(compose_project, api_server, deployctl):
+    # Images of this test's own: the ids the container runs can only come from these deploys.
+    repository = f"{REGISTRY}/dt-{uuid.uuid4().hex[:10]}-ctl/app"
+    ids = {version: build_unique(f"{repository}:{version}") for version in ("v1", "v2", "v3")}
+    project = compose_project({"app": service(f"{repository}:v1")})
+    project.up()
+    server = api_server(project)
+    for version in ("v2", "v3"):
+        deployed = deployctl(server, "deploy", "app", f"{repository}:{version}")
+        assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    assert project.container("app")["Image"] == ids["v3"]
+
+    back = deployctl(server, "rollback", "app", "--message", "v3 breaks logins")
+
+    assert back.returncode == 0, back.stdout + back.stderr
+    assert "✓ rollback of app succeeded" in back.stdout
+    container = project.container("app")
+    assert container["Image"] == ids["v2"]
+    assert container["State"]["Health"]["Status"] == "healthy"
+    newest = json.loads(deployctl(server, "history", "--limit", "1", "--json", read_token=READ_TOKEN).stdout)
+    (record,) = newest["items"]
+    assert (record["action"], record["outcome"], record["message"]) == ("rollback", "succeeded", "v3 breaks logins")
+    assert (record["old_image_id"], record["new_image_id"]) == (ids["v3"], ids["v2"])

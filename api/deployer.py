@@ -14,7 +14,7 @@ from typing import Any
 from api.history import History
 from api.history import now as history_now
 from api.models import DeployFailure, DeployRequest, DeploySuccess
-from api.runner import RunResult, deploy_extravars, run_playbook
+from api.runner import RunResult, deploy_extravars, run_playbook, stop_leftover_run
 from api.settings import Settings
 
 log = logging.getLogger("deploy")
@@ -296,6 +296,10 @@ class Deployer:
             record = self.history.get(deployment_id)
             if not record or not record["service"]:
                 continue
+            run_dir = self.settings.deploy_state_dir / "runs" / deployment_id
+            left = await asyncio.to_thread(stop_leftover_run, run_dir)
+            if left:
+                log.warning("[%s] stopped %d process(es) left from the interrupted run", deployment_id, left)
             status = await asyncio.to_thread(self._record_running_state, deployment_id, record["service"])
             reason = restore_reason(record, status)
             if reason is None or self.settings.deploy_recover_interrupted != "rollback":

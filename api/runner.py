@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import shutil
+import signal
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -27,6 +30,7 @@ PYTHON_BIN = str(Path(sys.executable).parent)
 # Play-level tasks of playbooks/deploy.yml: the step each one starts, and how the log announces it.
 STEPS = {
     "Capture the running state": ("capture_state", "📸 Capturing current state for rollback..."),
+    "Choose the image to roll back to": ("choose_image", "🔎 Choosing the image to roll back to..."),
     "Pull the image": ("pull_image", "⬇️  Pulling image..."),
     "Start the service": ("compose_up", "🔄 Restarting service via docker compose..."),
     "Check health": ("health_check", "🏥 Checking container health..."),
@@ -63,6 +67,36 @@ def unsafe_extravars(values: dict[str, Any]) -> str:
         return "!unsafe " + json.dumps(str(value))
 
     return "".join(f"{json.dumps(key)}: {render(value, 0)}\n" for key, value in values.items())
+
+
+def leftover_processes(run_dir: Path) -> list[int]:
+    """Processes still running a run directory's playbook (Linux /proc), e.g. after the API was killed."""
+    marker = str(run_dir).encode()
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            if marker in (proc / "cmdline").read_bytes():
+                found.append(int(proc.name))
+        except OSError:
+            continue
+    return found
+
+
+def stop_leftover_run(run_dir: Path, grace: float = 10.0) -> int:
+    """Wait up to `grace` seconds for what is left of a run to end, then kill it; how many processes were left.
+
+    A killed API's playbook run usually dies with it (its terminal hangs up), but a module may still be finishing.
+    Nothing may touch the service while it does.
+    """
+    deadline = time.monotonic() + grace
+    left = leftover_processes(run_dir)
+    while left and time.monotonic() < deadline:
+        time.sleep(0.1)
+        left = leftover_processes(run_dir)
+    for pid in left:
+        with contextlib.suppress(OSError):
+            os.kill(pid, signal.SIGKILL)
+    return len(left)
 
 
 def _prune_runs(runs_dir: Path, keep: int) -> None:

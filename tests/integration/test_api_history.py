@@ -124,11 +124,12 @@ def test_kill_9_mid_deploy_then_restart_marks_it_interrupted_and_restores_the_pr
     server.process.wait(10)
     left = project.container("portal")
     assert left["Image"] == image_id(image("unhealthy", "v1")), "the kill left the service half-deployed"
-    orphans = subprocess.run(["pgrep", "-f", f"runs/{deployment_id}"], capture_output=True, text=True)
-    assert orphans.stdout == "", "the playbook run died with the API"
 
     restarted = api_server(project, state_dir=server.state_dir)
-    record = restarted.follow(deployment_id, until=lambda record: "ollback" in (record["error"] or ""))[-1]
+    restored = ("Rolled back to the previous image", "The automatic rollback")
+    record = restarted.follow(deployment_id, until=lambda record: any(part in record["error"] for part in restored))[-1]
+    orphans = subprocess.run(["pgrep", "-f", f"runs/{deployment_id}"], capture_output=True, text=True)
+    assert orphans.stdout == "", "nothing of the interrupted run is left"
 
     assert record["outcome"] == "interrupted"
     assert record["finished_at"]

@@ -21,7 +21,7 @@ def api_server(tmp_path):
     yield from serving(tmp_path)
 
 
-def test_history_records_success_rollback_and_pull_failure(compose_project, api_server):
+def test_history_records_success_rollback_and_pull_failure_then_a_manual_rollback(compose_project, api_server):
     project = compose_project({"portal": service(image("healthy", "v1"))}, {"portal": {"health_timeout": 30}})
     project.up()
     server = api_server(project)
@@ -69,6 +69,20 @@ def test_history_records_success_rollback_and_pull_failure(compose_project, api_
     assert server.get("/deployments", token="wrong-token-0123456789").status_code == 401
     assert server.get(f"/deployments/{ok.headers['X-Deployment-Id']}", token=None).status_code == 401
     assert server.get("/deployments", outcome="exploded").status_code == 422
+
+    # Manual rollback through the API: v2 runs, the previous image of the service's history is v1.
+    response = server.post({"service": "portal", "commit": "undo"}, path="/rollback")
+
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["success"] is True and body["message"] == "Rollback successful"
+    assert (body["old_image"], body["new_image"]) == (image("healthy", "v2"), image("healthy", "v1"))
+    assert project.container("portal")["Image"] == image_id(image("healthy", "v1"))
+    record = server.record(response.headers["X-Deployment-Id"])
+    assert (record["action"], record["outcome"], record["commit"]) == ("rollback", "succeeded", "undo")
+    assert record["new_image_id"] == image_id(image("healthy", "v1"))
+    assert server.post({"service": "ghost"}, path="/rollback").status_code == 400
+    assert server.post({"service": "portal"}, path="/rollback", signature="sha256=" + "0" * 64).status_code == 403
 
 
 def test_wait_false_answers_202_at_once_and_the_record_follows_each_step(compose_project, api_server):
@@ -147,24 +161,3 @@ def test_kill_9_mid_deploy_then_restart_marks_it_interrupted_and_restores_the_pr
     assert container["Image"] == image_id(image("healthy", "v2"))
     assert container["State"]["Health"]["Status"] == "healthy"
     assert restarted.record(earlier.headers["X-Deployment-Id"])["outcome"] == "succeeded", "records survive"
-
-
-def test_manual_rollback_through_the_api(compose_project, api_server):
-    project = compose_project({"portal": service(image("healthy", "v1"))})
-    project.up()
-    server = api_server(project)
-    assert server.post({"service": "portal", "image": image("healthy", "v2")}).status_code == 200
-
-    response = server.post({"service": "portal", "commit": "undo"}, path="/rollback")
-
-    assert response.status_code == 200, response.text
-    body = response.json()
-    assert body["success"] is True
-    assert (body["old_image"], body["new_image"]) == (image("healthy", "v2"), image("healthy", "v1"))
-    assert project.container("portal")["Image"] == image_id(image("healthy", "v1"))
-    record = server.record(response.headers["X-Deployment-Id"])
-    assert (record["action"], record["outcome"], record["commit"]) == ("rollback", "succeeded", "undo")
-    assert record["new_image_id"] == image_id(image("healthy", "v1"))
-    refused = server.post({"service": "ghost"}, path="/rollback")
-    assert refused.status_code == 400
-    assert server.post({"service": "portal"}, path="/rollback", signature="sha256=" + "0" * 64).status_code == 403

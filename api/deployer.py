@@ -255,7 +255,10 @@ class Deployer:
         finally:
             self._release(claim)
         self._log_end(claim, status, body)
-        if outcome == "interrupted" and not self.shutting_down.is_set():
+        if outcome == "interrupted" and self.shutting_down.is_set():
+            # Stopped by a shutdown: the next start inspects the service, as after a crash.
+            self.history.update(deployment_id, to_inspect=1)
+        elif outcome == "interrupted":
             # A deploy stopped by its timeout: say what runs now, and restore the previous image if needed.
             self._spawn(self.inspect_interrupted([deployment_id]), f"inspect-{deployment_id}")
         return status, body
@@ -271,21 +274,28 @@ class Deployer:
         return deploy if action == "deploy" else deploy.with_name(f"{action}.yml")
 
     def recover(self) -> list[str]:
-        """Mark the records a dead process left `running` as interrupted; their services are inspected later."""
+        """Mark the records a dead process left `running` as interrupted; with those a shutdown stopped, their
+        services are inspected next (inspect_interrupted)."""
         interrupted = []
-        for record in self.history.running():
-            step = record["current_step"] or "its start"
-            self.history.update(
-                record["id"],
-                outcome="interrupted",
-                finished_at=history_now(),
-                current_step=None,
-                error=f"Interrupted: the deployment API stopped during {step}",
-                http_status=None,
-            )
-            log.error(
-                "⚠️  [%s] %s of %s was interrupted during %s", record["id"], record["action"], record["service"], step
-            )
+        for record in self.history.unfinished():
+            if record["outcome"] == "running":
+                step = record["current_step"] or "its start"
+                self.history.update(
+                    record["id"],
+                    outcome="interrupted",
+                    finished_at=history_now(),
+                    current_step=None,
+                    error=f"Interrupted: the deployment API stopped during {step}",
+                    http_status=None,
+                )
+                log.error(
+                    "⚠️  [%s] %s of %s was interrupted during %s",
+                    record["id"],
+                    record["action"],
+                    record["service"],
+                    step,
+                )
+            self.history.update(record["id"], to_inspect=0)
             interrupted.append(record["id"])
         return interrupted
 
@@ -366,8 +376,10 @@ class Deployer:
         log.warning("[%s] %s: now %s", deployment_id, service, verdict)
         return status
 
-    async def drain(self, timeout: float) -> None:
-        """On shutdown: stop running deploys and let their records be written."""
+    async def drain(self, grace: float, timeout: float) -> None:
+        """On shutdown: let running deploys finish for `grace` seconds, then stop them and write their records."""
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=grace)
         self.shutting_down.set()
         if self._tasks:
             await asyncio.wait(list(self._tasks), timeout=timeout)

@@ -48,6 +48,10 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE INDEX deployments_by_service ON deployments (service, started_at DESC);
     CREATE INDEX deployments_by_outcome ON deployments (outcome, started_at DESC);
     """,
+    # 2: interrupted records whose service is still to be inspected (a deploy stopped by a shutdown).
+    """
+    ALTER TABLE deployments ADD COLUMN to_inspect INTEGER NOT NULL DEFAULT 0;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -77,7 +81,10 @@ _FIELDS = (
     "running_image",
     "running_image_id",
     "running_state",
+    "to_inspect",
 )
+# Kept for the service's own use, not part of a record's public form.
+_INTERNAL = ("to_inspect",)
 
 
 def now() -> str:
@@ -178,11 +185,13 @@ class History:
             ).fetchall()
         return [_decode(row) for row in rows], total
 
-    def running(self) -> list[dict[str, Any]]:
+    def unfinished(self) -> list[dict[str, Any]]:
+        """Records a stopped process left behind: still running, or interrupted and not yet inspected."""
         with self._lock:
-            rows = self._db.execute("SELECT * FROM deployments WHERE outcome = 'running' ORDER BY started_at")
-            rows = rows.fetchall()
-        return [_decode(row) for row in rows]
+            rows = self._db.execute(
+                "SELECT * FROM deployments WHERE outcome = 'running' OR to_inspect = 1 ORDER BY started_at"
+            ).fetchall()
+        return [_decode(row, internal=True) for row in rows]
 
 
 def _encode(field: str, value: Any) -> Any:
@@ -191,8 +200,8 @@ def _encode(field: str, value: Any) -> Any:
     return value
 
 
-def _decode(row: sqlite3.Row) -> dict[str, Any]:
-    record = {field: row[_column(field)] for field in _FIELDS}
+def _decode(row: sqlite3.Row, internal: bool = False) -> dict[str, Any]:
+    record = {field: row[_column(field)] for field in _FIELDS if internal or field not in _INTERNAL}
     record["steps"] = json.loads(record["steps"] or "[]")
     record["duration_seconds"] = _duration(record["started_at"], record["finished_at"])
     return record

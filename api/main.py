@@ -20,8 +20,9 @@ from api.routes import deploy, deployments, info
 from api.settings import Settings, get_settings
 
 LOG_FORMAT = "%(asctime)s [%(levelname)s] %(message)s"
-# On shutdown, running deploys are stopped and their records written within this time.
-SHUTDOWN_GRACE_SECONDS = 30
+# On shutdown, running deploys may finish within the grace; then they are stopped and their records written.
+SHUTDOWN_GRACE_SECONDS = 20
+SHUTDOWN_STOP_SECONDS = 10
 
 
 @contextmanager
@@ -52,8 +53,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             interrupted = deployer.recover()
             inspection = asyncio.create_task(deployer.inspect_interrupted(interrupted))
             yield
-            await deployer.drain(timeout=SHUTDOWN_GRACE_SECONDS)
-            await asyncio.wait([inspection], timeout=SHUTDOWN_GRACE_SECONDS)
+            await deployer.drain(grace=SHUTDOWN_GRACE_SECONDS, timeout=SHUTDOWN_STOP_SECONDS)
+            await asyncio.wait([inspection], timeout=SHUTDOWN_STOP_SECONDS)
             history.close()
 
     app = FastAPI(title="Home Server Deployment API", version=__version__, lifespan=lifespan)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import sqlite3
+import threading
 import time
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from fastapi.testclient import TestClient
 from test_routes import SECRET, FakeRunner, post, success_result
 
 from api import deployer as deployer_module
+from api import main as main_module
 from api.history import SCHEMA_VERSION, History
 from api.main import create_app
 from api.runner import RunResult
@@ -387,3 +389,45 @@ def test_a_deploy_stopped_by_its_timeout_is_interrupted_and_restored(client, fak
     assert record["outcome"] == "interrupted"
     assert (record["old_image_id"], record["new_image_id"]) == (OLD_ID, NEW_ID)
     assert [call["playbook"].name for call in fake_runner.calls] == ["deploy.yml", "status.yml", "rollback.yml"]
+
+
+def test_a_database_of_schema_1_is_migrated_and_keeps_its_records(tmp_path):
+    from api.history import MIGRATIONS
+
+    with sqlite3.connect(tmp_path / "h.sqlite3") as raw:
+        raw.executescript(MIGRATIONS[0])
+        raw.execute("PRAGMA user_version = 1")
+        raw.execute(
+            "INSERT INTO deployments (id, action, service, outcome, started_at) "
+            "VALUES ('d1', 'deploy', 'portal', 'succeeded', '2026-11-01T00:00:00.000Z')"
+        )
+
+    history = History(tmp_path / "h.sqlite3")
+
+    assert history.schema_version() == SCHEMA_VERSION == 2
+    record = history.get("d1")
+    assert (record["service"], record["outcome"]) == ("portal", "succeeded")
+    assert "to_inspect" not in record, "internal columns stay internal"
+
+
+def test_a_deploy_stopped_by_a_shutdown_is_inspected_at_the_next_start(tmp_path, fake_runner, monkeypatch):
+    settings = make_settings(tmp_path, deploy_recover_interrupted="report")
+    monkeypatch.setattr(main_module, "SHUTDOWN_GRACE_SECONDS", 0.2)
+    fake_runner.hold.add("portal")
+    fake_runner.result = RunResult(status="canceled", rc=254, results={})
+    with TestClient(create_app(settings)) as client:
+        deployment_id = signed_post(client, "/deploy?wait=false", {"service": "portal"}).json()["deployment_id"]
+        assert fake_runner.entered.wait(10)
+        # The shutdown waits out the grace, then stops the deploy (the fake lets go a little later).
+        threading.Timer(0.5, fake_runner.release.set).start()
+    left = History(settings.history_file)
+    stopped = left.get(deployment_id)
+    left.close()
+    assert stopped["outcome"] == "interrupted" and stopped["running_state"] is None
+
+    fake_runner.hold.clear()
+    fake_runner.by_playbook["status.yml"] = status_run(OLD_ID, "running, healthy")
+    with TestClient(create_app(settings)) as client:
+        record = wait_for(client, deployment_id, lambda record: record["running_state"])
+    assert record["running_image_id"] == OLD_ID
+    assert [call["playbook"].name for call in fake_runner.calls] == ["deploy.yml", "status.yml"]

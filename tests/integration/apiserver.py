@@ -49,7 +49,9 @@ class ApiServer:
         deadline = time.monotonic() + 30
         while True:
             try:
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
+                health = httpx.get(f"{self.url}/health", timeout=1)
+                # Its own compose directory: not another test's server that took the same free port meanwhile.
+                if health.status_code == 200 and str(project.dir.resolve()) in str(health.json()["compose_dir"]):
                     return
             except httpx.TransportError:
                 pass

@@ -139,7 +139,7 @@ def test_refusals_exit_3_and_an_unreachable_api_exits_4(compose_project, api_ser
     unreachable = deployctl(server, "deploy", "portal", url=f"http://127.0.0.1:{free_port()}")
     wrong_token = deployctl(server, "history", read_token="not-the-read-token-0000")
 
-    assert (unknown.returncode, unknown.stdout) == (3, "")
+    assert (unknown.returncode, unknown.stdout) == (3, ""), unknown.stderr
     assert "refused by the API (400): Service 'ghost' not allowed. Allowed: portal" in unknown.stderr
     assert forged.returncode == 3
     assert "refused by the API (403): Invalid signature" in forged.stderr

@@ -41,7 +41,9 @@ def test_make_run_writes_a_secret_starts_the_api_and_the_printed_curl_deploys(tm
     port = free_port()
     venv = Path(sys.executable).parents[1]
     server = subprocess.Popen(
-        ["make", "run", f"VENV={venv}", f"DEPLOY_PORT={port}"],
+        # The test's own virtual environment, taken as it is (-o): installing into it from this temporary
+        # copy would point its editable install (deployctl, api) at a directory that goes away.
+        ["make", "run", f"VENV={venv}", "-o", f"{venv}/.installed", f"DEPLOY_PORT={port}"],
         cwd=checkout,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,

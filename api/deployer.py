@@ -41,15 +41,16 @@ def new_deployment_id(now: datetime) -> str:
     return f"{now:%Y%m%dT%H%M%S}-{secrets.token_hex(4)}"
 
 
+def tagged_steps(steps_by_host: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
+    """The steps of every host in one list; with more than one host, each step names its host."""
+    many = len(steps_by_host) > 1
+    return [{**step, "host": host} if many else step for host, steps in steps_by_host.items() for step in steps]
+
+
 def outcome_body(service: str, run: RunResult, timeout: int) -> tuple[int, DeploySuccess | DeployFailure]:
     """The reference's 200 or 500 body for a finished run; many hosts are one outcome, their steps tagged by host."""
     results = run.results
-    many_hosts = len(results) > 1
-
-    def steps_of(host: str, result: dict[str, Any]) -> list[dict[str, Any]]:
-        return [{**step, "host": host} if many_hosts else step for step in result.get("steps", [])]
-
-    steps = [step for host, result in results.items() for step in steps_of(host, result)]
+    steps = tagged_steps({host: result.get("steps", []) for host, result in results.items()})
     first = next(iter(results.values()), {})
     succeeded = (
         run.status == "successful" and bool(results) and all(result.get("success") for result in results.values())
@@ -202,8 +203,6 @@ class Deployer:
 
         def on_steps(host: str, steps: list[dict[str, Any]]) -> None:
             host_steps[host] = steps
-            many = len(host_steps) > 1
-            steps = [{**step, "host": name} if many else step for name, items in host_steps.items() for step in items]
             # The images are known as soon as their steps are done, and the record says so while the deploy runs.
             images = {}
             for step in next(iter(host_steps.values())):
@@ -211,7 +210,7 @@ class Deployer:
                     images.update(old_image=step.get("image"), old_image_id=step["image_id"])
                 elif step.get("step") == "pull_image" and step.get("image_id"):
                     images.update(new_image=step.get("image"), new_image_id=step["image_id"])
-            self.history.update(deployment_id, steps=steps, **images)
+            self.history.update(deployment_id, steps=tagged_steps(host_steps), **images)
 
         try:
             run = await asyncio.to_thread(

@@ -13,9 +13,6 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-OUTCOMES = ("running", "succeeded", "failed", "rolled_back", "rollback_failed", "interrupted", "rejected")
-FINAL_OUTCOMES = frozenset(OUTCOMES) - {"running"}
-
 # Migration N brings a database from user_version N to N + 1. Never edit one that has shipped.
 MIGRATIONS: tuple[str, ...] = (
     """

@@ -116,7 +116,6 @@ def run_playbook(
     keep_runs: int,
     cancel: threading.Event,
     stats_key: str = "deploy",
-    check: bool = False,
     on_step: Callable[[str, str], None] | None = None,
     on_steps: Callable[[str, list[dict[str, Any]]], None] | None = None,
 ) -> RunResult:
@@ -151,7 +150,6 @@ def run_playbook(
         ident=run_id,
         playbook=str(playbook.resolve()),
         inventory=str(inventory.resolve()),
-        cmdline="--check" if check else None,
         envvars={
             "ANSIBLE_CONFIG": str(ANSIBLE_CONFIG),
             "ANSIBLE_NOCOLOR": "1",

@@ -6,17 +6,19 @@ import argparse
 import json
 import sys
 from enum import IntEnum
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, get_args
 
 from pydantic import ValidationError
 
+from api.models import Outcome
 from api.signature import HEADER, sign
 from deployctl.client import DEPLOYMENT_ID, Client, Refused, Unavailable
 from deployctl.follow import FollowTimeout, follow
 from deployctl.render import Progress, history_table, outcome_lines, record_lines
 from deployctl.settings import DEFAULT_URL, ClientSettings
 
-OUTCOMES = ("running", "succeeded", "failed", "rolled_back", "rollback_failed", "interrupted", "rejected")
+# The API's own list of outcomes, so the two cannot drift apart.
+OUTCOMES = get_args(Outcome)
 DEFAULT_TIMEOUT = 900.0
 
 

@@ -6,11 +6,13 @@ import asyncio
 import logging
 import secrets
 import threading
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from api import logs
 from api.history import History
 from api.history import now as history_now
 from api.models import DeployFailure, DeployRequest, DeploySuccess
@@ -109,11 +111,18 @@ def restore_reason(record: dict[str, Any], status: dict[str, Any] | None) -> str
 
 
 class Deployer:
-    """Runs deploys and rollbacks, records them in the history, and recovers the records of a crashed process."""
+    """Runs deploys and rollbacks, records them in the history, and recovers the records of a crashed process.
 
-    def __init__(self, settings: Settings, history: History):
+    Each finished record goes to the `on_finished` callbacks (metrics, notifications); an interrupted one once
+    its service has been inspected, so that they can say what runs now.
+    """
+
+    def __init__(
+        self, settings: Settings, history: History, on_finished: Sequence[Callable[[dict[str, Any]], None]] = ()
+    ):
         self.settings = settings
         self.history = history
+        self.on_finished = list(on_finished)
         self.shutting_down = threading.Event()
         self._running: dict[str, RunningDeploy] = {}
         self._lock = threading.Lock()
@@ -145,6 +154,7 @@ class Deployer:
             return value[:limit] if isinstance(value, str) else None
 
         deployment_id = new_deployment_id(datetime.now(UTC))
+        logs.bind(deployment_id=deployment_id, service=text("service", 128))
         self.history.create(
             id=deployment_id,
             action=action,
@@ -167,6 +177,7 @@ class Deployer:
     ) -> tuple[str, int, DeploySuccess | DeployFailure | None]:
         """Start a deploy (or rollback). With wait, the finished outcome; else (id, 202, None) at once."""
         claim = self._claim(request.service)
+        logs.bind(deployment_id=claim.deployment_id, service=request.service)
         try:
             self.history.create(
                 id=claim.deployment_id,
@@ -198,6 +209,7 @@ class Deployer:
         host_steps: dict[str, list[dict[str, Any]]] = {}
 
         def on_step(step: str, announcement: str) -> None:
+            logs.bind(step=step)
             log.info("[%s] %s", deployment_id, announcement)
             self.history.update(deployment_id, current_step=step)
 
@@ -250,6 +262,7 @@ class Deployer:
                 error=f"The deployment API failed while running the deploy: {error!r}",
                 http_status=500,
             )
+            self._finished(deployment_id)
             raise
         finally:
             self._release(claim)
@@ -260,7 +273,17 @@ class Deployer:
         elif outcome == "interrupted":
             # A deploy stopped by its timeout: say what runs now, and restore the previous image if needed.
             self._spawn(self.inspect_interrupted([deployment_id]), f"inspect-{deployment_id}")
+        else:
+            self._finished(deployment_id)
         return status, body
+
+    def _finished(self, deployment_id: str) -> None:
+        record = self.history.get(deployment_id)
+        for callback in self.on_finished if record else ():
+            try:
+                callback(record)
+            except Exception:  # metrics or a notification must never fail a deploy
+                log.exception("[%s] %r failed on the finished record", deployment_id, callback)
 
     def _spawn(self, work: Any, name: str) -> None:
         task = asyncio.create_task(work, name=name)
@@ -305,15 +328,16 @@ class Deployer:
             record = self.history.get(deployment_id)
             if not record or not record["service"]:
                 continue
+            logs.bind(deployment_id=deployment_id, service=record["service"])
             run_dir = self.settings.deploy_state_dir / "runs" / deployment_id
             left = await asyncio.to_thread(stop_leftover_run, run_dir)
             if left:
                 log.warning("[%s] stopped %d process(es) left from the interrupted run", deployment_id, left)
             status = await asyncio.to_thread(self._record_running_state, deployment_id, record["service"])
             reason = restore_reason(record, status)
-            if reason is None or self.settings.deploy_recover_interrupted != "rollback":
-                continue
-            await self._restore(record, reason)
+            if reason is not None and self.settings.deploy_recover_interrupted == "rollback":
+                await self._restore(record, reason)
+            self._finished(deployment_id)
 
     async def _restore(self, record: dict[str, Any], reason: str) -> None:
         deployment_id = record["id"]

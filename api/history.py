@@ -190,6 +190,23 @@ class History:
             ).fetchall()
         return [_decode(row, internal=True) for row in rows]
 
+    def running_by_service(self) -> dict[str, int]:
+        """How many deploys and rollbacks of each service are running."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT service, count(*) FROM deployments WHERE outcome = 'running' GROUP BY service"
+            ).fetchall()
+        return {service: count for service, count in rows}
+
+    def last_successes(self) -> dict[str, float]:
+        """When each service's last successful deploy finished, in Unix seconds."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT service, max(finished_at) FROM deployments"
+                " WHERE outcome = 'succeeded' AND action = 'deploy' GROUP BY service"
+            ).fetchall()
+        return {service: datetime.fromisoformat(finished).timestamp() for service, finished in rows}
+
 
 def _encode(field: str, value: Any) -> Any:
     if field == "steps":

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import fcntl
-import logging
 import os
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -12,17 +11,20 @@ from pathlib import Path
 
 from fastapi import FastAPI
 
-from api import __version__
+from api import __version__, logs
 from api.deployer import Deployer
 from api.history import History
 from api.inventory import Inventory
-from api.routes import deploy, deployments, info
+from api.metrics import Metrics
+from api.notify import Notifier
+from api.routes import deploy, deployments, info, metrics
 from api.settings import Settings, get_settings
 
-LOG_FORMAT = "%(asctime)s [%(levelname)s] %(message)s"
 # On shutdown, running deploys may finish within the grace; then they are stopped and their records written.
 SHUTDOWN_GRACE_SECONDS = 20
 SHUTDOWN_STOP_SECONDS = 10
+# Then queued notifications have this long to go out.
+SHUTDOWN_NOTIFY_SECONDS = 5
 
 
 @contextmanager
@@ -43,30 +45,32 @@ def instance_lock(state_dir: Path) -> Iterator[None]:
 def create_app(settings: Settings | None = None) -> FastAPI:
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        configure_logging()
-        app.state.settings = settings or get_settings()
-        app.state.inventory = Inventory(app.state.settings.deploy_inventory)
-        app.state.inventory.view()
-        with instance_lock(app.state.settings.deploy_state_dir):
-            history = History(app.state.settings.history_file)
-            app.state.deployer = deployer = Deployer(app.state.settings, history)
+        app.state.settings = current = settings or get_settings()
+        logs.configure(current.log_format)
+        app.state.inventory = inventory = Inventory(current.deploy_inventory)
+        inventory.view()
+        with instance_lock(current.deploy_state_dir):
+            history = History(current.history_file)
+            app.state.metrics = metrics = Metrics(history, services=lambda: inventory.view().services)
+            urls = current.deploy_notify_urls.get_secret_value() if current.deploy_notify_urls else None
+            notifier = Notifier(urls, current.deploy_notify_events, on_result=metrics.notification)
+            metrics.know_notification_schemes(target.scheme for target in notifier.targets)
+            app.state.deployer = deployer = Deployer(current, history, on_finished=[metrics.observe, notifier.submit])
+            notifier.start()
             interrupted = deployer.recover()
             inspection = asyncio.create_task(deployer.inspect_interrupted(interrupted))
             yield
             await deployer.drain(grace=SHUTDOWN_GRACE_SECONDS, timeout=SHUTDOWN_STOP_SECONDS)
             await asyncio.wait([inspection], timeout=SHUTDOWN_STOP_SECONDS)
+            await asyncio.to_thread(notifier.close, SHUTDOWN_NOTIFY_SECONDS)
             history.close()
 
     app = FastAPI(title="Home Server Deployment API", version=__version__, lifespan=lifespan)
     app.include_router(info.router)
     app.include_router(deploy.router)
     app.include_router(deployments.router)
+    app.include_router(metrics.router)
     return app
-
-
-def configure_logging() -> None:
-    """The reference's log format on stdout; a no-op where logging is configured already."""
-    logging.basicConfig(level=logging.INFO, format=LOG_FORMAT)
 
 
 app = create_app()

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -52,7 +52,10 @@ class DeployFailure(BaseModel):
     steps: list[dict[str, Any]]
 
 
-Outcome = Literal["running", "succeeded", "failed", "rolled_back", "rollback_failed", "interrupted", "rejected"]
+# How a deploy or rollback that ran can end; a notification can be sent for each.
+FinishedOutcome = Literal["succeeded", "failed", "rolled_back", "rollback_failed", "interrupted"]
+FINISHED_OUTCOMES: tuple[str, ...] = get_args(FinishedOutcome)
+Outcome = Literal["running", FinishedOutcome, "rejected"]
 
 
 class DeploymentAccepted(BaseModel):

@@ -5,22 +5,30 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
+from urllib.parse import urlsplit
 
+from apprise import Apprise
+from apprise.utils.parse import parse_urls
 from pydantic import Field, SecretStr, field_validator
-from pydantic_settings import BaseSettings, SettingsConfigDict
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from api.models import FINISHED_OUTCOMES, FinishedOutcome
 
 MIN_SECRET_LENGTH = 32
 # Environment variables that hold secrets: removed from the process environment once read, so
 # that no child process (ansible-runner records its environment in its artifacts) sees them.
-SECRET_VARIABLES = ("WEBHOOK_SECRET", "DEPLOY_READ_TOKEN")
+# Apprise URLs carry bot tokens and passwords.
+SECRET_VARIABLES = ("WEBHOOK_SECRET", "DEPLOY_READ_TOKEN", "DEPLOY_METRICS_TOKEN", "DEPLOY_NOTIFY_URLS")
 MIN_READ_TOKEN_LENGTH = 16
 # Defaults are the project's own files, wherever the service is started from.
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
 
 class Settings(BaseSettings):
-    model_config = SettingsConfigDict(env_file=".env", env_file_encoding="utf-8", extra="ignore")
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", hide_input_in_errors=True
+    )
 
     webhook_secret: SecretStr = Field(description="HMAC-SHA256 key shared with the CI pipeline")
     deploy_inventory: Path = Field(
@@ -41,6 +49,19 @@ class Settings(BaseSettings):
     )
     deploy_max_body_bytes: int = Field(64 * 1024, ge=1024, description="Larger request bodies get 413")
     deploy_keep_runs: int = Field(100, ge=1, description="Run directories kept under DEPLOY_STATE_DIR/runs")
+    deploy_metrics_token: SecretStr | None = Field(
+        None, description="Bearer token Prometheus must send to GET /metrics; unset, /metrics is open"
+    )
+    deploy_notify_urls: SecretStr | None = Field(
+        None,
+        description="Apprise URLs to notify, separated by commas or spaces (tgram://, slack://, ntfy://, json://...)",
+    )
+    deploy_notify_events: Annotated[tuple[FinishedOutcome, ...], NoDecode] = Field(
+        FINISHED_OUTCOMES, description="The outcomes that are notified, separated by commas"
+    )
+    log_format: Literal["text", "json"] = Field(
+        "text", description="text: the reference's lines; json: one JSON object per line (Loki)"
+    )
     deploy_host: str = Field("127.0.0.1", description="Address to listen on")
     deploy_port: int = Field(9000, ge=1, le=65535, description="Port to listen on")
 
@@ -54,12 +75,32 @@ class Settings(BaseSettings):
             )
         return secret
 
-    @field_validator("deploy_read_token")
+    @field_validator("deploy_read_token", "deploy_metrics_token")
     @classmethod
-    def read_token_is_strong(cls, token: SecretStr | None) -> SecretStr | None:
+    def token_is_strong(cls, token: SecretStr | None) -> SecretStr | None:
         if token is not None and len(token.get_secret_value()) < MIN_READ_TOKEN_LENGTH:
-            raise ValueError(f"DEPLOY_READ_TOKEN must be at least {MIN_READ_TOKEN_LENGTH} characters")
+            raise ValueError(f"must be at least {MIN_READ_TOKEN_LENGTH} characters")
         return token or None
+
+    @field_validator("deploy_notify_urls")
+    @classmethod
+    def apprise_can_use_each(cls, urls: SecretStr | None) -> SecretStr | None:
+        if urls is None or not urls.get_secret_value().strip():
+            return None
+        for url in parse_urls(urls.get_secret_value()):
+            if Apprise.instantiate(url) is None:
+                # Only the scheme: the rest of the URL may hold a token.
+                scheme = urlsplit(url).scheme or "(no scheme)"
+                raise ValueError(f"Apprise cannot use a {scheme}:// URL here; see https://appriseit.com/services/")
+        return urls
+
+    @field_validator("deploy_notify_events", mode="before")
+    @classmethod
+    def events_from_a_list(cls, events: object) -> object:
+        if isinstance(events, str):
+            names = [name.strip() for name in events.replace(",", " ").split()]
+            return tuple(FINISHED_OUTCOMES if names == ["all"] else names)
+        return events
 
     @property
     def history_file(self) -> Path:

@@ -9,7 +9,7 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from api.deployer import DeployConflict, Deployer
-from api.deps import get_deployer, get_inventory, signed_body
+from api.deps import endpoint, get_deployer, get_inventory, get_metrics, signed_body
 from api.inventory import Inventory
 from api.models import DeployFailure, DeploymentAccepted, DeployRequest, DeploySuccess
 
@@ -32,19 +32,27 @@ WAIT = Query(
 )
 
 
+class Refused(HTTPException):
+    """A refusal at validation, with the result the webhook counter gives it."""
+
+    def __init__(self, status_code: int, detail: Any, result: str):
+        super().__init__(status_code, detail=detail)
+        self.result = result
+
+
 def load_document(body: bytes) -> dict[str, Any]:
-    """The body as a JSON object; HTTPException 400 otherwise."""
+    """The body as a JSON object; 400 otherwise."""
     try:
         document = json.loads(body)
     except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise HTTPException(status.HTTP_400_BAD_REQUEST, detail=f"Body is not valid JSON: {error}") from None
+        raise Refused(status.HTTP_400_BAD_REQUEST, f"Body is not valid JSON: {error}", "invalid_body") from None
     if not isinstance(document, dict):
-        raise HTTPException(status.HTTP_400_BAD_REQUEST, detail="Body must be a JSON object")
+        raise Refused(status.HTTP_400_BAD_REQUEST, "Body must be a JSON object", "invalid_body")
     return document
 
 
 def validate(document: dict[str, Any]) -> DeployRequest:
-    """The request a document describes; HTTPException 422 with every problem otherwise."""
+    """The request a document describes; 422 with every problem otherwise."""
     try:
         return DeployRequest.model_validate(document)
     except ValidationError as error:
@@ -52,7 +60,7 @@ def validate(document: dict[str, Any]) -> DeployRequest:
             f"{'.'.join(str(part) for part in problem['loc']) or 'body'}: {problem['msg']}"
             for problem in error.errors(include_input=False, include_url=False)
         ]
-        raise HTTPException(status.HTTP_422_UNPROCESSABLE_CONTENT, detail=problems) from None
+        raise Refused(status.HTTP_422_UNPROCESSABLE_CONTENT, problems, "invalid_body") from None
 
 
 async def run_action(
@@ -66,17 +74,20 @@ async def run_action(
         deploy_request = validate(document)
         allowed = (await run_in_threadpool(inventory.view)).services
         if deploy_request.service not in allowed:
-            raise HTTPException(
+            raise Refused(
                 status.HTTP_400_BAD_REQUEST,
-                detail=f"Service '{deploy_request.service}' not allowed. Allowed: {', '.join(allowed)}",
+                f"Service '{deploy_request.service}' not allowed. Allowed: {', '.join(allowed)}",
+                "not_allowed",
             )
         try:
             deployment_id, code, outcome = await deployer.start(deploy_request, source, action=action, wait=wait)
         except DeployConflict as conflict:
-            raise HTTPException(status.HTTP_409_CONFLICT, detail=str(conflict)) from None
-    except HTTPException as refusal:
+            raise Refused(status.HTTP_409_CONFLICT, str(conflict), "conflict") from None
+    except Refused as refusal:
+        get_metrics(request).webhook(endpoint(request), refusal.result)
         await run_in_threadpool(deployer.reject, action, document, source, refusal.status_code, refusal.detail)
         raise
+    get_metrics(request).webhook(endpoint(request), "accepted")
     headers = {"X-Deployment-Id": deployment_id}
     if outcome is None:
         location = str(request.app.url_path_for("get_deployment", deployment_id=deployment_id))

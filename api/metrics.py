@@ -1,0 +1,153 @@
+"""Prometheus metrics under the `deployer_` prefix, for GET /metrics.
+
+Counters and the duration histogram count what this process saw finish. The two gauges are read from the
+history when Prometheus scrapes, so they are true after a restart as well.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+
+from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.exposition import choose_encoder
+from prometheus_client.gc_collector import GCCollector
+from prometheus_client.platform_collector import PlatformCollector
+from prometheus_client.process_collector import ProcessCollector
+from prometheus_client.registry import Collector
+
+from api.history import History
+from api.models import FINISHED_OUTCOMES
+
+ACTIONS = ("deploy", "rollback")
+WEBHOOK_RESULTS = (
+    "accepted",
+    "invalid_signature",
+    "not_allowed",
+    "invalid_body",
+    "too_large",
+    "conflict",
+    "rate_limited",
+)
+NOTIFICATION_RESULTS = ("sent", "failed", "dropped")
+# A deploy is a pull, a restart and a health check: seconds to a few minutes; DEPLOY_TIMEOUT is 900 s.
+DURATION_BUCKETS = (2.5, 5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 300, 600, 900)
+
+
+class HistoryCollector(Collector):
+    """Deploys in progress and the last successful deploy of each service, as the history has them."""
+
+    def __init__(self, history: History, services: Callable[[], Iterable[str]]):
+        self.history = history
+        self.services = services
+
+    def collect(self) -> Iterator[Metric]:
+        in_progress = GaugeMetricFamily(
+            "deployer_deployments_in_progress", "Deploys and rollbacks running now", labels=["service"]
+        )
+        running = self.history.running_by_service()
+        for service in sorted({*self.services(), *running}):
+            in_progress.add_metric([service], running.get(service, 0))
+        yield in_progress
+        last_success = GaugeMetricFamily(
+            "deployer_last_success_timestamp_seconds",
+            "When the service's last successful deploy finished, in Unix time",
+            labels=["service"],
+        )
+        for service, timestamp in sorted(self.history.last_successes().items()):
+            last_success.add_metric([service], timestamp)
+        yield last_success
+
+
+class Metrics:
+    """One registry per app, so that tests may build many."""
+
+    def __init__(self, history: History, services: Callable[[], Iterable[str]]):
+        # The `_created` series would double every counter, and dashboards do not use them.
+        disable_created_metrics()
+        self.registry = registry = CollectorRegistry()
+        ProcessCollector(registry=registry)
+        PlatformCollector(registry=registry)
+        GCCollector(registry=registry)
+        self.services = services
+        self.deployments = Counter(
+            "deployer_deployments",
+            "Finished deploys and rollbacks, by outcome",
+            ["service", "action", "outcome"],
+            registry=registry,
+        )
+        self.duration = Histogram(
+            "deployer_deployment_duration_seconds",
+            "How long finished deploys and rollbacks took",
+            ["service", "action"],
+            buckets=DURATION_BUCKETS,
+            registry=registry,
+        )
+        self.rollbacks = Counter(
+            "deployer_rollbacks",
+            "Rollbacks: automatic (a failed deploy), manual (POST /rollback) or recovery (after an interruption)",
+            ["service", "trigger", "result"],
+            registry=registry,
+        )
+        self.webhook_requests = Counter(
+            "deployer_webhook_requests",
+            "Requests to POST /deploy and POST /rollback, by what became of them",
+            ["endpoint", "result"],
+            registry=registry,
+        )
+        self.notifications = Counter(
+            "deployer_notifications",
+            "Notifications by Apprise scheme: sent, failed after every retry, or dropped",
+            ["scheme", "result"],
+            registry=registry,
+        )
+        registry.register(HistoryCollector(history, services))
+        for endpoint in ACTIONS:
+            for result in WEBHOOK_RESULTS:
+                self.webhook_requests.labels(endpoint, result)
+        self._known: set[str] = set()
+
+    def _know(self, services: Iterable[str]) -> None:
+        """Show every series of a service at 0 before its first event, so rate() and increase() see the first."""
+        for service in set(services) - self._known:
+            self._known.add(service)
+            for action in ACTIONS:
+                for outcome in FINISHED_OUTCOMES:
+                    self.deployments.labels(service, action, outcome)
+                self.duration.labels(service, action)
+            for trigger in ("automatic", "manual", "recovery"):
+                for result in ("succeeded", "failed"):
+                    self.rollbacks.labels(service, trigger, result)
+
+    def observe(self, record: dict[str, Any]) -> None:
+        """Count a deploy or rollback that has finished (not one refused at validation)."""
+        service, action, outcome = record["service"], record["action"], record["outcome"]
+        if not service or outcome in ("running", "rejected"):
+            return
+        self._know([service])
+        self.deployments.labels(service, action, outcome).inc()
+        if record.get("duration_seconds") is not None:
+            self.duration.labels(service, action).observe(record["duration_seconds"])
+        if action == "deploy" and outcome in ("rolled_back", "rollback_failed"):
+            self.rollbacks.labels(service, "automatic", "succeeded" if outcome == "rolled_back" else "failed").inc()
+        elif action == "rollback":
+            trigger = "recovery" if record.get("source") == "recovery" else "manual"
+            self.rollbacks.labels(service, trigger, "succeeded" if outcome == "succeeded" else "failed").inc()
+
+    def know_notification_schemes(self, schemes: Iterable[str]) -> None:
+        for scheme in schemes:
+            for result in NOTIFICATION_RESULTS:
+                self.notifications.labels(scheme, result)
+
+    def webhook(self, endpoint: str, result: str) -> None:
+        self.webhook_requests.labels(endpoint, result).inc()
+
+    def notification(self, scheme: str, result: str) -> None:
+        self.notifications.labels(scheme, result).inc()
+
+    def exposition(self, accept: str | None) -> tuple[bytes, str]:
+        """The metrics in the format the scraper asked for (Prometheus text, or OpenMetrics)."""
+        self._know(self.services())
+        encoder, content_type = choose_encoder(accept or "")
+        return encoder(self.registry), content_type

@@ -1,0 +1,179 @@
+"""Notifications through Apprise (Telegram, Slack, Discord, ntfy, e-mail, JSON webhooks...), off the request path.
+
+Each target has its own queue and worker thread, so a target that is down delays only its own messages, never a
+deploy and never the other targets. A failed send is retried with backoff, then counted and logged as failed.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import apprise
+from apprise.utils.parse import parse_urls
+
+log = logging.getLogger("deploy.notify")
+
+# Seconds before each retry; Apprise's own socket timeouts (4 s, or ?cto= and ?rto= in the URL) bound an attempt.
+RETRY_DELAYS = (2.0, 10.0, 30.0)
+# Messages a target keeps waiting while it is down; more are dropped (and counted) rather than held forever.
+QUEUE_LIMIT = 50
+LOG_LINES = 10
+LOG_CHARACTERS = 1500
+
+TITLES = {
+    ("deploy", "succeeded"): "✅ Deployed {service}",
+    ("deploy", "rolled_back"): "⏪ Deploy of {service} failed and was rolled back",
+    ("deploy", "failed"): "❌ Deploy of {service} failed",
+    ("deploy", "rollback_failed"): "🔥 Deploy of {service} failed, and so did its rollback",
+    ("deploy", "interrupted"): "⚠️ Deploy of {service} was interrupted",
+    ("rollback", "succeeded"): "⏪ Rolled back {service}",
+    ("rollback", "rolled_back"): "❌ Rollback of {service} failed; the image before it was restored",
+    ("rollback", "failed"): "❌ Rollback of {service} failed",
+    ("rollback", "rollback_failed"): "🔥 Rollback of {service} failed, and so did restoring the image before it",
+    ("rollback", "interrupted"): "⚠️ Rollback of {service} was interrupted",
+}
+NOTIFY_TYPES = {
+    "succeeded": apprise.NotifyType.SUCCESS,
+    "rolled_back": apprise.NotifyType.WARNING,
+    "interrupted": apprise.NotifyType.WARNING,
+    "failed": apprise.NotifyType.FAILURE,
+    "rollback_failed": apprise.NotifyType.FAILURE,
+}
+
+
+@dataclass(frozen=True)
+class Message:
+    title: str
+    body: str
+    notify_type: apprise.NotifyType
+
+
+def _image(name: str | None, image_id: str | None) -> str:
+    if not name and not image_id:
+        return "(none)"
+    short_id = f" ({image_id.removeprefix('sha256:')[:12]})" if image_id else ""
+    return f"{name or '(unnamed)'}{short_id}"
+
+
+def message_for(record: dict[str, Any]) -> Message:
+    """What a finished deploy or rollback says: service, images, commit and message, duration; for a failure,
+    the error and the last log lines."""
+    outcome = record["outcome"]
+    title = TITLES[(record["action"], outcome)].format(service=record["service"])
+    lines = [f"Service: {record['service']}"]
+    if record.get("new_image") or record.get("new_image_id"):
+        lines.append(f"Image: {_image(record.get('new_image'), record.get('new_image_id'))}")
+    elif record.get("image"):
+        lines.append(f"Image requested: {record['image']}")
+    if record.get("old_image") or record.get("old_image_id"):
+        lines.append(f"Previous image: {_image(record.get('old_image'), record.get('old_image_id'))}")
+    if record.get("running_image_id") is not None or record.get("running_state"):
+        running = _image(record.get("running_image"), record.get("running_image_id"))
+        lines.append(f"Running now: {running}, {record.get('running_state') or 'no container'}")
+    if record.get("repository") or record.get("commit"):
+        lines.append(f"Commit: {record.get('repository') or '?'}@{record.get('commit') or '?'}")
+    if record.get("message"):
+        lines.append(f"Message: {record['message']}")
+    if record.get("duration_seconds") is not None:
+        lines.append(f"Duration: {record['duration_seconds']:.1f} s")
+    lines.append(f"Deployment: {record['id']} (from {record.get('source') or 'unknown'})")
+    if outcome != "succeeded":
+        if record.get("error"):
+            lines.append(f"Error: {record['error']}")
+        tail = "\n".join((record.get("logs") or "").strip().splitlines()[-LOG_LINES:])[-LOG_CHARACTERS:]
+        if tail:
+            lines += ["", "Last log lines:", tail]
+    return Message(title=title, body="\n".join(lines), notify_type=NOTIFY_TYPES[outcome])
+
+
+class Target:
+    """One Apprise URL, its queue and its worker thread."""
+
+    def __init__(self, url: str, on_result: Callable[[str, str], None]):
+        server = apprise.Apprise.instantiate(url)
+        self.scheme = urlsplit(url).scheme.lower()
+        if server is None:
+            # Only the scheme: the rest of the URL may hold a token.
+            raise ValueError(f"DEPLOY_NOTIFY_URLS: a {self.scheme or 'schemeless'}:// URL Apprise cannot use")
+        self.name = server.url(privacy=True)
+        self.apprise = apprise.Apprise()
+        self.apprise.add(server)
+        self.on_result = on_result
+        self.queue: queue.Queue[Message | None] = queue.Queue()
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._work, name=f"notify-{self.scheme}", daemon=True)
+
+    def submit(self, message: Message) -> None:
+        if self.queue.qsize() >= QUEUE_LIMIT:
+            log.error("Notification to %s dropped: %d are waiting already", self.name, QUEUE_LIMIT)
+            self.on_result(self.scheme, "dropped")
+            return
+        self.queue.put(message)
+
+    def _work(self) -> None:
+        while (message := self.queue.get()) is not None:
+            self._deliver(message)
+
+    def _deliver(self, message: Message) -> None:
+        for attempt, delay in enumerate((0.0, *RETRY_DELAYS), start=1):
+            if delay and self.stopping.wait(delay):
+                break
+            try:
+                sent = self.apprise.notify(
+                    title=message.title,
+                    body=message.body,
+                    notify_type=message.notify_type,
+                    body_format=apprise.NotifyFormat.TEXT,
+                )
+            except Exception:  # a plugin's bug must not end the worker
+                log.exception("Notification to %s raised", self.name)
+                sent = False
+            if sent:
+                self.on_result(self.scheme, "sent")
+                return
+            log.warning("Notification to %s failed (attempt %d of %d)", self.name, attempt, len(RETRY_DELAYS) + 1)
+        log.error("Notification to %s given up: %s", self.name, message.title)
+        self.on_result(self.scheme, "failed")
+
+
+class Notifier:
+    """Sends a message for each finished deploy whose outcome is among DEPLOY_NOTIFY_EVENTS."""
+
+    def __init__(self, urls: str | None, events: Sequence[str], on_result: Callable[[str, str], None]):
+        self.events = frozenset(events)
+        self.targets = [Target(url, on_result) for url in parse_urls(urls or "")]
+
+    def start(self) -> None:
+        for target in self.targets:
+            target.thread.start()
+        if self.targets:
+            names = ", ".join(target.name for target in self.targets)
+            log.info("Notifying %s of: %s", names, ", ".join(sorted(self.events)))
+
+    def submit(self, record: dict[str, Any]) -> None:
+        """Queue the notification of a finished record; returns at once."""
+        if record.get("outcome") not in self.events or not record.get("service") or not self.targets:
+            return
+        message = message_for(record)
+        for target in self.targets:
+            target.submit(message)
+
+    def close(self, timeout: float) -> None:
+        """Let queued messages go out for up to `timeout` seconds; then stop retrying (the threads are daemons)."""
+        deadline = time.monotonic() + timeout
+        running = [target for target in self.targets if target.thread.is_alive()]
+        for target in running:
+            target.queue.put(None)
+        for target in running:
+            target.thread.join(max(0.0, deadline - time.monotonic()))
+        for target in self.targets:
+            target.stopping.set()
+            if target.thread.is_alive():
+                log.warning("Notifications to %s still waiting at shutdown are lost", target.name)

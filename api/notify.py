@@ -102,7 +102,8 @@ class Target:
         if server is None:
             # Only the scheme: the rest of the URL may hold a token.
             raise ValueError(f"DEPLOY_NOTIFY_URLS: a {self.scheme or 'schemeless'}:// URL Apprise cannot use")
-        self.name = server.url(privacy=True)
+        # Secrets masked, options left out: what a log line needs to say which target it is.
+        self.name = server.url(privacy=True).split("?", 1)[0]
         self.apprise = apprise.Apprise()
         self.apprise.add(server)
         self.on_result = on_result

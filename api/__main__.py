@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 
 import uvicorn
@@ -19,6 +20,8 @@ def main() -> int:
             name = ".".join(str(part) for part in problem["loc"]).upper()
             print(f"deploy API: refusing to start: {name}: {problem['msg']}", file=sys.stderr)
         return 2
+    # Warnings become log lines too, so that every line has the chosen format.
+    logging.captureWarnings(True)
     uvicorn.run(
         "api.main:app",
         host=settings.deploy_host,

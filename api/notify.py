@@ -18,6 +18,8 @@ from urllib.parse import urlsplit
 import apprise
 from apprise.utils.parse import parse_urls
 
+from api import logs
+
 log = logging.getLogger("deploy.notify")
 
 # Seconds before each retry; Apprise's own socket timeouts (4 s, or ?cto= and ?rto= in the URL) bound an attempt.
@@ -53,6 +55,8 @@ class Message:
     title: str
     body: str
     notify_type: apprise.NotifyType
+    deployment_id: str
+    service: str
 
 
 def _image(name: str | None, image_id: str | None) -> str:
@@ -90,7 +94,13 @@ def message_for(record: dict[str, Any]) -> Message:
         tail = "\n".join((record.get("logs") or "").strip().splitlines()[-LOG_LINES:])[-LOG_CHARACTERS:]
         if tail:
             lines += ["", "Last log lines:", tail]
-    return Message(title=title, body="\n".join(lines), notify_type=NOTIFY_TYPES[outcome])
+    return Message(
+        title=title,
+        body="\n".join(lines),
+        notify_type=NOTIFY_TYPES[outcome],
+        deployment_id=record["id"],
+        service=record["service"],
+    )
 
 
 class Target:
@@ -120,6 +130,8 @@ class Target:
 
     def _work(self) -> None:
         while (message := self.queue.get()) is not None:
+            # This thread's own context: its log lines name the deploy they are about.
+            logs.bind(deployment_id=message.deployment_id, service=message.service)
             self._deliver(message)
 
     def _deliver(self, message: Message) -> None:

@@ -20,7 +20,7 @@ READ_TOKEN = "integration-read-token-" + "fedcba9876543210"
 
 
 class ApiServer:
-    def __init__(self, project, root: Path, state_dir: Path | None = None):
+    def __init__(self, project, root: Path, state_dir: Path | None = None, settings: dict[str, str] | None = None):
         self.project = project
         self.state_dir = state_dir or root / "state"
         self.log_file = root / "api.log"
@@ -38,6 +38,7 @@ class ApiServer:
             "DEPLOY_STATE_DIR": str(self.state_dir),
             "DEPLOY_PORT": str(self.port),
             "PYTHONPATH": str(REPO),
+            **(settings or {}),
         }
         self.process = subprocess.Popen(
             [sys.executable, "-m", "api"],
@@ -100,10 +101,11 @@ def serving(tmp_path: Path) -> Iterator:
     """Body of an `api_server` fixture: a factory of servers, every one stopped afterwards."""
     servers: list[ApiServer] = []
 
-    def start(project, state_dir: Path | None = None) -> ApiServer:
+    def start(project, state_dir: Path | None = None, **settings: str) -> ApiServer:
+        """A server on `project`; keyword arguments are more settings (DEPLOY_NOTIFY_URLS="...")."""
         root = tmp_path / f"api{len(servers)}"
         root.mkdir()
-        servers.append(ApiServer(project, root, state_dir))
+        servers.append(ApiServer(project, root, state_dir, settings))
         return servers[-1]
 
     yield start

@@ -2,16 +2,23 @@
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import time
+from datetime import datetime
 
 import httpx
 import pytest
-from apiserver import SECRET, serving
+from apiserver import READ_TOKEN, SECRET, serving
 from conftest import image, image_id, service
+from prometheus_client.parser import text_string_to_metric_families
+from receiver import BlackHole, Receiver, closed_port_url
 
 from api.signature import sign
+
+METRICS_TOKEN = "integration-metrics-token-0123"
+NOTIFY_PASSWORD = "notify-password-0123456789"
 
 pytestmark = pytest.mark.usefixtures("registry")
 
@@ -21,10 +28,44 @@ def api_server(tmp_path):
     yield from serving(tmp_path)
 
 
-def test_history_records_success_rollback_and_pull_failure_then_a_manual_rollback(compose_project, api_server):
+@pytest.fixture
+def receiver():
+    receiver = Receiver()
+    yield receiver
+    receiver.close()
+
+
+@pytest.fixture
+def black_hole():
+    black_hole = BlackHole()
+    yield black_hole
+    black_hole.close()
+
+
+def scrape(server) -> dict[tuple[str, frozenset], float]:
+    response = httpx.get(f"{server.url}/metrics", headers={"Authorization": f"Bearer {METRICS_TOKEN}"}, timeout=10)
+    assert response.status_code == 200, response.text
+    return {
+        (sample.name, frozenset(sample.labels.items())): sample.value
+        for family in text_string_to_metric_families(response.text)
+        for sample in family.samples
+        if sample.name.startswith("deployer_")
+    }
+
+
+def test_history_records_success_rollback_and_pull_failure_then_a_manual_rollback(
+    compose_project, api_server, receiver, black_hole
+):
+    """Also what the operators watch: metrics, notifications (one target hangs, one refuses) and JSON logs."""
     project = compose_project({"portal": service(image("healthy", "v1"))}, {"portal": {"health_timeout": 30}})
     project.up()
-    server = api_server(project)
+    good_target = receiver.url.replace("json://", f"json://deploy:{NOTIFY_PASSWORD}@")
+    server = api_server(
+        project,
+        DEPLOY_NOTIFY_URLS=f"{good_target} {black_hole.url} {closed_port_url()}",
+        DEPLOY_METRICS_TOKEN=METRICS_TOKEN,
+        LOG_FORMAT="json",
+    )
 
     ok = server.post(
         {"service": "portal", "image": image("healthy", "v2"), "repository": "acme/portal", "commit": "c2"}
@@ -83,6 +124,75 @@ def test_history_records_success_rollback_and_pull_failure_then_a_manual_rollbac
     assert record["new_image_id"] == image_id(image("healthy", "v1"))
     assert server.post({"service": "ghost"}, path="/rollback").status_code == 400
     assert server.post({"service": "portal"}, path="/rollback", signature="sha256=" + "0" * 64).status_code == 403
+    assert server.post({"service": "portal"}, signature="sha256=" + "0" * 64).status_code == 403
+
+    # Notifications: one per finished deploy, in order, to the target that works.
+    notified = receiver.wait_for(lambda messages: len(messages) == 4)
+    assert [(message["type"], message["title"]) for message in notified] == [
+        ("success", "✅ Deployed portal"),
+        ("warning", "⏪ Deploy of portal failed and was rolled back"),
+        ("failure", "❌ Deploy of portal failed"),
+        ("success", "⏪ Rolled back portal"),
+    ]
+    short_id = image_id(image("healthy", "v2")).removeprefix("sha256:")[:12]
+    assert f"Image: {image('healthy', 'v2')} ({short_id})\n" in notified[0]["message"]
+    assert f"Previous image: {image('healthy', 'v1')}" in notified[0]["message"]
+    assert "Commit: acme/portal@c2" in notified[0]["message"]
+    assert "Error: Container is restarting" in notified[1]["message"]
+    assert "fatal: configuration file /etc/app.conf not found" in notified[1]["message"].split("Last log lines:")[1]
+    # The hanging target and the refusing one held up no answer: each came with its deploy's end.
+    black_hole.wait_for_a_connection()
+    for response, record in ((ok, succeeded), (crashed, rolled_back), (missing, failed)):
+        assert response.elapsed.total_seconds() - record["duration_seconds"] < 1.5
+
+    # Metrics, with values.
+    assert httpx.get(f"{server.url}/metrics", timeout=10).status_code == 401
+    samples = scrape(server)
+
+    def value(name: str, **labels: str) -> float:
+        return samples[(name, frozenset(labels.items()))]
+
+    portal = {"service": "portal"}
+    for action, outcome, count in [
+        ("deploy", "succeeded", 1),
+        ("deploy", "rolled_back", 1),
+        ("deploy", "failed", 1),
+        ("deploy", "rollback_failed", 0),
+        ("rollback", "succeeded", 1),
+    ]:
+        assert value("deployer_deployments_total", **portal, action=action, outcome=outcome) == count, outcome
+    assert value("deployer_rollbacks_total", **portal, trigger="automatic", result="succeeded") == 1
+    assert value("deployer_rollbacks_total", **portal, trigger="manual", result="succeeded") == 1
+    assert value("deployer_deployment_duration_seconds_count", **portal, action="deploy") == 3
+    assert value("deployer_deployment_duration_seconds_sum", **portal, action="deploy") == pytest.approx(
+        sum(record["duration_seconds"] for record in records), abs=0.01
+    )
+    assert value("deployer_last_success_timestamp_seconds", **portal) == pytest.approx(
+        datetime.fromisoformat(succeeded["finished_at"]).timestamp()
+    )
+    assert value("deployer_deployments_in_progress", **portal) == 0
+    for endpoint, result, count in [
+        ("deploy", "accepted", 3),
+        ("rollback", "accepted", 1),
+        ("rollback", "not_allowed", 1),
+        ("rollback", "invalid_signature", 1),
+        ("deploy", "invalid_signature", 1),
+        ("deploy", "conflict", 0),
+    ]:
+        assert value("deployer_webhook_requests_total", endpoint=endpoint, result=result) == count, (endpoint, result)
+    assert value("deployer_notifications_total", scheme="json", result="sent") == 4
+
+    # JSON logs for Loki: every line an object; a deploy's lines carry its id, service and step.
+    lines = [json.loads(line) for line in server.log_file.read_text().splitlines()]
+    health_checks = [line for line in lines if "Checking container health" in line["message"]]
+    assert {"level": "INFO", "deployment_id": ok.headers["X-Deployment-Id"], "service": "portal"}.items() <= (
+        health_checks[0].items()
+    )
+    assert health_checks[0]["step"] == "health_check" and health_checks[0]["time"]
+    log_text = server.log_file.read_text()
+    for secret in (SECRET, READ_TOKEN, METRICS_TOKEN, NOTIFY_PASSWORD):
+        assert secret not in log_text
+    assert not [line for line in lines if '"commit": "c2"' in line["message"]], "no request body is logged"
 
 
 def test_wait_false_answers_202_at_once_and_the_record_follows_each_step(compose_project, api_server):

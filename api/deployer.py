@@ -337,6 +337,8 @@ class Deployer:
             reason = restore_reason(record, status)
             if reason is not None and self.settings.deploy_recover_interrupted == "rollback":
                 await self._restore(record, reason)
+                # The rollback bound its own id; what follows is about the interrupted deploy again.
+                logs.bind(deployment_id=deployment_id)
             self._finished(deployment_id)
 
     async def _restore(self, record: dict[str, Any], reason: str) -> None:

@@ -16,6 +16,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import apprise
+from apprise import Apprise
 from apprise.utils.parse import parse_urls
 
 from api import logs
@@ -57,6 +58,30 @@ class Message:
     notify_type: apprise.NotifyType
     deployment_id: str
     service: str
+
+
+def _scheme(url: str) -> str:
+    """A URL's scheme, the one part of it that is safe to show; nothing of a value without `://`."""
+    return urlsplit(url).scheme.lower() if "://" in url else ""
+
+
+def target_urls(value: str) -> list[str]:
+    """The Apprise URLs in DEPLOY_NOTIFY_URLS (separated by spaces or commas), each one Apprise can use.
+
+    ValueError otherwise, naming at most a scheme: the rest of a URL may be a token or a password.
+    """
+    urls = parse_urls(value)
+    leftover = value
+    for url in urls:
+        leftover = leftover.replace(url, " ", 1)
+    if leftover.strip(" ,\t\r\n"):
+        # Apprise would skip it without a word, and that target would never hear of anything.
+        raise ValueError("it holds text that is not a scheme:// URL")
+    for url in urls:
+        if Apprise.instantiate(url) is None:
+            scheme = _scheme(url)
+            raise ValueError(f"Apprise cannot use a {scheme}:// URL" if scheme else "a URL has no scheme://")
+    return urls
 
 
 def _image(name: str | None, image_id: str | None) -> str:
@@ -107,11 +132,10 @@ class Target:
     """One Apprise URL, its queue and its worker thread."""
 
     def __init__(self, url: str, on_result: Callable[[str, str], None]):
-        server = apprise.Apprise.instantiate(url)
-        self.scheme = urlsplit(url).scheme.lower()
+        server = Apprise.instantiate(url)
+        self.scheme = _scheme(url)
         if server is None:
-            # Only the scheme: the rest of the URL may hold a token.
-            raise ValueError(f"DEPLOY_NOTIFY_URLS: a {self.scheme or 'schemeless'}:// URL Apprise cannot use")
+            raise ValueError(f"DEPLOY_NOTIFY_URLS: a {self.scheme or '(no scheme)'}:// URL Apprise cannot use")
         # Secrets masked, options left out: what a log line needs to say which target it is.
         self.name = server.url(privacy=True).split("?", 1)[0]
         self.apprise = apprise.Apprise()
@@ -161,7 +185,7 @@ class Notifier:
 
     def __init__(self, urls: str | None, events: Sequence[str], on_result: Callable[[str, str], None]):
         self.events = frozenset(events)
-        self.targets = [Target(url, on_result) for url in parse_urls(urls or "")]
+        self.targets = [Target(url, on_result) for url in target_urls(urls or "")]
 
     def start(self) -> None:
         for target in self.targets:

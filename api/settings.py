@@ -6,14 +6,12 @@ import os
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
-from urllib.parse import urlsplit
 
-from apprise import Apprise
-from apprise.utils.parse import parse_urls
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from api.models import FINISHED_OUTCOMES, FinishedOutcome
+from api.notify import target_urls
 
 MIN_SECRET_LENGTH = 32
 # Environment variables that hold secrets: removed from the process environment once read, so
@@ -87,11 +85,10 @@ class Settings(BaseSettings):
     def apprise_can_use_each(cls, urls: SecretStr | None) -> SecretStr | None:
         if urls is None or not urls.get_secret_value().strip():
             return None
-        for url in parse_urls(urls.get_secret_value()):
-            if Apprise.instantiate(url) is None:
-                # Only the scheme: the rest of the URL may hold a token.
-                scheme = urlsplit(url).scheme or "(no scheme)"
-                raise ValueError(f"Apprise cannot use a {scheme}:// URL here; see https://appriseit.com/services/")
+        try:
+            target_urls(urls.get_secret_value())
+        except ValueError as error:
+            raise ValueError(f"{error}; see https://appriseit.com/services/") from None
         return urls
 
     @field_validator("deploy_notify_events", mode="before")

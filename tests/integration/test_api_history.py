@@ -233,7 +233,7 @@ def test_wait_false_answers_202_at_once_and_the_record_follows_each_step(compose
 
 
 def test_kill_9_mid_deploy_then_restart_marks_it_interrupted_and_restores_the_previous_image(
-    compose_project, api_server
+    compose_project, api_server, receiver
 ):
     project = compose_project({"portal": service(image("healthy", "v1"))}, {"portal": {"health_timeout": 120}})
     project.up()
@@ -249,7 +249,7 @@ def test_kill_9_mid_deploy_then_restart_marks_it_interrupted_and_restores_the_pr
     left = project.container("portal")
     assert left["Image"] == image_id(image("unhealthy", "v1")), "the kill left the service half-deployed"
 
-    restarted = api_server(project, state_dir=server.state_dir)
+    restarted = api_server(project, state_dir=server.state_dir, DEPLOY_NOTIFY_URLS=receiver.url)
     restored = ("Rolled back to the previous image", "The automatic rollback")
     record = restarted.follow(deployment_id, until=lambda record: any(part in record["error"] for part in restored))[-1]
     orphans = subprocess.run(["pgrep", "-f", f"runs/{deployment_id}"], capture_output=True, text=True)
@@ -271,3 +271,12 @@ def test_kill_9_mid_deploy_then_restart_marks_it_interrupted_and_restores_the_pr
     assert container["Image"] == image_id(image("healthy", "v2"))
     assert container["State"]["Health"]["Status"] == "healthy"
     assert restarted.record(earlier.headers["X-Deployment-Id"])["outcome"] == "succeeded", "records survive"
+    # Someone hears of it: the automatic rollback, then the interrupted deploy with what ran and what was done.
+    notified = receiver.wait_for(lambda messages: len(messages) == 2)
+    assert [message["title"] for message in notified] == [
+        "⏪ Rolled back portal",
+        "⚠️ Deploy of portal was interrupted",
+    ]
+    assert f"Deployment: {rollback_id} (from recovery)" in notified[0]["message"]
+    assert f"Running now: {image('unhealthy', 'v1')} (" in notified[1]["message"]
+    assert f"Rolled back to the previous image by {rollback_id}" in notified[1]["message"]

@@ -9,10 +9,10 @@ import time
 from pathlib import Path
 
 import pytest
+from fakerunner import FakeRunner, success_result
 from fastapi.testclient import TestClient
-from test_routes import SECRET, FakeRunner, post, success_result
+from test_routes import SECRET, post
 
-from api import deployer as deployer_module
 from api import main as main_module
 from api.history import SCHEMA_VERSION, History
 from api.main import create_app
@@ -21,13 +21,6 @@ from api.settings import Settings
 from api.signature import sign
 
 READ_TOKEN = "read-token-0123456789abcdef"
-
-
-@pytest.fixture
-def fake_runner(monkeypatch) -> FakeRunner:
-    runner = FakeRunner()
-    monkeypatch.setattr(deployer_module, "run_playbook", runner)
-    return runner
 
 
 def make_settings(tmp_path: Path, **overrides) -> Settings:

@@ -6,6 +6,7 @@ import time
 from datetime import datetime
 
 import pytest
+from fakerunner import success_result
 from fastapi.testclient import TestClient
 from prometheus_client.parser import text_string_to_metric_families
 from receiver import BlackHole, Receiver
@@ -19,9 +20,8 @@ from test_history import (
     status_run,
     wait_for,
 )
-from test_routes import FakeRunner, post, success_result
+from test_routes import post
 
-from api import deployer as deployer_module
 from api.main import create_app
 from api.runner import RunResult
 
@@ -41,13 +41,6 @@ def scrape(client: TestClient, token: str | None = None) -> dict[tuple[str, froz
 
 def sample(samples: dict, name: str, **labels: str) -> float:
     return samples[(name, frozenset(labels.items()))]
-
-
-@pytest.fixture
-def fake_runner(monkeypatch) -> FakeRunner:
-    runner = FakeRunner()
-    monkeypatch.setattr(deployer_module, "run_playbook", runner)
-    return runner
 
 
 @pytest.fixture

@@ -7,61 +7,15 @@ import threading
 from pathlib import Path
 
 import pytest
+from fakerunner import FakeRunner, success_result
 from fastapi.testclient import TestClient
 
-from api import deployer as deployer_module
 from api.main import create_app
 from api.runner import RunResult, unsafe_extravars
 from api.settings import Settings
 from api.signature import sign
 
 SECRET = "unit-test-secret-unit-test-secret-0123456789"
-
-
-class FakeRunner:
-    """Stands in for run_playbook: records calls, reports each step of its canned result, can hold a deploy open."""
-
-    def __init__(self) -> None:
-        self.calls: list[dict] = []
-        self.result = RunResult(status="successful", rc=0, results={"localhost": success_result()})
-        # Results for other playbooks than deploy.yml, by file name.
-        self.by_playbook: dict[str, RunResult] = {}
-        self.hold: set[str] = set()
-        self.entered = threading.Event()
-        self.release = threading.Event()
-
-    def __call__(self, **kwargs) -> RunResult:
-        self.calls.append(kwargs)
-        if kwargs["extravars"]["service"] in self.hold:
-            self.entered.set()
-            assert self.release.wait(10)
-        result = self.by_playbook.get(kwargs["playbook"].name, self.result)
-        for host, published in result.results.items():
-            for done in range(1, len(published.get("steps", [])) + 1):
-                if kwargs.get("on_step"):
-                    kwargs["on_step"](published["steps"][done - 1]["step"], "announcement")
-                    kwargs["on_steps"](host, published["steps"][:done])
-        return result
-
-
-def success_result() -> dict:
-    return {
-        "success": True,
-        "outcome": "succeeded",
-        "message": "Deployment successful",
-        "old_image": "ghcr.io/acme/portal:1",
-        "new_image": "ghcr.io/acme/portal:2",
-        "error": None,
-        "logs": "",
-        "steps": [{"step": name, "success": True} for name in ("capture_state", "pull_image", "compose_up")],
-    }
-
-
-@pytest.fixture
-def fake_runner(monkeypatch) -> FakeRunner:
-    runner = FakeRunner()
-    monkeypatch.setattr(deployer_module, "run_playbook", runner)
-    return runner
 
 
 @pytest.fixture

@@ -1,0 +1,46 @@
+"""A stand-in for api.runner.run_playbook, for the API's unit tests (the `fake_runner` fixture in conftest.py)."""
+
+from __future__ import annotations
+
+import threading
+
+from api.runner import RunResult
+
+
+class FakeRunner:
+    """Stands in for run_playbook: records calls, reports each step of its canned result, can hold a deploy open."""
+
+    def __init__(self) -> None:
+        self.calls: list[dict] = []
+        self.result = RunResult(status="successful", rc=0, results={"localhost": success_result()})
+        # Results for other playbooks than deploy.yml, by file name.
+        self.by_playbook: dict[str, RunResult] = {}
+        self.hold: set[str] = set()
+        self.entered = threading.Event()
+        self.release = threading.Event()
+
+    def __call__(self, **kwargs) -> RunResult:
+        self.calls.append(kwargs)
+        if kwargs["extravars"]["service"] in self.hold:
+            self.entered.set()
+            assert self.release.wait(10)
+        result = self.by_playbook.get(kwargs["playbook"].name, self.result)
+        for host, published in result.results.items():
+            for done in range(1, len(published.get("steps", [])) + 1):
+                if kwargs.get("on_step"):
+                    kwargs["on_step"](published["steps"][done - 1]["step"], "announcement")
+                    kwargs["on_steps"](host, published["steps"][:done])
+        return result
+
+
+def success_result() -> dict:
+    return {
+        "success": True,
+        "outcome": "succeeded",
+        "message": "Deployment successful",
+        "old_image": "ghcr.io/acme/portal:1",
+        "new_image": "ghcr.io/acme/portal:2",
+        "error": None,
+        "logs": "",
+        "steps": [{"step": name, "success": True} for name in ("capture_state", "pull_image", "compose_up")],
+    }

@@ -17,7 +17,8 @@ from api.history import History
 from api.inventory import Inventory
 from api.metrics import Metrics
 from api.notify import Notifier
-from api.routes import deploy, deployments, info, metrics
+from api.routes import deploy, deployments, info
+from api.routes import metrics as metrics_route
 from api.settings import Settings, get_settings
 
 # On shutdown, running deploys may finish within the grace; then they are stopped and their records written.
@@ -69,7 +70,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(info.router)
     app.include_router(deploy.router)
     app.include_router(deployments.router)
-    app.include_router(metrics.router)
+    app.include_router(metrics_route.router)
     return app
 
 

@@ -27,6 +27,9 @@ def main() -> int:
         host=settings.deploy_host,
         port=settings.deploy_port,
         log_config=logging_config(settings.log_format),
+        # The client's address is ours to tell (DEPLOY_TRUSTED_PROXIES): uvicorn would believe X-Forwarded-For
+        # from 127.0.0.1, where anyone on the host, or cloudflared passing on any header, connects from.
+        proxy_headers=False,
     )
     return 0
 

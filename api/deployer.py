@@ -146,7 +146,7 @@ class Deployer:
             self._running.pop(claim.service, None)
 
     def reject(self, action: str, document: Any, source: str, status: int, detail: Any) -> str:
-        """Record a signed request refused at validation (400, 409, 422); nothing ran."""
+        """Record a signed request refused at validation (400, 403, 409, 422, 429); nothing ran."""
         fields = document if isinstance(document, dict) else {}
 
         def text(name: str, limit: int) -> str | None:

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from fastapi import HTTPException, Request, status
 
 from api import signature
 from api.deployer import Deployer
 from api.inventory import Inventory
 from api.metrics import Metrics
+from api.security import RateLimits, client_address
 from api.settings import Settings
 
 
@@ -28,17 +31,61 @@ def endpoint(request: Request) -> str:
     return request.url.path.rstrip("/").rsplit("/", 1)[-1]
 
 
-async def signed_body(request: Request) -> bytes:
+@dataclass(frozen=True)
+class SignedBody:
+    raw: bytes
+    # Who signed it: WEBHOOK_SECRET, or the WEBHOOK_SECRET_<NAME> of a service (see api.settings.secret_sets).
+    signers: frozenset[str]
+    client: str
+
+
+def get_client(request: Request) -> str:
+    settings: Settings = request.app.state.settings
+    return client_address(request, settings.deploy_trusted_proxies)
+
+
+def get_rate_limits(request: Request) -> RateLimits:
+    return request.app.state.rate_limits
+
+
+def too_many(detail: str, retry_after: int) -> HTTPException:
+    return HTTPException(
+        status.HTTP_429_TOO_MANY_REQUESTS,
+        detail=f"{detail}; retry in {retry_after} s",
+        headers={"Retry-After": str(retry_after)},
+    )
+
+
+def check_signature(request: Request, body: bytes, client: str) -> frozenset[str]:
+    """Who signed `body`; 429 for a client that has had its invalid signatures, 403 for an invalid one."""
+    rate_limits = get_rate_limits(request)
+    retry_after = rate_limits.signature_blocked(client)
+    if retry_after is not None:
+        raise too_many("Too many requests with an invalid signature from this address", retry_after)
+    settings: Settings = request.app.state.settings
+    found = signature.signers(settings.secret_sets(), body, request.headers.get(signature.HEADER))
+    if not found:
+        rate_limits.signature_failed(client)
+        raise HTTPException(status.HTTP_403_FORBIDDEN, detail="Invalid signature")
+    return found
+
+
+async def signed_body(request: Request) -> SignedBody:
     """The raw body, at most DEPLOY_MAX_BODY_BYTES, once its signature checks out; nothing is parsed before."""
+    client = get_client(request)
     try:
-        return await _signed_body(request)
+        raw = await _bounded_body(request)
+        return SignedBody(raw, check_signature(request, raw, client), client)
     except HTTPException as refusal:
-        result = "too_large" if refusal.status_code == status.HTTP_413_CONTENT_TOO_LARGE else "invalid_signature"
+        result = {
+            status.HTTP_413_CONTENT_TOO_LARGE: "too_large",
+            status.HTTP_429_TOO_MANY_REQUESTS: "rate_limited",
+        }.get(refusal.status_code, "invalid_signature")
         get_metrics(request).webhook(endpoint(request), result)
         raise
 
 
-async def _signed_body(request: Request) -> bytes:
+async def _bounded_body(request: Request) -> bytes:
     settings: Settings = request.app.state.settings
     limit = settings.deploy_max_body_bytes
     too_large = HTTPException(status.HTTP_413_CONTENT_TOO_LARGE, detail=f"Request body is larger than {limit} bytes")
@@ -50,7 +97,4 @@ async def _signed_body(request: Request) -> bytes:
         body += chunk
         if len(body) > limit:
             raise too_large
-    secret = settings.webhook_secret.get_secret_value().encode()
-    if not signature.is_valid(secret, bytes(body), request.headers.get(signature.HEADER)):
-        raise HTTPException(status.HTTP_403_FORBIDDEN, detail="Invalid signature")
     return bytes(body)

@@ -49,6 +49,11 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE deployments ADD COLUMN to_inspect INTEGER NOT NULL DEFAULT 0;
     """,
+    # 3: the signed requests already received (replay protection), until their timestamp leaves the window.
+    """
+    CREATE TABLE received_requests (digest TEXT PRIMARY KEY, expires_at REAL NOT NULL);
+    CREATE INDEX received_requests_by_expiry ON received_requests (expires_at);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -189,6 +194,21 @@ class History:
                 "SELECT * FROM deployments WHERE outcome = 'running' OR to_inspect = 1 ORDER BY started_at"
             ).fetchall()
         return [_decode(row, internal=True) for row in rows]
+
+    def first_receipt(self, digest: str, expires_at: float, now: float) -> bool:
+        """Remember a signed request until `expires_at`; False when it was received before (a replay)."""
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                self._db.execute("DELETE FROM received_requests WHERE expires_at < ?", (now,))
+                inserted = self._db.execute(
+                    "INSERT OR IGNORE INTO received_requests (digest, expires_at) VALUES (?, ?)", (digest, expires_at)
+                ).rowcount
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return inserted == 1
 
     def running_by_service(self) -> dict[str, int]:
         """How many deploys and rollbacks of each service are running."""

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from ansible.inventory.manager import InventoryManager
@@ -13,9 +13,42 @@ from ansible.vars.manager import VariableManager
 
 
 @dataclass(frozen=True)
+class ServicePolicy:
+    """Who may deploy a service, and what: from its `deploy_services` entries on every host."""
+
+    # The WEBHOOK_SECRET_<NAME> variables whose secrets sign for it; empty: WEBHOOK_SECRET does.
+    secret_envs: tuple[str, ...] = ()
+    # The image repositories it may run; None: any (as the compose file and the request say).
+    image_repositories: tuple[str, ...] | None = None
+
+
+@dataclass(frozen=True)
 class InventoryView:
     services: tuple[str, ...]
     compose_dirs: tuple[str, ...]
+    policies: dict[str, ServicePolicy] = field(default_factory=dict)
+
+    def policy(self, service: str) -> ServicePolicy:
+        return self.policies.get(service, ServicePolicy())
+
+
+def _names(value: object) -> list[str]:
+    """A string or a list of strings, as a list."""
+    if value is None or value == "":
+        return []
+    return [str(item) for item in value] if isinstance(value, list | tuple) else [str(value)]
+
+
+def _policies(entries: dict[str, list[dict]]) -> dict[str, ServicePolicy]:
+    """One policy per service. Hosts that disagree: any secret one of them names signs, and the repositories
+    are those of all hosts (each host's playbook run still refuses what its own entry does not allow)."""
+    policies = {}
+    for service, host_entries in entries.items():
+        secret_envs = sorted({name for entry in host_entries for name in _names(entry.get("secret_env"))})
+        repositories = [_names(entry.get("image_repository")) for entry in host_entries]
+        pinned = None if any(not names for names in repositories) else tuple(sorted(set().union(*repositories)))
+        policies[service] = ServicePolicy(tuple(secret_envs), pinned)
+    return policies
 
 
 def _newest_change(path: Path) -> float:
@@ -28,15 +61,18 @@ def read_inventory(path: Path) -> InventoryView:
     loader = DataLoader()
     inventory = InventoryManager(loader=loader, sources=[str(path)])
     variables = VariableManager(loader=loader, inventory=inventory)
-    services: set[str] = set()
+    entries: dict[str, list[dict]] = {}
     compose_dirs: list[str] = []
     for host in inventory.get_hosts():
         host_vars = variables.get_vars(host=host)
-        services.update(str(name) for name in (host_vars.get("deploy_services") or {}))
+        for name, entry in (host_vars.get("deploy_services") or {}).items():
+            entries.setdefault(str(name), []).append(entry if isinstance(entry, dict) else {})
         if "deploy_compose_dir" in host_vars:
             compose_dir = Templar(loader=loader, variables=host_vars).template(host_vars["deploy_compose_dir"])
             compose_dirs.append(str(Path(str(compose_dir)).resolve()))
-    return InventoryView(services=tuple(sorted(services)), compose_dirs=tuple(dict.fromkeys(compose_dirs)))
+    return InventoryView(
+        services=tuple(sorted(entries)), compose_dirs=tuple(dict.fromkeys(compose_dirs)), policies=_policies(entries)
+    )
 
 
 class Inventory:

@@ -19,6 +19,7 @@ from api.metrics import Metrics
 from api.notify import Notifier
 from api.routes import deploy, deployments, info
 from api.routes import metrics as metrics_route
+from api.security import RateLimits
 from api.settings import Settings, get_settings
 
 # On shutdown, running deploys may finish within the grace; then they are stopped and their records written.
@@ -52,6 +53,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         inventory.view()
         with instance_lock(current.deploy_state_dir):
             history = History(current.history_file)
+            app.state.rate_limits = RateLimits(current)
             app.state.metrics = metrics = Metrics(history, services=lambda: inventory.view().services)
             urls = current.deploy_notify_urls.get_secret_value() if current.deploy_notify_urls else None
             notifier = Notifier(urls, current.deploy_notify_events, on_result=metrics.notification)

@@ -24,6 +24,9 @@ ACTIONS = ("deploy", "rollback")
 WEBHOOK_RESULTS = (
     "accepted",
     "invalid_signature",
+    "wrong_secret",
+    "expired",
+    "replayed",
     "not_allowed",
     "invalid_body",
     "too_large",

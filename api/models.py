@@ -26,6 +26,9 @@ class DeployRequest(BaseModel):
     repository: str | None = Field(None, max_length=256)
     commit: str | None = Field(None, max_length=128)
     message: str | None = Field(None, max_length=4096)
+    timestamp: int | None = Field(
+        None, ge=0, description="Unix seconds when the request was signed: refused outside the replay window"
+    )
 
     @field_validator("image")
     @classmethod

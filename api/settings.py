@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import re
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
 
-from pydantic import Field, SecretStr, field_validator
+import limits
+from dotenv import dotenv_values
+from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from api.models import FINISHED_OUTCOMES, FinishedOutcome
@@ -19,6 +23,32 @@ MIN_SECRET_LENGTH = 32
 # Apprise URLs carry bot tokens and passwords.
 SECRET_VARIABLES = ("WEBHOOK_SECRET", "DEPLOY_READ_TOKEN", "DEPLOY_METRICS_TOKEN", "DEPLOY_NOTIFY_URLS")
 MIN_READ_TOKEN_LENGTH = 16
+# Per-service secrets: an inventory entry names one (deploy_services.<name>.secret_env) by its variable.
+SERVICE_SECRET_VARIABLE = re.compile(r"WEBHOOK_SECRET_[A-Z0-9_]+")
+IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def secrets_of(value: SecretStr) -> tuple[bytes, ...]:
+    """The secrets a setting holds: one, or several separated by commas during a rotation (newest first)."""
+    return tuple(part.strip().encode() for part in value.get_secret_value().split(",") if part.strip())
+
+
+def _strong_secrets(name: str, value: SecretStr) -> SecretStr:
+    found = secrets_of(value)
+    if not found or any(len(secret) < MIN_SECRET_LENGTH for secret in found):
+        raise ValueError(
+            f"{name} must hold secrets of at least {MIN_SECRET_LENGTH} characters (several: separated by commas); "
+            "make one with: python3 -c 'import secrets; print(secrets.token_hex(32))'"
+        )
+    return value
+
+
+def service_secrets_from_environment(env_file: Path = Path(".env")) -> dict[str, SecretStr]:
+    """Every WEBHOOK_SECRET_<NAME> of `.env` and the environment (which wins)."""
+    found = {**dotenv_values(env_file), **os.environ} if env_file.is_file() else dict(os.environ)
+    return {name: SecretStr(value or "") for name, value in found.items() if SERVICE_SECRET_VARIABLE.fullmatch(name)}
+
+
 # Defaults are the project's own files, wherever the service is started from.
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 
@@ -28,7 +58,28 @@ class Settings(BaseSettings):
         env_file=".env", env_file_encoding="utf-8", extra="ignore", hide_input_in_errors=True
     )
 
-    webhook_secret: SecretStr = Field(description="HMAC-SHA256 key shared with the CI pipeline")
+    webhook_secret: SecretStr = Field(
+        description="HMAC-SHA256 key shared with the CI pipeline; several separated by commas during a rotation"
+    )
+    service_secrets: dict[str, SecretStr] = Field(
+        default_factory=dict,
+        description="WEBHOOK_SECRET_<NAME> variables: the secrets of services whose inventory entry names one",
+    )
+    deploy_replay_window: int = Field(
+        300, ge=10, le=86400, description="Seconds a request's `timestamp` may be away from now; each is used once"
+    )
+    deploy_require_timestamp: bool = Field(False, description="Refuse a request whose body has no `timestamp`")
+    deploy_signature_failure_limit: str = Field(
+        "10/minute", description="Invalid signatures allowed per client address before 429 (limits notation)"
+    )
+    deploy_service_rate_limit: str = Field(
+        "30/hour", description="Deploys and rollbacks allowed per service before 429 (limits notation)"
+    )
+    deploy_trusted_proxies: Annotated[tuple[IpNetwork, ...], NoDecode] = Field(
+        (),
+        description="Addresses (or networks) whose CF-Connecting-IP and X-Forwarded-For are believed; "
+        "127.0.0.1 when cloudflared runs on the host",
+    )
     deploy_inventory: Path = Field(
         PROJECT_ROOT / "inventory", description="Ansible inventory: hosts and the allow-list"
     )
@@ -66,12 +117,32 @@ class Settings(BaseSettings):
     @field_validator("webhook_secret")
     @classmethod
     def secret_is_strong(cls, secret: SecretStr) -> SecretStr:
-        if len(secret.get_secret_value()) < MIN_SECRET_LENGTH:
-            raise ValueError(
-                f"WEBHOOK_SECRET must be at least {MIN_SECRET_LENGTH} characters; "
-                "make one with: python3 -c 'import secrets; print(secrets.token_hex(32))'"
-            )
-        return secret
+        return _strong_secrets("WEBHOOK_SECRET", secret)
+
+    @field_validator("service_secrets")
+    @classmethod
+    def service_secrets_are_strong(cls, secrets: dict[str, SecretStr]) -> dict[str, SecretStr]:
+        for name, secret in secrets.items():
+            if not SERVICE_SECRET_VARIABLE.fullmatch(name):
+                raise ValueError(f"{name} is not a WEBHOOK_SECRET_<NAME> variable")
+            _strong_secrets(name, secret)
+        return secrets
+
+    @field_validator("deploy_signature_failure_limit", "deploy_service_rate_limit")
+    @classmethod
+    def limit_is_readable(cls, value: str) -> str:
+        try:
+            limits.parse(value)
+        except ValueError:
+            raise ValueError(f"'{value}' is not a rate limit such as 10/minute or 30 per hour") from None
+        return value
+
+    @field_validator("deploy_trusted_proxies", mode="before")
+    @classmethod
+    def networks_from_a_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            return tuple(ipaddress.ip_network(part, strict=False) for part in value.replace(",", " ").split())
+        return value
 
     @field_validator("deploy_read_token", "deploy_metrics_token")
     @classmethod
@@ -99,14 +170,28 @@ class Settings(BaseSettings):
             return tuple(FINISHED_OUTCOMES if names == ["all"] else names)
         return events
 
+    @model_validator(mode="before")
+    @classmethod
+    def service_secrets_from_the_environment(cls, values: object) -> object:
+        if isinstance(values, dict) and "service_secrets" not in values:
+            return {**values, "service_secrets": service_secrets_from_environment()}
+        return values
+
     @property
     def history_file(self) -> Path:
         return self.deploy_state_dir / "deployments.sqlite3"
+
+    def secret_sets(self) -> dict[str, tuple[bytes, ...]]:
+        """The secrets that may sign, by who holds them: "WEBHOOK_SECRET" for every service without its own."""
+        return {
+            "WEBHOOK_SECRET": secrets_of(self.webhook_secret),
+            **{name: secrets_of(secret) for name, secret in self.service_secrets.items()},
+        }
 
 
 @lru_cache
 def get_settings() -> Settings:
     settings = Settings()
-    for name in SECRET_VARIABLES:
+    for name in (*SECRET_VARIABLES, *settings.service_secrets):
         os.environ.pop(name, None)
     return settings

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
@@ -9,20 +10,24 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
 from api.deployer import DeployConflict, Deployer
-from api.deps import endpoint, get_deployer, get_inventory, get_metrics, signed_body
-from api.inventory import Inventory
+from api.deps import SignedBody, endpoint, get_deployer, get_inventory, get_metrics, get_rate_limits, signed_body
+from api.history import History
+from api.inventory import Inventory, ServicePolicy
 from api.models import DeployFailure, DeploymentAccepted, DeployRequest, DeploySuccess
+from api.security import image_repository, request_digest, timestamp_problem
+from api.settings import Settings
 
 router = APIRouter()
 
 RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"model": DeploySuccess, "description": "Finished and healthy (wait=true)"},
     202: {"model": DeploymentAccepted, "description": "Started (wait=false); follow the Location header"},
-    400: {"description": "Service not allowed, or a malformed body"},
-    403: {"description": "Invalid signature"},
+    400: {"description": "Service not allowed, an image the service does not allow, or a malformed body"},
+    403: {"description": "Invalid signature, a secret not allowed for the service, an expired or replayed request"},
     409: {"description": "A deployment of this service is already running"},
     413: {"description": "Body too large"},
     422: {"description": "A field has the wrong type or an invalid value"},
+    429: {"description": "Too many invalid signatures from this address, or deploys of this service; see Retry-After"},
     500: {"model": DeployFailure, "description": "Failed, with the rollback's outcome among the steps (wait=true)"},
 }
 WAIT = Query(
@@ -35,9 +40,52 @@ WAIT = Query(
 class Refused(HTTPException):
     """A refusal at validation, with the result the webhook counter gives it."""
 
-    def __init__(self, status_code: int, detail: Any, result: str):
-        super().__init__(status_code, detail=detail)
+    def __init__(self, status_code: int, detail: Any, result: str, headers: dict[str, str] | None = None):
+        super().__init__(status_code, detail=detail, headers=headers)
         self.result = result
+
+
+def authorize(signed: SignedBody, service: str, policy: ServicePolicy) -> None:
+    """403 unless a secret that may deploy `service` signed: its own (secret_env), else WEBHOOK_SECRET."""
+    holders = set(policy.secret_envs) or {"WEBHOOK_SECRET"}
+    if not signed.signers & holders:
+        raise Refused(
+            status.HTTP_403_FORBIDDEN, f"The secret that signed this request may not deploy '{service}'", "wrong_secret"
+        )
+
+
+def check_image(deploy_request: DeployRequest, policy: ServicePolicy) -> None:
+    """400 when the service pins its image repositories (image_repository) and the image is not from one."""
+    image, allowed = deploy_request.image, policy.image_repositories
+    if image is None or allowed is None or image_repository(image) in allowed:
+        return
+    raise Refused(
+        status.HTTP_400_BAD_REQUEST,
+        f"Image '{image}' is not allowed for service '{deploy_request.service}'. "
+        f"Allowed repositories: {', '.join(allowed)}",
+        "not_allowed",
+    )
+
+
+def check_fresh(deploy_request: DeployRequest, settings: Settings) -> None:
+    """403 for a timestamp outside the replay window, or a missing one when DEPLOY_REQUIRE_TIMESTAMP is set."""
+    problem = timestamp_problem(
+        deploy_request.timestamp, time.time(), settings.deploy_replay_window, settings.deploy_require_timestamp
+    )
+    if problem:
+        raise Refused(status.HTTP_403_FORBIDDEN, problem, "expired")
+
+
+def check_first_receipt(
+    signed: SignedBody, deploy_request: DeployRequest, settings: Settings, history: History
+) -> None:
+    """403 for a signed body received before; remembered in the history, so across restarts."""
+    if deploy_request.timestamp is None:
+        # Nothing tells a replay from a second identical request; DEPLOY_REQUIRE_TIMESTAMP closes that door.
+        return
+    expires_at = deploy_request.timestamp + settings.deploy_replay_window
+    if not history.first_receipt(request_digest(signed.raw), expires_at, time.time()):
+        raise Refused(status.HTTP_403_FORBIDDEN, "This signed request was already received: sign a new one", "replayed")
 
 
 def load_document(body: bytes) -> dict[str, Any]:
@@ -64,21 +112,36 @@ def validate(document: dict[str, Any]) -> DeployRequest:
 
 
 async def run_action(
-    action: str, request: Request, body: bytes, wait: bool, inventory: Inventory, deployer: Deployer
+    action: str, request: Request, signed: SignedBody, wait: bool, inventory: Inventory, deployer: Deployer
 ) -> JSONResponse:
     """Validate a signed body, then deploy or roll back; a refusal is recorded in the history, then raised."""
-    source = request.client.host if request.client else "unknown"
+    settings: Settings = request.app.state.settings
+    source = signed.client
     document: Any = None
     try:
-        document = load_document(body)
+        document = load_document(signed.raw)
         deploy_request = validate(document)
-        allowed = (await run_in_threadpool(inventory.view)).services
-        if deploy_request.service not in allowed:
+        view = await run_in_threadpool(inventory.view)
+        if deploy_request.service not in view.services:
             raise Refused(
                 status.HTTP_400_BAD_REQUEST,
-                f"Service '{deploy_request.service}' not allowed. Allowed: {', '.join(allowed)}",
+                f"Service '{deploy_request.service}' not allowed. Allowed: {', '.join(view.services)}",
                 "not_allowed",
             )
+        policy = view.policy(deploy_request.service)
+        authorize(signed, deploy_request.service, policy)
+        check_fresh(deploy_request, settings)
+        check_image(deploy_request, policy)
+        retry_after = get_rate_limits(request).deploy(deploy_request.service)
+        if retry_after is not None:
+            limit = get_rate_limits(request).deploy_limit
+            raise Refused(
+                status.HTTP_429_TOO_MANY_REQUESTS,
+                f"Too many deploys of '{deploy_request.service}' ({limit}); retry in {retry_after} s",
+                "rate_limited",
+                headers={"Retry-After": str(retry_after)},
+            )
+        await run_in_threadpool(check_first_receipt, signed, deploy_request, settings, deployer.history)
         try:
             deployment_id, code, outcome = await deployer.start(deploy_request, source, action=action, wait=wait)
         except DeployConflict as conflict:
@@ -99,7 +162,7 @@ async def run_action(
 @router.post("/deploy", responses=RESPONSES)
 async def deploy(
     request: Request,
-    body: Annotated[bytes, Depends(signed_body)],
+    body: Annotated[SignedBody, Depends(signed_body)],
     inventory: Annotated[Inventory, Depends(get_inventory)],
     deployer: Annotated[Deployer, Depends(get_deployer)],
     wait: Annotated[bool, WAIT] = True,
@@ -111,7 +174,7 @@ async def deploy(
 @router.post("/rollback", responses=RESPONSES)
 async def rollback(
     request: Request,
-    body: Annotated[bytes, Depends(signed_body)],
+    body: Annotated[SignedBody, Depends(signed_body)],
     inventory: Annotated[Inventory, Depends(get_inventory)],
     deployer: Annotated[Deployer, Depends(get_deployer)],
     wait: Annotated[bool, WAIT] = True,

@@ -10,7 +10,8 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api import signature
 from api.deployer import Deployer
-from api.deps import get_deployer
+from api.deps import check_signature, get_client, get_deployer, get_inventory
+from api.inventory import Inventory
 from api.models import DeploymentPage, DeploymentRecord, Outcome
 from api.settings import Settings
 
@@ -62,18 +63,25 @@ def get_deployment(
     deployment_id: Annotated[str, Path(max_length=64)],
     credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
     deployer: Annotated[Deployer, Depends(get_deployer)],
+    inventory: Annotated[Inventory, Depends(get_inventory)],
 ) -> DeploymentRecord:
-    """One deployment, its steps as they happen. A caller holding the webhook secret may read the deployment it
-    started without the read token: X-Hub-Signature-256 over the id (as bytes) instead of a body."""
-    settings: Settings = request.app.state.settings
-    signed = signature.is_valid(
-        settings.webhook_secret.get_secret_value().encode(),
-        deployment_id.encode(),
-        request.headers.get(signature.HEADER),
-    )
-    if not (signed or _has_read_token(request, credentials)):
+    """One deployment, its steps as they happen. A caller holding a secret that may deploy the service may read
+    the deployment it started without the read token: X-Hub-Signature-256 over the id (as bytes) instead of a body."""
+    if _has_read_token(request, credentials):
+        record = deployer.history.get(deployment_id)
+    elif request.headers.get(signature.HEADER) is not None:
+        try:
+            signers = check_signature(request, deployment_id.encode(), get_client(request))
+        except HTTPException as refusal:
+            if refusal.status_code != status.HTTP_403_FORBIDDEN:
+                raise
+            raise _unauthorized(request, "The signature over the deployment id is not valid") from None
+        record = deployer.history.get(deployment_id)
+        policy = inventory.view().policy(record["service"] or "") if record else None
+        if policy is not None and not signers & (set(policy.secret_envs) or {"WEBHOOK_SECRET"}):
+            raise _unauthorized(request, "The secret that signed the id may not deploy this deployment's service")
+    else:
         raise _unauthorized(request, "A valid read token, or X-Hub-Signature-256 over the deployment id, is required")
-    record = deployer.history.get(deployment_id)
     if record is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"No deployment '{deployment_id}'")
     return DeploymentRecord.model_validate(record)

@@ -397,7 +397,7 @@ def test_a_database_of_schema_1_is_migrated_and_keeps_its_records(tmp_path):
 
     history = History(tmp_path / "h.sqlite3")
 
-    assert history.schema_version() == SCHEMA_VERSION == 2
+    assert history.schema_version() == SCHEMA_VERSION == 3
     record = history.get("d1")
     assert (record["service"], record["outcome"]) == ("portal", "succeeded")
     assert "to_inspect" not in record, "internal columns stay internal"

@@ -9,7 +9,18 @@ from __future__ import annotations
 import hashlib
 
 import pytest
-from conftest import build_unique, docker, fingerprint, free_port, image, image_exists, image_id, push_as, service
+from conftest import (
+    REGISTRY,
+    build_unique,
+    docker,
+    fingerprint,
+    free_port,
+    image,
+    image_exists,
+    image_id,
+    push_as,
+    service,
+)
 
 pytestmark = pytest.mark.usefixtures("registry")
 
@@ -199,15 +210,22 @@ def test_unknown_service_is_refused_before_anything_is_touched(compose_project):
     assert not project.pin_file.exists()
 
 
-def test_invalid_image_reference_is_refused(compose_project):
-    project = compose_project({"app": service(image("healthy", "v1"))})
+def test_invalid_or_foreign_image_is_refused(compose_project):
+    project = compose_project(
+        {"app": service(image("healthy", "v1"))}, {"app": {"image_repository": [f"{REGISTRY}/deploytest/healthy"]}}
+    )
     project.up()
     before = fingerprint(project.container("app"))
 
-    completed = project.playbook_cli("-e", "service=app", "-e", "image=UPPER/Case:bad tag")
+    invalid = project.playbook_cli("-e", "service=app", "-e", "image=UPPER/Case:bad tag")
+    # By hand as by the API: the pin holds wherever the deploy comes from.
+    foreign = project.playbook_cli("-e", "service=app", "-e", f"image={image('crash', 'v1')}")
 
-    assert completed.returncode != 0
-    assert "is not a valid image reference" in completed.stdout
+    assert invalid.returncode != 0
+    assert "is not a valid image reference" in invalid.stdout
+    assert foreign.returncode != 0
+    assert f"Image '{image('crash', 'v1')}' is not allowed for service 'app'." in foreign.stdout
+    assert f"Allowed repositories: {REGISTRY}/deploytest/healthy" in foreign.stdout
     assert fingerprint(project.container("app")) == before
 
 

@@ -5,6 +5,9 @@ request is asynchronous (`POST /deploy?wait=false`) because Cloudflare Tunnel cu
 after 100 seconds; the deployment is then followed at `GET /deployments/{id}`, signed over the
 id with the same secret. Inputs come from INPUT_* variables that action.yml sets.
 
+The body carries the time it was signed (`timestamp`, Unix seconds): the API accepts a signed body
+once, within its replay window, so the request is sent once and never repeated.
+
 Exit codes, as deployctl's: 0 succeeded (or started, with wait: false); 1 the deploy ran and did
 not succeed; 2 an input is missing or malformed; 3 refused by the API (4xx); 4 the API is
 unreachable, or the deploy was still running when the timeout ran out.
@@ -22,7 +25,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import Any, TextIO
 
@@ -105,7 +108,8 @@ class Inputs:
             timeout=timeout,
         )
 
-    def body(self) -> bytes:
+    def body(self, timestamp: int) -> bytes:
+        """The exact bytes that are signed and sent: compact JSON, empty inputs left out, and when it was signed."""
         fields = {
             "service": self.service,
             "image": self.image,
@@ -113,7 +117,9 @@ class Inputs:
             "commit": self.commit,
             "message": self.message,
         }
-        return json.dumps({name: text for name, text in fields.items() if text}, separators=(",", ":")).encode()
+        document: dict[str, str | int] = {name: text for name, text in fields.items() if text}
+        document["timestamp"] = timestamp
+        return json.dumps(document, separators=(",", ":")).encode()
 
 
 def sign(secret: bytes, body: bytes) -> str:
@@ -232,8 +238,9 @@ def summary_markdown(record: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def start(inputs: Inputs) -> str:
-    body = inputs.body()
+def start(inputs: Inputs, clock: Callable[[], float] = time.time) -> str:
+    """POST /deploy?wait=false, once: trying again would be a new request, signed with a new timestamp."""
+    body = inputs.body(int(clock()))
     headers = {"Content-Type": "application/json", "X-Hub-Signature-256": sign(inputs.secret, body)}
     answer = call("POST", f"{inputs.url}/deploy?wait=false", headers, body)
     deployment_id = str(answer.get("deployment_id", ""))

@@ -40,7 +40,11 @@ until it has finished, and read the history. deploy and rollback sign their requ
 WEBHOOK_SECRET and follow the deployment with a signature over its id, so the webhook secret is
 enough for them; history needs DEPLOY_READ_TOKEN. Both are read from the environment or from
 .env in the current directory (the API's own .env works as it is), DEPLOY_URL tells where the
-API is (default http://127.0.0.1:9000; --url overrides it). The secret is never printed."""
+API is (default http://127.0.0.1:9000; --url overrides it). The secret is never printed.
+
+Each deploy and rollback carries the time it was signed ("timestamp"), and the API accepts a
+signed request once, within its DEPLOY_REPLAY_WINDOW (300 s by default), so this machine's clock
+must be right."""
 
 EXAMPLES_MAIN = """\
 examples:
@@ -82,8 +86,9 @@ examples:
     "sign": """\
 examples:
   deployctl sign body.json
-  printf '%s' '{"service":"portal"}' | deployctl sign --value
-  (the signature covers the exact bytes: echo adds a newline, printf '%s' does not)""",
+  printf '{"service":"portal","timestamp":%d}' "$(date +%s)" | deployctl sign --value
+  (the signature covers the exact bytes: echo adds a newline, printf without \\n does not;
+  the API accepts a signed body once, and only within DEPLOY_REPLAY_WINDOW of its timestamp)""",
 }
 
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 import re
+import time
+from collections.abc import Callable
 from typing import Any
 
 import httpx
@@ -28,9 +30,11 @@ class Unavailable(Exception):
     """No answer from the API (connection, timeout), or an answer that is not the API's (5xx from a proxy)."""
 
 
-def encode_body(fields: dict[str, str | None]) -> bytes:
-    """The exact bytes that are signed and sent: compact JSON, unset fields left out."""
-    return json.dumps({name: value for name, value in fields.items() if value}, separators=(",", ":")).encode()
+def encode_body(fields: dict[str, str | None], timestamp: int) -> bytes:
+    """The exact bytes that are signed and sent: compact JSON, unset fields left out, and when it was signed."""
+    document: dict[str, str | int] = {name: value for name, value in fields.items() if value}
+    document["timestamp"] = timestamp
+    return json.dumps(document, separators=(",", ":")).encode()
 
 
 def error_detail(response: httpx.Response) -> Any:
@@ -49,10 +53,12 @@ class Client:
         secret: bytes | None = None,
         read_token: str | None = None,
         timeout: float = 30,
+        clock: Callable[[], float] = time.time,
     ):
         self.url = url.rstrip("/")
         self._secret = secret
         self._read_token = read_token
+        self._clock = clock
         self._http = httpx.Client(
             base_url=self.url,
             timeout=timeout,
@@ -67,9 +73,10 @@ class Client:
         self._http.close()
 
     def start(self, action: str, fields: dict[str, str | None]) -> dict[str, Any]:
-        """POST /deploy or /rollback with ?wait=false, signed; the 202 body ({"deployment_id", ...})."""
+        """POST /deploy or /rollback with ?wait=false, signed; the 202 body ({"deployment_id", ...}). Sent once:
+        the API accepts a signed body once only, so trying again is a new call that signs the time anew."""
         assert self._secret is not None, "starting a deployment needs the webhook secret"
-        body = encode_body(fields)
+        body = encode_body(fields, int(self._clock()))
         headers = {"Content-Type": "application/json", HEADER: sign(self._secret, body)}
         answer = self._request("POST", f"/{action}", params={"wait": "false"}, content=body, headers=headers)
         if not DEPLOYMENT_ID.fullmatch(str(answer.get("deployment_id", ""))):

@@ -1,9 +1,14 @@
-"""A fake deployment API on loopback for the clients' unit tests: scripted answers, every request kept."""
+"""A fake deployment API on loopback for the clients' unit tests: scripted answers, every request kept.
+
+Like the real API with DEPLOY_REQUIRE_TIMESTAMP=true, it refuses a signed body without a fresh `timestamp`, or
+one it has received before; unlike it, it also keeps each such refusal in `problems`, and a test that leaves
+one there fails: the clients must never send either."""
 
 from __future__ import annotations
 
 import json
 import threading
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -15,6 +20,8 @@ from api.signature import is_valid
 SECRET = "unit-secret-" + "0123456789abcdef" * 3
 READ_TOKEN = "unit-read-token-0123456789"
 DEPLOYMENT_ID = "20251127T023912-1a2b3c4d"
+# How far a body's timestamp may be from the fake's clock: the client signs it just before sending.
+TIMESTAMP_TOLERANCE = 5
 STEPS = [
     {"step": "capture_state", "success": True, "detail": "Running acme/portal:1.4.1 (803b769d63c8)"},
     {"step": "pull_image", "success": True, "detail": "Pulled acme/portal:1.4.2: new image 99a472288b48"},
@@ -70,6 +77,11 @@ class Seen:
     headers: dict[str, str]
     body: bytes
 
+    @property
+    def timestamp(self) -> int:
+        """The `timestamp` of a signed body (the fake has checked it is a fresh int)."""
+        return json.loads(self.body)["timestamp"]
+
 
 @dataclass
 class FakeApi:
@@ -82,6 +94,8 @@ class FakeApi:
     timeline: list[dict[str, Any]] = field(default_factory=lambda: [record()])
     unavailable_reads: int = 0
     page: dict[str, Any] = field(default_factory=dict)
+    received: set[bytes] = field(default_factory=set)
+    problems: list[str] = field(default_factory=list)
 
     def handle(self, handler: BaseHTTPRequestHandler) -> tuple[int, dict[str, Any]]:
         parts = urlsplit(handler.path)
@@ -95,6 +109,10 @@ class FakeApi:
         if seen.method == "POST":
             if not is_valid(SECRET.encode(), seen.body, signature):
                 return 403, {"detail": "Invalid signature"}
+            problem = self.freshness_problem(seen.body)
+            if problem is not None:
+                self.problems.append(problem)
+                return 403, {"detail": problem}
             if self.start_answer is not None:
                 return self.start_answer
             service = json.loads(seen.body)["service"]
@@ -118,6 +136,19 @@ class FakeApi:
             self.unavailable_reads -= 1
             return 502, {"detail": "Bad gateway"}
         return 200, self.timeline.pop(0) if len(self.timeline) > 1 else self.timeline[0]
+
+    def freshness_problem(self, body: bytes) -> str | None:
+        """Why a signed body would be refused as stale or replayed; None when it is new and carries the time.
+        As in the API, a body is the same request whatever path it was sent to."""
+        if body in self.received:
+            return "This signed request was already received: sign a new one"
+        self.received.add(body)
+        timestamp = json.loads(body).get("timestamp")
+        if type(timestamp) is not int:
+            return f"The body carries no int timestamp: {timestamp!r}"
+        if abs(time.time() - timestamp) > TIMESTAMP_TOLERANCE:
+            return f"Request timestamp {timestamp} is not within {TIMESTAMP_TOLERANCE} s of now"
+        return None
 
     def requests(self, method: str) -> list[Seen]:
         return [seen for seen in self.seen if seen.method == method]
@@ -155,3 +186,4 @@ def serving() -> Iterator[FakeApi]:
     yield api
     server.shutdown()
     server.server_close()
+    assert api.problems == [], "a client sent a signed body without a fresh timestamp, or the same one again"

@@ -7,6 +7,7 @@ import importlib.util
 import io
 import re
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
@@ -83,7 +84,7 @@ def test_a_successful_deploy_signs_starts_asynchronously_and_follows_each_step_a
     assert (start.path, start.query) == ("/deploy", {"wait": ["false"]})
     assert start.body == (
         b'{"service":"portal","image":"acme/portal:1.4.2","repository":"acme/portal","commit":"abc123",'
-        b'"message":"Update homepage\\n\\nWith a body."}'
+        b'"message":"Update homepage\\n\\nWith a body.","timestamp":%d}' % start.timestamp
     )
     assert is_valid(SECRET.encode(), start.body, start.headers["X-Hub-Signature-256"])
     assert start.headers["User-Agent"].startswith("deploy-action/")
@@ -200,7 +201,28 @@ def test_wait_false_returns_once_started(runner, fake_api):
 def test_empty_optional_inputs_are_left_out_of_the_body(runner, fake_api):
     runner(INPUT_IMAGE="", INPUT_REPOSITORY="", INPUT_COMMIT="", INPUT_MESSAGE="  ")
 
-    assert fake_api.requests("POST")[0].body == b'{"service":"portal"}'
+    (start,) = fake_api.requests("POST")
+    assert start.body == b'{"service":"portal","timestamp":%d}' % start.timestamp
+
+
+def test_each_start_signs_the_time_it_is_sent_and_a_clock_far_off_is_refused(fake_api):
+    inputs = action_deploy.Inputs.from_environment(
+        {"INPUT_URL": fake_api.url, "INPUT_SECRET": SECRET, "INPUT_SERVICE": "portal"}
+    )
+    now = time.time()
+    clock = iter([now, now + 1, now - 3600])
+
+    assert action_deploy.start(inputs, clock=lambda: next(clock)) == DEPLOYMENT_ID
+    assert action_deploy.start(inputs, clock=lambda: next(clock)) == DEPLOYMENT_ID
+    with pytest.raises(action_deploy.Refused) as refusal:
+        action_deploy.start(inputs, clock=lambda: next(clock))
+
+    first, second, stale = fake_api.requests("POST")
+    assert (first.timestamp, second.timestamp, stale.timestamp) == (int(now), int(now + 1), int(now - 3600))
+    assert first.body != second.body, "the same deploy asked for again is a new request, signed anew"
+    assert refusal.value.status == 403 and "not within 5 s of now" in str(refusal.value.detail)
+    assert len(fake_api.problems) == 1, "the fake refused the stale one, as the API would"
+    fake_api.problems.clear()
 
 
 @pytest.mark.parametrize(

@@ -6,6 +6,7 @@ import io
 import json
 import subprocess
 import sys
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -15,6 +16,7 @@ from fakeapi import DEPLOYMENT_ID, READ_TOKEN, SECRET, STEPS, FakeApi, progressi
 import deployctl.follow
 from api.signature import is_valid, sign
 from deployctl.cli import main
+from deployctl.client import Client, Refused
 from deployctl.render import Progress
 
 REPO = Path(__file__).resolve().parents[2]
@@ -79,7 +81,7 @@ def test_deploy_signs_starts_asynchronously_and_prints_each_step_once(capsys, fa
     assert (start.path, start.query) == ("/deploy", {"wait": ["false"]})
     assert start.body == (
         b'{"service":"portal","image":"acme/portal:1.4.2","repository":"acme/portal","commit":"abc123",'
-        b'"message":"Update homepage"}'
+        b'"message":"Update homepage","timestamp":%d}' % start.timestamp
     )
     assert is_valid(SECRET.encode(), start.body, start.headers["X-Hub-Signature-256"])
     reads = fake_api.requests("GET")
@@ -106,7 +108,8 @@ def test_deploy_signs_starts_asynchronously_and_prints_each_step_once(capsys, fa
 
 def test_deploy_without_image_sends_only_the_service(capsys, fake_api):
     assert run(capsys, "deploy", "hello-world")[0] == 0
-    assert fake_api.requests("POST")[0].body == b'{"service":"hello-world"}'
+    (start,) = fake_api.requests("POST")
+    assert start.body == b'{"service":"hello-world","timestamp":%d}' % start.timestamp
 
 
 def test_deploy_json_prints_only_the_final_record(capsys, fake_api):
@@ -153,7 +156,7 @@ def test_rollback_posts_to_rollback_and_follows(capsys, fake_api):
     assert code == 0
     (start,) = fake_api.requests("POST")
     assert (start.path, start.query) == ("/rollback", {"wait": ["false"]})
-    assert start.body == b'{"service":"portal","message":"1.4.2 breaks logins"}'
+    assert start.body == b'{"service":"portal","message":"1.4.2 breaks logins","timestamp":%d}' % start.timestamp
     assert is_valid(SECRET.encode(), start.body, start.headers["X-Hub-Signature-256"])
     assert "✓ rollback of portal succeeded" in out
 
@@ -166,7 +169,9 @@ def test_no_follow_prints_the_id_and_returns_at_once(capsys, fake_api):
     assert (
         out == f"deploy of portal started: deployment {DEPLOYMENT_ID}\nfollow it with: deployctl show {DEPLOYMENT_ID}\n"
     )
-    assert json.loads(run(capsys, "rollback", "portal", "--no-follow", "--json")[1])["deployment_id"] == DEPLOYMENT_ID
+    # Another body: the same one within the same second would be a request the API has already received.
+    rollback = run(capsys, "rollback", "portal", "acme/portal:1.4.1", "--no-follow", "--json")
+    assert json.loads(rollback[1])["deployment_id"] == DEPLOYMENT_ID
 
 
 @pytest.mark.parametrize(
@@ -196,6 +201,25 @@ def test_a_wrong_secret_exits_3_and_says_which_setting(capsys, fake_api, monkeyp
 
     assert code == 3
     assert "refused by the API (403): Invalid signature" in err and "WEBHOOK_SECRET here is not the API's" in err
+
+
+def test_each_start_signs_the_time_it_is_sent_and_a_clock_far_off_is_refused(fake_api):
+    now = time.time()
+    clock = iter([now, now + 1, now - 3600])
+    fields = {"service": "portal", "image": "acme/portal:1.4.2"}
+
+    with Client(fake_api.url, secret=SECRET.encode(), clock=lambda: next(clock)) as client:
+        client.start("deploy", fields)
+        client.start("deploy", fields)
+        with pytest.raises(Refused) as refusal:
+            client.start("deploy", fields)
+
+    first, second, stale = fake_api.requests("POST")
+    assert (first.timestamp, second.timestamp, stale.timestamp) == (int(now), int(now + 1), int(now - 3600))
+    assert first.body != second.body, "the same deploy asked for again is a new request, signed anew"
+    assert refusal.value.status == 403 and "not within 5 s of now" in str(refusal.value.detail)
+    assert len(fake_api.problems) == 1, "the fake refused the stale one, as the API would"
+    fake_api.problems.clear()
 
 
 def test_an_unreachable_api_exits_4(capsys, fake_api):

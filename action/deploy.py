@@ -6,7 +6,8 @@ after 100 seconds; the deployment is then followed at `GET /deployments/{id}`, s
 id with the same secret. Inputs come from INPUT_* variables that action.yml sets.
 
 The body carries the time it was signed (`timestamp`, Unix seconds): the API accepts a signed body
-once, within its replay window, so the request is sent once and never repeated.
+once, within its replay window, so the request is sent once and never repeated. A secret input
+that lists several secrets separated by commas (a rotation, newest first) signs with the first.
 
 Exit codes, as deployctl's: 0 succeeded (or started, with wait: false); 1 the deploy ran and did
 not succeed; 2 an input is missing or malformed; 3 refused by the API (4xx); 4 the API is
@@ -95,9 +96,13 @@ class Inputs:
             raise InputError("the input 'timeout' must be a number of seconds") from None
         if timeout <= 0:
             raise InputError("the input 'timeout' must be more than 0")
+        # During a rotation the secret may be a list, newest first, as the API's WEBHOOK_SECRET: the first signs.
+        listed = secret_entries(value("secret", required=True))
+        if not listed:
+            raise InputError("the input 'secret' is required")
         return cls(
             url=url,
-            secret=value("secret", required=True).encode(),
+            secret=listed[0].encode(),
             service=value("service", required=True),
             image=value("image"),
             repository=value("repository"),
@@ -120,6 +125,10 @@ class Inputs:
         document: dict[str, str | int] = {name: text for name, text in fields.items() if text}
         document["timestamp"] = timestamp
         return json.dumps(document, separators=(",", ":")).encode()
+
+
+def secret_entries(text: str) -> list[str]:
+    return [entry.strip() for entry in text.split(",") if entry.strip()]
 
 
 def sign(secret: bytes, body: bytes) -> str:
@@ -303,8 +312,7 @@ def report(record: dict[str, Any], log: Log) -> None:
 def main(environ: Mapping[str, str] = os.environ, stream: TextIO = sys.stdout) -> int:
     log = Log(stream)
     outputs = Outputs(environ)
-    secret = environ.get("INPUT_SECRET", "").strip()
-    if secret:
+    for secret in secret_entries(environ.get("INPUT_SECRET", "")):
         log.line(f"::add-mask::{secret}")
     try:
         inputs = Inputs.from_environment(environ)

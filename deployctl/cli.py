@@ -44,7 +44,9 @@ API is (default http://127.0.0.1:9000; --url overrides it). The secret is never 
 
 Each deploy and rollback carries the time it was signed ("timestamp"), and the API accepts a
 signed request once, within its DEPLOY_REPLAY_WINDOW (300 s by default), so this machine's clock
-must be right."""
+must be right. During a rotation WEBHOOK_SECRET may list secrets separated by commas, newest
+first, as the API's .env does; the first one signs. A service with a secret of its own
+(secret_env in the inventory) accepts only that one: set WEBHOOK_SECRET to it for that service."""
 
 EXAMPLES_MAIN = """\
 examples:
@@ -284,9 +286,10 @@ def _client(args: argparse.Namespace, settings: ClientSettings, *, secret: bool 
 
 
 def _secret(settings: ClientSettings) -> bytes:
-    if settings.webhook_secret is None:
+    secret = settings.signing_secret
+    if secret is None:
         raise ConfigurationError("WEBHOOK_SECRET is not set (the API's own, from the environment or .env)")
-    return settings.webhook_secret.get_secret_value().encode()
+    return secret
 
 
 def _refusal_text(refusal: Refused) -> str:

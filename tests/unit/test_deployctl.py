@@ -222,6 +222,41 @@ def test_each_start_signs_the_time_it_is_sent_and_a_clock_far_off_is_refused(fak
     fake_api.problems.clear()
 
 
+@pytest.mark.parametrize("listed", ["{new},{old}", " {new} , {old} ", "{new}"])
+def test_a_secret_list_signs_with_its_first_entry(capsys, fake_api, monkeypatch, tmp_path, listed):
+    old = "old-secret-" + "9" * 32
+    monkeypatch.setenv("WEBHOOK_SECRET", listed.format(new=SECRET, old=old))
+    fake_api.timeline = progressing(record())
+    (tmp_path / "body.json").write_bytes(b"{}")
+
+    deployed = run(capsys, "deploy", "portal")
+    signed = run(capsys, "sign", "body.json", "--value")
+
+    assert deployed[0] == 0
+    (start,) = fake_api.requests("POST")
+    assert is_valid(SECRET.encode(), start.body, start.headers["X-Hub-Signature-256"])
+    for read in fake_api.requests("GET"):
+        assert is_valid(SECRET.encode(), DEPLOYMENT_ID.encode(), read.headers["X-Hub-Signature-256"])
+    assert signed[:2] == (0, sign(SECRET.encode(), b"{}") + "\n")
+    assert old not in "".join(deployed[1:] + signed[1:])
+
+
+def test_a_secret_list_of_nothing_but_commas_is_no_secret(capsys, monkeypatch):
+    monkeypatch.setenv("WEBHOOK_SECRET", " , ")
+
+    code, _, err = run(capsys, "deploy", "portal")
+
+    assert code == 2 and "WEBHOOK_SECRET is not set" in err
+
+
+def test_a_secret_list_whose_first_entry_is_not_the_api_s_is_refused(capsys, fake_api, monkeypatch):
+    monkeypatch.setenv("WEBHOOK_SECRET", f"old-secret-{'9' * 32},{SECRET}")
+
+    code, _, err = run(capsys, "deploy", "portal")
+
+    assert code == 3 and "refused by the API (403): Invalid signature" in err, "only the first entry signs"
+
+
 def test_an_unreachable_api_exits_4(capsys, fake_api):
     closed = fake_api.url.rsplit(":", 1)[0] + ":9"
 

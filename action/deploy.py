@@ -10,8 +10,8 @@ once, within its replay window, so the request is sent once and never repeated. 
 that lists several secrets separated by commas (a rotation, newest first) signs with the first.
 
 Exit codes, as deployctl's: 0 succeeded (or started, with wait: false); 1 the deploy ran and did
-not succeed; 2 an input is missing or malformed; 3 refused by the API (4xx); 4 the API is
-unreachable, or the deploy was still running when the timeout ran out.
+not succeed; 2 an input is missing or malformed; 3 refused by the API (4xx, and 429 with the seconds
+to wait); 4 the API is unreachable, or the deploy was still running when the timeout ran out.
 """
 
 from __future__ import annotations
@@ -54,10 +54,23 @@ class InputError(Exception):
 
 
 class Refused(Exception):
-    def __init__(self, status: int, detail: Any):
+    def __init__(self, status: int, detail: Any, retry_after: int | None = None):
         self.status = status
         self.detail = detail
+        # Seconds to wait, from the Retry-After of a 429.
+        self.retry_after = retry_after
         super().__init__(f"{status}: {detail}")
+
+    def text(self) -> str:
+        detail = "; ".join(map(str, self.detail)) if isinstance(self.detail, list) else str(self.detail)
+        hint = ""
+        if self.status == 403 and detail == "Invalid signature":
+            # Other 403s (a stale or replayed request, a secret not allowed for the service) say what is wrong.
+            hint = " (the secret is not the API's WEBHOOK_SECRET)"
+        elif self.status == 429:
+            wait = f"in {self.retry_after} s" if self.retry_after is not None else "later"
+            hint = f" (too many requests: try again {wait})"
+        return f"{self.status}: {detail}{hint}"
 
 
 class Unavailable(Exception):
@@ -144,7 +157,8 @@ def call(method: str, url: str, headers: dict[str, str], body: bytes | None = No
     except urllib.error.HTTPError as error:
         detail = _detail(error.read(), error.reason)
         if 400 <= error.code < 500:
-            raise Refused(error.code, detail) from None
+            retry_after = (error.headers.get("Retry-After") or "").strip()
+            raise Refused(error.code, detail, int(retry_after) if retry_after.isdigit() else None) from None
         if 300 <= error.code < 400:
             location = error.headers.get("Location")
             raise Unavailable(f"{method} {url} redirects to {location}: set the url input to where it points") from None
@@ -323,9 +337,7 @@ def main(environ: Mapping[str, str] = os.environ, stream: TextIO = sys.stdout) -
         deployment_id = start(inputs)
     except Refused as refusal:
         outputs.set("outcome", "rejected")
-        detail = "; ".join(map(str, refusal.detail)) if isinstance(refusal.detail, list) else str(refusal.detail)
-        hint = " (the secret is not the API's WEBHOOK_SECRET)" if refusal.status == 403 else ""
-        log.command("error", f"{refusal.status}: {detail}{hint}", title=f"The deployment API refused {inputs.service}")
+        log.command("error", refusal.text(), title=f"The deployment API refused {inputs.service}")
         return 3
     except Unavailable as error:
         log.command("error", str(error), title="The deployment API did not answer")
@@ -338,7 +350,7 @@ def main(environ: Mapping[str, str] = os.environ, stream: TextIO = sys.stdout) -
     try:
         record = follow(inputs, deployment_id, log)
     except Refused as refusal:
-        log.command("error", f"{refusal.status}: {refusal.detail}", title=f"Following deployment {deployment_id}")
+        log.command("error", refusal.text(), title=f"Following deployment {deployment_id}")
         return 3
     outcome = str(record.get("outcome"))
     outputs.set("outcome", outcome)

@@ -61,8 +61,9 @@ exit codes:
   0  succeeded (history, show, sign: answered)
   1  the deploy or rollback ran and did not succeed: failed, rolled_back, rollback_failed, interrupted
   2  usage or configuration error: bad arguments, a missing WEBHOOK_SECRET or DEPLOY_READ_TOKEN
-  3  refused by the API (4xx): signature, read token, service not allowed, already running, validation;
-     the API's detail is printed
+  3  refused by the API (4xx): signature, read token, service or image not allowed, already running,
+     validation, a stale or replayed request, too many requests (429); the API's detail is printed,
+     and after a 429 the seconds to wait
   4  the API is unreachable, or the deployment was still running when --timeout ran out"""
 
 EXAMPLES = {
@@ -295,12 +296,16 @@ def _secret(settings: ClientSettings) -> bytes:
 def _refusal_text(refusal: Refused) -> str:
     detail = refusal.detail
     text = "".join(f"\n  - {item}" for item in detail) if isinstance(detail, list) else f" {detail}"
-    hints = {
-        401: "DEPLOY_READ_TOKEN (or WEBHOOK_SECRET, for one deployment) is not the API's",
-        403: "WEBHOOK_SECRET here is not the API's",
-    }
-    hint = f"\n  ({hints[refusal.status]})" if refusal.status in hints else ""
-    return f"refused by the API ({refusal.status}):{text}{hint}"
+    hint = None
+    if refusal.status == 401:
+        hint = "DEPLOY_READ_TOKEN (or WEBHOOK_SECRET, for one deployment) is not the API's"
+    elif refusal.status == 403 and detail == "Invalid signature":
+        # Other 403s (a stale or replayed request, a secret not allowed for the service) say what is wrong.
+        hint = "WEBHOOK_SECRET here is not the API's"
+    elif refusal.status == 429:
+        wait = f"in {refusal.retry_after} s" if refusal.retry_after is not None else "later"
+        hint = f"too many requests: try again {wait}"
+    return f"refused by the API ({refusal.status}):{text}" + (f"\n  ({hint})" if hint else "")
 
 
 def _fail(code: Exit, message: str) -> Exit:

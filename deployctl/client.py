@@ -18,11 +18,13 @@ DEPLOYMENT_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 class Refused(Exception):
-    """The API answered 4xx: a bad signature or token, a service not allowed, a conflict, a validation error."""
+    """The API answered 4xx: a bad signature or token, a service not allowed, a conflict, a validation error,
+    a stale or replayed request, too many requests (429, with the seconds to wait in `retry_after`)."""
 
-    def __init__(self, status: int, detail: Any):
+    def __init__(self, status: int, detail: Any, retry_after: int | None = None):
         self.status = status
         self.detail = detail
+        self.retry_after = retry_after
         super().__init__(f"{status}: {detail}")
 
 
@@ -35,6 +37,12 @@ def encode_body(fields: dict[str, str | None], timestamp: int) -> bytes:
     document: dict[str, str | int] = {name: value for name, value in fields.items() if value}
     document["timestamp"] = timestamp
     return json.dumps(document, separators=(",", ":")).encode()
+
+
+def retry_after(response: httpx.Response) -> int | None:
+    """Retry-After in seconds, as the API sends it with 429; None when absent or an HTTP date."""
+    value = response.headers.get("Retry-After", "").strip()
+    return int(value) if value.isdigit() else None
 
 
 def error_detail(response: httpx.Response) -> Any:
@@ -106,7 +114,7 @@ class Client:
         except httpx.TransportError as error:
             raise Unavailable(f"{self.url}{path}: {error or type(error).__name__}") from None
         if 400 <= response.status_code < 500:
-            raise Refused(response.status_code, error_detail(response))
+            raise Refused(response.status_code, error_detail(response), retry_after(response))
         if response.is_redirect:
             # Not followed: a POST must not turn into a GET, nor a signed request go elsewhere unseen.
             location = response.headers.get("location")

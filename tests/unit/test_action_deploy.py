@@ -138,8 +138,9 @@ def test_a_rolled_back_deploy_fails_the_step_with_the_error_and_the_log_tail(run
         ({"INPUT_SECRET": "wrong-" + "x" * 40}, None, "403: Invalid signature (the secret is not the API's"),
         ({}, (409, {"detail": "A deployment of 'portal' is already running"}), "409: A deployment of 'portal'"),
         ({}, (422, {"detail": ["image: not a valid Docker image reference"]}), "422: image: not a valid Docker"),
+        ({}, (403, {"detail": "This signed request was already received: sign a new one"}), "403: This signed req"),
     ],
-    ids=["not-allowed", "wrong-secret", "conflict", "validation"],
+    ids=["not-allowed", "wrong-secret", "conflict", "validation", "replayed"],
 )
 def test_a_refusal_fails_the_step_with_exit_3(runner, fake_api, inputs, answer, message):
     fake_api.start_answer = answer
@@ -149,6 +150,8 @@ def test_a_refusal_fails_the_step_with_exit_3(runner, fake_api, inputs, answer, 
     assert code == 3
     assert outputs == {"outcome": "rejected"}
     assert re.search(r"^::error title=The deployment API refused \w+::" + re.escape(message), log, re.MULTILINE)
+    if message.startswith("403: This"):
+        assert "the secret is not" not in log, "only an invalid signature blames the secret"
     assert fake_api.requests("GET") == []
 
 
@@ -243,6 +246,26 @@ def test_a_secret_list_signs_with_its_first_entry_and_masks_every_entry(runner, 
     code, log, _ = runner(INPUT_SECRET=f"{old},{SECRET}")
     assert code == 3, "only the first entry signs"
     assert "403: Invalid signature (the secret is not the API's WEBHOOK_SECRET)" in log
+
+
+@pytest.mark.parametrize(
+    ("headers", "printed"),
+    [({"Retry-After": "120"}, "(too many requests: try again in 120 s)"), ({}, "(too many requests: try again later)")],
+    ids=["retry-after", "without-retry-after"],
+)
+def test_too_many_requests_fail_the_step_with_exit_3_and_the_seconds_to_wait(runner, fake_api, headers, printed):
+    fake_api.start_answer = (429, {"detail": "Too many deploys of 'portal' (30 per 1 hour); retry in 120 s"})
+    fake_api.extra_headers = headers
+
+    code, log, outputs = runner()
+
+    assert code == 3
+    assert outputs == {"outcome": "rejected"}
+    assert (
+        "::error title=The deployment API refused portal::429: Too many deploys of 'portal' (30 per 1 hour); "
+        f"retry in 120 s {printed}\n"
+    ) in log
+    assert len(fake_api.seen) == 1, "not tried again"
 
 
 @pytest.mark.parametrize(

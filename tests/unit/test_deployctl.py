@@ -181,8 +181,10 @@ def test_no_follow_prints_the_id_and_returns_at_once(capsys, fake_api):
         (409, "A deployment of 'portal' is already running (deployment x)", "(409): A deployment of 'portal'"),
         (413, "Request body is larger than 65536 bytes", "(413): Request body is larger than 65536 bytes"),
         (422, ["image: Value error, not a valid Docker image reference"], "(422):\n  - image: Value error, not a"),
+        (403, "This signed request was already received: sign a new one", "(403): This signed request was already"),
+        (403, "The secret that signed this request may not deploy 'ghost'", "(403): The secret that signed this"),
     ],
-    ids=["not-allowed", "conflict", "too-large", "validation"],
+    ids=["not-allowed", "conflict", "too-large", "validation", "replayed", "not-its-secret"],
 )
 def test_a_refusal_exits_3_with_the_api_detail(capsys, fake_api, status, detail, printed):
     fake_api.start_answer = (status, {"detail": detail})
@@ -191,7 +193,27 @@ def test_a_refusal_exits_3_with_the_api_detail(capsys, fake_api, status, detail,
 
     assert code == 3
     assert f"deployctl: refused by the API {printed}" in err
+    assert "WEBHOOK_SECRET here is not the API's" not in err, "only an invalid signature blames the secret"
     assert out == "" and fake_api.requests("GET") == []
+
+
+@pytest.mark.parametrize(
+    ("headers", "printed"),
+    [({"Retry-After": "120"}, "(too many requests: try again in 120 s)"), ({}, "(too many requests: try again later)")],
+    ids=["retry-after", "without-retry-after"],
+)
+def test_too_many_requests_exits_3_with_the_detail_and_the_seconds_to_wait(capsys, fake_api, headers, printed):
+    fake_api.start_answer = (429, {"detail": "Too many deploys of 'portal' (30 per 1 hour); retry in 120 s"})
+    fake_api.extra_headers = headers
+
+    code, out, err = run(capsys, "deploy", "portal", "acme/portal:1.4.2")
+
+    assert code == 3
+    assert err == (
+        "deployctl: refused by the API (429): Too many deploys of 'portal' (30 per 1 hour); retry in 120 s\n"
+        f"  {printed}\n"
+    )
+    assert out == "" and len(fake_api.seen) == 1, "not tried again"
 
 
 def test_a_wrong_secret_exits_3_and_says_which_setting(capsys, fake_api, monkeypatch):

@@ -151,7 +151,8 @@ class Deployer:
 
         def text(name: str, limit: int) -> str | None:
             value = fields.get(name)
-            return value[:limit] if isinstance(value, str) else None
+            # A lone surrogate (JSON "\ud800") is valid JSON but no UTF-8: it is recorded escaped.
+            return value[:limit].encode("utf-8", "backslashreplace").decode() if isinstance(value, str) else None
 
         deployment_id = new_deployment_id(datetime.now(UTC))
         logs.bind(deployment_id=deployment_id, service=text("service", 128))

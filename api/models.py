@@ -27,7 +27,11 @@ class DeployRequest(BaseModel):
     commit: str | None = Field(None, max_length=128)
     message: str | None = Field(None, max_length=4096)
     timestamp: int | None = Field(
-        None, ge=0, description="Unix seconds when the request was signed: refused outside the replay window"
+        None,
+        ge=0,
+        # 9999-12-31: a bound, so that no arithmetic ever meets an integer of a thousand digits.
+        le=253_402_300_799,
+        description="Unix seconds when the request was signed: refused outside the replay window",
     )
 
     @field_validator("image")

@@ -43,13 +43,15 @@ def main() -> int:
     env_file = Path(".env")
     secret = ensure_secret(env_file)
     ensure_secret(env_file, "DEPLOY_READ_TOKEN", "deployctl history reads it from there")
-    if secret != secret.strip() or len(secret) < 32:
+    # During a rotation WEBHOOK_SECRET lists several, newest first: CI signs with the newest.
+    newest = secret.split(",")[0].strip()
+    if len(newest) < 32:
         print(f"WEBHOOK_SECRET in {env_file} is shorter than 32 characters: the API will refuse to start.")
         return 1
     host = os.environ.get("DEPLOY_HOST", "127.0.0.1")
     port = os.environ.get("DEPLOY_PORT", "9000")
     url = f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
-    print(f"\nDeploy the example service, once the API below is up, with:\n\n{curl_example(secret, url)}\n")
+    print(f"\nDeploy the example service, once the API below is up, with:\n\n{curl_example(newest, url)}\n")
     return 0
 
 

@@ -92,8 +92,10 @@ def load_document(body: bytes) -> dict[str, Any]:
     """The body as a JSON object; 400 otherwise."""
     try:
         document = json.loads(body)
-    except (UnicodeDecodeError, json.JSONDecodeError) as error:
-        raise Refused(status.HTTP_400_BAD_REQUEST, f"Body is not valid JSON: {error}", "invalid_body") from None
+    except (ValueError, RecursionError) as error:
+        # ValueError: not UTF-8, not JSON, or an integer of more than 4300 digits; RecursionError: nested too deep.
+        problem = error if isinstance(error, ValueError) else "nested too deeply"
+        raise Refused(status.HTTP_400_BAD_REQUEST, f"Body is not valid JSON: {problem}", "invalid_body") from None
     if not isinstance(document, dict):
         raise Refused(status.HTTP_400_BAD_REQUEST, "Body must be a JSON object", "invalid_body")
     return document
@@ -132,6 +134,8 @@ async def run_action(
         authorize(signed, deploy_request.service, policy)
         check_fresh(deploy_request, settings)
         check_image(deploy_request, policy)
+        # A replay is refused before it can spend the service's deploys.
+        await run_in_threadpool(check_first_receipt, signed, deploy_request, settings, deployer.history)
         retry_after = get_rate_limits(request).deploy(deploy_request.service)
         if retry_after is not None:
             limit = get_rate_limits(request).deploy_limit
@@ -141,7 +145,6 @@ async def run_action(
                 "rate_limited",
                 headers={"Retry-After": str(retry_after)},
             )
-        await run_in_threadpool(check_first_receipt, signed, deploy_request, settings, deployer.history)
         try:
             deployment_id, code, outcome = await deployer.start(deploy_request, source, action=action, wait=wait)
         except DeployConflict as conflict:

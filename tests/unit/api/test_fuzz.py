@@ -144,9 +144,8 @@ long_text = st.builds(
     st.sampled_from(["a", "\u00e9", "{", "\U0001f680"]),
     st.sampled_from([127, 128, 129, 255, 256, 257, 4096, 4097, 20_000]),
 )
-# Lone surrogates, integers beyond 4300 digits, nesting beyond Python's recursion limit and timestamps beyond the
-# float range are left out: they crash the API today (see the xfail tests at the end), and this property keeps
-# guarding everything else meanwhile.
+# Lone surrogates, integers beyond 4300 digits, nesting beyond Python's recursion limit and huge timestamps once
+# crashed the API: they have their own test at the end (HOSTILE_BODIES).
 text = st.one_of(st.sampled_from(HOSTILE_TEXT), st.text(max_size=40), long_text)
 json_values = st.recursive(
     st.none() | st.booleans() | st.integers(-(2**70), 2**70) | st.floats(allow_nan=True, allow_infinity=True) | text,
@@ -520,66 +519,39 @@ def test_schema_with_the_read_and_metrics_tokens(case, schema_app, fake_runner):
     assert fake_runner.calls == []
 
 
-# Bugs found while writing these properties: each crashes the API (500) on a correctly signed body; nothing
-# reaches the runner. Remove the mark with the fix.
+# Signed bodies that crashed the API (500) when these properties were first written; each is refused cleanly now.
 
-KNOWN_CRASHES = [
+HOSTILE_BODIES = [
     pytest.param(
         b'{"service": "\\ud800"}',
         422,
         id="lone-surrogate-in-service",
-        marks=pytest.mark.xfail(
-            strict=True,
-            raises=UnicodeEncodeError,
-            reason="a lone surrogate (JSON \\ud800) is refused with 422, then Deployer.reject writes it to SQLite: "
-            "UnicodeEncodeError in History.create",
-        ),
     ),
     pytest.param(
         b'{"service": "portal", "message": "\\udfff"}',
         422,
         id="lone-surrogate-in-message",
-        marks=pytest.mark.xfail(
-            strict=True,
-            raises=UnicodeEncodeError,
-            reason="same as lone-surrogate-in-service, through any text field Deployer.reject records",
-        ),
     ),
     pytest.param(
         b'{"service": "portal", "unknown": 1' + b"0" * 5000 + b"}",
         400,
         id="integer-beyond-4300-digits",
-        marks=pytest.mark.xfail(
-            strict=True,
-            raises=ValueError,
-            reason="json.loads raises ValueError (int max str digits), which load_document does not catch",
-        ),
     ),
     pytest.param(
         b'{"service": "portal", "unknown": ' + b"[" * 5000 + b"]" * 5000 + b"}",
         400,
         id="nesting-beyond-recursion-limit",
-        marks=pytest.mark.xfail(
-            strict=True,
-            raises=RecursionError,
-            reason="json.loads raises RecursionError, which load_document does not catch",
-        ),
     ),
     pytest.param(
         b'{"service": "portal", "timestamp": 1' + b"0" * 400 + b"}",
-        403,
+        422,
         id="timestamp-beyond-float-range",
-        marks=pytest.mark.xfail(
-            strict=True,
-            raises=OverflowError,
-            reason="api.security.timestamp_problem computes now - timestamp in floats: OverflowError",
-        ),
     ),
 ]
 
 
-@pytest.mark.parametrize(("raw", "status"), KNOWN_CRASHES)
-def test_signed_bodies_that_crash_the_api(client, fake_runner, raw, status):
+@pytest.mark.parametrize(("raw", "status"), HOSTILE_BODIES)
+def test_signed_bodies_that_once_crashed_the_api_are_refused_cleanly(client, fake_runner, raw, status):
     response = send(client, "/deploy", raw, signature.sign(SECRET.encode(), raw))
     assert response.status_code == status, response.text
     assert fake_runner.calls == []

@@ -21,6 +21,10 @@ class ServicePolicy:
     # The image repositories it may run; None: any (as the compose file and the request say).
     image_repositories: tuple[str, ...] | None = None
 
+    def signs(self, signers: frozenset[str]) -> bool:
+        """Whether one of the secret sets that signed a request may deploy the service."""
+        return bool(signers & (set(self.secret_envs) or {"WEBHOOK_SECRET"}))
+
 
 @dataclass(frozen=True)
 class InventoryView:

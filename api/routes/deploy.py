@@ -47,8 +47,7 @@ class Refused(HTTPException):
 
 def authorize(signed: SignedBody, service: str, policy: ServicePolicy) -> None:
     """403 unless a secret that may deploy `service` signed: its own (secret_env), else WEBHOOK_SECRET."""
-    holders = set(policy.secret_envs) or {"WEBHOOK_SECRET"}
-    if not signed.signers & holders:
+    if not policy.signs(signed.signers):
         raise Refused(
             status.HTTP_403_FORBIDDEN, f"The secret that signed this request may not deploy '{service}'", "wrong_secret"
         )

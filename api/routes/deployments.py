@@ -78,7 +78,7 @@ def get_deployment(
             raise _unauthorized(request, "The signature over the deployment id is not valid") from None
         record = deployer.history.get(deployment_id)
         policy = inventory.view().policy(record["service"] or "") if record else None
-        if policy is not None and not signers & (set(policy.secret_envs) or {"WEBHOOK_SECRET"}):
+        if policy is not None and not policy.signs(signers):
             raise _unauthorized(request, "The secret that signed the id may not deploy this deployment's service")
     else:
         raise _unauthorized(request, "A valid read token, or X-Hub-Signature-256 over the deployment id, is required")

@@ -1,0 +1,73 @@
+"""The roles' modules (roles/*/library): their pure logic, without an engine."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from types import ModuleType
+
+ROLES = Path(__file__).resolve().parents[2] / "roles"
+REPOSITORY = "deploy-history/shop/web"
+
+
+def load(role: str, name: str) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(name, ROLES / role / "library" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+capture = load("capture_state", "compose_capture")
+
+
+def tag_row(image_id: str, tag: str, created: str = "2026-01-02 03:04:05 +0000 UTC") -> dict[str, str]:
+    """A row of `docker images --format '{{json .}}'`: one per tag."""
+    return {"ID": image_id, "Repository": REPOSITORY, "Tag": tag, "CreatedAt": created}
+
+
+def test_history_repository_is_a_valid_path_component():
+    assert capture.history_repository("deploy-history", "shop", "Web_Front--end") == "deploy-history/shop/web-front-end"
+    assert capture.history_repository("deploy-history", "shop", "_api_") == "deploy-history/shop/api"
+
+
+def test_cli_time_reads_the_engine_seconds_in_any_zone():
+    assert capture.cli_time("2026-01-02 03:04:05 +0000 UTC") == 1767323045
+    assert capture.cli_time("2026-01-02 04:04:05 +0100 CET") == 1767323045
+
+
+def test_history_is_one_entry_per_image_newest_stamp_first():
+    rows = [
+        tag_row("sha256:" + "a" * 64, "20260101T000000000000-aaaaaaaaaaaa"),
+        tag_row("sha256:" + "a" * 64, "aaaaaaaaaaaa"),
+        tag_row("sha256:" + "b" * 64, "20260301T000000000000-bbbbbbbbbbbb"),
+        tag_row("sha256:" + "c" * 64, "cccccccccccc", created="2026-01-01 00:00:00 +0000 UTC"),
+        tag_row("sha256:" + "d" * 64, "dddddddddddd", created="2026-02-01 00:00:00 +0000 UTC"),
+        tag_row("sha256:" + "e" * 64, "<none>"),
+    ]
+
+    history = capture.read_history(rows, REPOSITORY)
+
+    assert [(entry["id"][7], entry["stamp"]) for entry in history] == [
+        ("b", "20260301T000000000000"),
+        ("a", "20260101T000000000000"),
+        ("d", ""),  # the older form reads as the oldest; among those, the image built last first
+        ("c", ""),
+    ]
+    assert history[1]["ref"] == f"{REPOSITORY}:20260101T000000000000-aaaaaaaaaaaa", "an image's newest tag counts"
+    assert history[2]["created"] == 1769904000
+
+
+def test_a_tag_that_only_looks_stamped_reads_as_the_older_form():
+    rows = [tag_row("sha256:" + "a" * 64, "20260101T000000000000-not-an-id")]
+
+    assert capture.read_history(rows, REPOSITORY)[0]["stamp"] == ""
+
+
+def test_newest_container_is_the_one_created_last():
+    rows = [
+        {"ID": "new", "CreatedAt": "2026-01-02 03:04:06 +0000 UTC"},
+        {"ID": "old", "CreatedAt": "2026-01-02 03:04:05 +0000 UTC"},
+    ]
+
+    assert capture.newest_container(rows)["ID"] == "new"
+    assert capture.newest_container([]) == {}

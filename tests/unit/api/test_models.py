@@ -10,12 +10,12 @@ from pydantic import ValidationError
 
 from api.models import IMAGE_REFERENCE, DeployRequest
 
-PLAYBOOK = Path(__file__).resolve().parents[3] / "playbooks" / "deploy.yml"
+PLAYBOOK_VARS = Path(__file__).resolve().parents[3] / "playbooks" / "vars" / "deploy.yml"
 
 
 def test_the_playbook_enforces_the_same_image_pattern():
-    (play,) = yaml.safe_load(PLAYBOOK.read_text())
-    assert play["vars"]["deploy_image_pattern"].strip() == IMAGE_REFERENCE.pattern
+    variables = yaml.safe_load(PLAYBOOK_VARS.read_text())
+    assert variables["deploy_image_pattern"].strip() == IMAGE_REFERENCE.pattern
 
 
 @pytest.mark.parametrize(

@@ -15,7 +15,7 @@ from typing import Any
 from api import logs
 from api.history import History
 from api.history import now as history_now
-from api.models import DeployFailure, DeployRequest, DeploySuccess
+from api.models import DeployFailure, DeployRequest, DeploySuccess, HostOutcome
 from api.runner import RunResult, deploy_extravars, run_playbook, stop_leftover_run
 from api.settings import Settings
 
@@ -43,17 +43,56 @@ def new_deployment_id(now: datetime) -> str:
     return f"{now:%Y%m%dT%H%M%S}-{secrets.token_hex(4)}"
 
 
+IMAGE_FIELDS = ("old_image", "old_image_id", "new_image", "new_image_id")
+
+
 def tagged_steps(steps_by_host: dict[str, list[dict[str, Any]]]) -> list[dict[str, Any]]:
     """The steps of every host in one list; with more than one host, each step names its host."""
     many = len(steps_by_host) > 1
     return [{**step, "host": host} if many else step for host, steps in steps_by_host.items() for step in steps]
 
 
-def outcome_body(service: str, run: RunResult, timeout: int) -> tuple[int, DeploySuccess | DeployFailure]:
+def step_images(steps: list[dict[str, Any]]) -> dict[str, Any]:
+    """The images a host's finished steps name: what it ran before (capture_state) and the new one (pull_image)."""
+    images: dict[str, Any] = {}
+    for step in steps:
+        if step.get("step") == "capture_state" and step.get("image_id"):
+            images.update(old_image=step.get("image"), old_image_id=step["image_id"])
+        elif step.get("step") == "pull_image" and step.get("image_id"):
+            images.update(new_image=step.get("image"), new_image_id=step["image_id"])
+    return images
+
+
+def first_reached(results: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The result of the first host the rollout reached (its images stand for the deploy's), else of the first."""
+    reached = [result for result in results.values() if result.get("outcome") != "not_reached"]
+    return next(iter(reached or results.values()), {})
+
+
+def host_outcomes(results: dict[str, dict[str, Any]]) -> dict[str, HostOutcome]:
+    outcomes = {}
+    for host, result in results.items():
+        # A run stopped before it published its result has only its steps to tell the images.
+        images = {
+            **step_images(result.get("steps") or []),
+            **{key: result[key] for key in IMAGE_FIELDS if result.get(key)},
+        }
+        outcomes[host] = HostOutcome(
+            outcome=str(result.get("outcome") or "failed"),
+            error=None if result.get("success") else result.get("error"),
+            **images,
+        )
+    return outcomes
+
+
+def outcome_body(
+    service: str, run: RunResult, timeout: int, environment: str | None = None
+) -> tuple[int, DeploySuccess | DeployFailure]:
     """The reference's 200 or 500 body for a finished run; many hosts are one outcome, their steps tagged by host."""
     results = run.results
     steps = tagged_steps({host: result.get("steps", []) for host, result in results.items()})
-    first = next(iter(results.values()), {})
+    first = first_reached(results)
+    hosts = host_outcomes(results)
     succeeded = (
         run.status == "successful" and bool(results) and all(result.get("success") for result in results.values())
     )
@@ -64,18 +103,26 @@ def outcome_body(service: str, run: RunResult, timeout: int) -> tuple[int, Deplo
             old_image=first.get("old_image"),
             new_image=first.get("new_image"),
             steps=steps,
+            environment=environment,
+            hosts=hosts,
         )
     if run.status == "timeout":
         error = f"Deployment timed out after {timeout} s"
     elif run.status == "canceled":
         error = "Deployment canceled: the service is shutting down"
     else:
-        failed = [result for result in results.values() if not result.get("success")]
-        errors = [result.get("error") or "Deployment failed" for result in failed]
+        many = len(results) > 1
+        errors = [
+            (f"{host}: " if many else "") + str(result.get("error") or "Deployment failed")
+            for host, result in results.items()
+            if not result.get("success")
+        ]
         error = "; ".join(dict.fromkeys(errors)) if errors else "Deployment failed before it published a result"
     failed_logs = [result.get("logs") or "" for result in results.values() if not result.get("success")]
     logs = "\n".join(part for part in failed_logs if part) or ("" if results else run.output_tail)
-    return 500, DeployFailure(service=service, error=error, logs=logs, steps=steps)
+    return 500, DeployFailure(
+        service=service, error=error, logs=logs, steps=steps, environment=environment, hosts=hosts
+    )
 
 
 def outcome_of(run: RunResult) -> str:
@@ -89,9 +136,6 @@ def outcome_of(run: RunResult) -> str:
         if worst in outcomes:
             return worst
     return "failed"
-
-
-IMAGE_FIELDS = ("old_image", "old_image_id", "new_image", "new_image_id")
 
 
 def restore_reason(record: dict[str, Any], status: dict[str, Any] | None) -> str | None:
@@ -108,6 +152,33 @@ def restore_reason(record: dict[str, Any], status: dict[str, Any] | None) -> str
     if not status.get("image_id"):
         return "the service has no container"
     return "the service runs an image that never passed its health check"
+
+
+def restore_hosts(record: dict[str, Any], statuses: dict[str, dict[str, Any]] | None) -> dict[str, str]:
+    """The hosts of an interrupted deploy to restore to their previous image, and why (restore_reason)."""
+    hosts = record.get("hosts") or {}
+    reasons = {}
+    for host, status in (statuses or {}).items():
+        entry = hosts.get(host)
+        if entry is None and (hosts or len(statuses or {}) > 1):
+            continue  # a host the deploy never reached
+        steps = [step for step in record.get("steps", []) if step.get("host", host) == host]
+        reason = restore_reason({"old_image_id": (entry or record).get("old_image_id"), "steps": steps}, status)
+        if reason is not None:
+            reasons[host] = reason
+    return reasons
+
+
+def running_verdict(status: dict[str, Any], images: dict[str, Any]) -> str:
+    """What a host's service runs, said against the images of the deploy there."""
+    image_id = status.get("image_id")
+    if not image_id:
+        return "no container of the service exists"
+    if image_id == images.get("new_image_id"):
+        return f"the service runs the new image {status.get('image')}, {status.get('state')}"
+    if image_id == images.get("old_image_id"):
+        return f"the service runs the previous image {status.get('image')}, {status.get('state')}"
+    return f"the service runs {status.get('image')} ({image_id[7:19]}), {status.get('state')}"
 
 
 class Deployer:
@@ -174,9 +245,16 @@ class Deployer:
         return deployment_id
 
     async def start(
-        self, request: DeployRequest, source: str, *, action: str = "deploy", wait: bool = True
+        self,
+        request: DeployRequest,
+        source: str,
+        *,
+        action: str = "deploy",
+        wait: bool = True,
+        limit: tuple[str, ...] | None = None,
     ) -> tuple[str, int, DeploySuccess | DeployFailure | None]:
-        """Start a deploy (or rollback). With wait, the finished outcome; else (id, 202, None) at once."""
+        """Start a deploy (or rollback), on the hosts of its environment or only those of `limit`. With wait, the
+        finished outcome; else (id, 202, None) at once."""
         claim = self._claim(request.service)
         logs.bind(deployment_id=claim.deployment_id, service=request.service)
         try:
@@ -186,6 +264,7 @@ class Deployer:
                 service=request.service,
                 image=request.image,
                 outcome="running",
+                environment=request.environment,
                 repository=request.repository,
                 commit=request.commit,
                 message=request.message,
@@ -196,7 +275,7 @@ class Deployer:
             self._release(claim)
             raise
         self._log_start(claim, request, action, source)
-        work = self._run(claim, request, action)
+        work = self._run(claim, request, action, limit)
         if wait:
             status, body = await work
             return claim.deployment_id, status, body
@@ -204,7 +283,7 @@ class Deployer:
         return claim.deployment_id, 202, None
 
     async def _run(
-        self, claim: RunningDeploy, request: DeployRequest, action: str
+        self, claim: RunningDeploy, request: DeployRequest, action: str, limit: tuple[str, ...] | None = None
     ) -> tuple[int, DeploySuccess | DeployFailure]:
         deployment_id = claim.deployment_id
         host_steps: dict[str, list[dict[str, Any]]] = {}
@@ -216,21 +295,25 @@ class Deployer:
 
         def on_steps(host: str, steps: list[dict[str, Any]]) -> None:
             host_steps[host] = steps
-            # The images are known as soon as their steps are done, and the record says so while the deploy runs.
-            images = {}
-            for step in next(iter(host_steps.values())):
-                if step.get("step") == "capture_state" and step.get("image_id"):
-                    images.update(old_image=step.get("image"), old_image_id=step["image_id"])
-                elif step.get("step") == "pull_image" and step.get("image_id"):
-                    images.update(new_image=step.get("image"), new_image_id=step["image_id"])
-            self.history.update(deployment_id, steps=tagged_steps(host_steps), **images)
+            # The images are known as soon as their steps are done, and the record says so while the deploy runs:
+            # on each host (what a restart after a crash needs to restore it), and for the deploy (the first host).
+            hosts = {name: {"outcome": "running", **step_images(done)} for name, done in host_steps.items()}
+            images = next(iter(hosts.values()))
+            images.pop("outcome")
+            self.history.update(deployment_id, steps=tagged_steps(host_steps), hosts=hosts, **images)
 
         try:
             run = await asyncio.to_thread(
                 run_playbook,
                 run_id=deployment_id,
                 playbook=self.playbook(action),
-                extravars=deploy_extravars(deployment_id, request),
+                extravars=deploy_extravars(
+                    deployment_id,
+                    request,
+                    batches=self.settings.deploy_batches,
+                    rollback_updated=self.settings.deploy_rollback_updated_hosts,
+                ),
+                limit=limit,
                 inventory=self.settings.deploy_inventory,
                 state_dir=self.settings.deploy_state_dir,
                 timeout=self.settings.deploy_timeout,
@@ -239,10 +322,12 @@ class Deployer:
                 on_step=on_step,
                 on_steps=on_steps,
             )
-            status, body = outcome_body(request.service, run, self.settings.deploy_timeout)
+            status, body = outcome_body(request.service, run, self.settings.deploy_timeout, request.environment)
             outcome = outcome_of(run)
-            first = next(iter(run.results.values()), {})
+            first = first_reached(run.results)
             images = {key: first[key] for key in IMAGE_FIELDS if first.get(key)}
+            if body.hosts:
+                images["hosts"] = {host: entry.model_dump() for host, entry in body.hosts.items()}
             self.history.update(
                 deployment_id,
                 outcome=outcome,
@@ -323,8 +408,9 @@ class Deployer:
         return interrupted
 
     async def inspect_interrupted(self, deployment_ids: list[str]) -> None:
-        """For each interrupted deploy: record what its service really runs, then restore the previous image when
-        the deploy had replaced it with one that never passed its health check (DEPLOY_RECOVER_INTERRUPTED)."""
+        """For each interrupted deploy: record what its service really runs on each host, then restore the previous
+        image on the hosts where the deploy had replaced it with one that never passed its health check
+        (DEPLOY_RECOVER_INTERRUPTED)."""
         for deployment_id in deployment_ids:
             record = self.history.get(deployment_id)
             if not record or not record["service"]:
@@ -334,28 +420,41 @@ class Deployer:
             left = await asyncio.to_thread(stop_leftover_run, run_dir)
             if left:
                 log.warning("[%s] stopped %d process(es) left from the interrupted run", deployment_id, left)
-            status = await asyncio.to_thread(self._record_running_state, deployment_id, record["service"])
-            reason = restore_reason(record, status)
-            if reason is not None and self.settings.deploy_recover_interrupted == "rollback":
-                await self._restore(record, reason)
+            statuses = await asyncio.to_thread(self._record_running_state, deployment_id, record)
+            reasons = restore_hosts(record, statuses)
+            if reasons and self.settings.deploy_recover_interrupted == "rollback":
+                await self._restore(record, reasons)
                 # The rollback bound its own id; what follows is about the interrupted deploy again.
                 logs.bind(deployment_id=deployment_id)
             self._finished(deployment_id)
 
-    async def _restore(self, record: dict[str, Any], reason: str) -> None:
+    async def _restore(self, record: dict[str, Any], reasons: dict[str, str]) -> None:
         deployment_id = record["id"]
+        reason = (
+            next(iter(reasons.values()))
+            if len(reasons) == 1
+            else "; ".join(f"{host}: {why}" for host, why in reasons.items())
+        )
         request = DeployRequest(
             service=record["service"],
+            environment=record.get("environment"),
             message=f"Automatic rollback after the interrupted deployment {deployment_id}: {reason}",
         )
         log.warning("⏪ [%s] %s: rolling back to the previous image", deployment_id, reason)
         try:
-            rollback_id, status, _ = await self.start(request, "recovery", action="rollback", wait=True)
+            rollback_id, status, _ = await self.start(
+                request, "recovery", action="rollback", wait=True, limit=tuple(reasons)
+            )
         except DeployConflict as conflict:
             note = f"Not rolled back: {conflict}"
         else:
             rollback = self.history.get(rollback_id) or {}
-            restored = rollback.get("new_image_id") == record.get("old_image_id")
+            before = record.get("hosts") or {}
+            after = rollback.get("hosts") or {}
+            restored = all(
+                (after.get(host) or rollback).get("new_image_id") == (before.get(host) or record).get("old_image_id")
+                for host in reasons
+            )
             note = (
                 f"Rolled back to the previous image by {rollback_id}"
                 if status == 200 and restored
@@ -364,11 +463,15 @@ class Deployer:
         current = self.history.get(deployment_id) or {}
         self.history.update(deployment_id, error=f"{current.get('error')}. {note}")
 
-    def _record_running_state(self, deployment_id: str, service: str) -> dict[str, Any] | None:
+    def _record_running_state(self, deployment_id: str, record: dict[str, Any]) -> dict[str, dict[str, Any]] | None:
+        """What the service runs on each host of the record's environment, recorded; None when it cannot be read."""
+        extravars: dict[str, Any] = {"service": record["service"]}
+        if record.get("environment"):
+            extravars["deploy_environment"] = record["environment"]
         run = run_playbook(
             run_id=f"{deployment_id}-status",
             playbook=self.playbook("status"),
-            extravars={"service": service},
+            extravars=extravars,
             inventory=self.settings.deploy_inventory,
             state_dir=self.settings.deploy_state_dir,
             timeout=min(self.settings.deploy_timeout, 120),
@@ -382,25 +485,23 @@ class Deployer:
                 deployment_id, error=f"{record.get('error')}. What the service runs now could not be read: {run.status}"
             )
             return None
+        hosts = record.get("hosts") or {}
+        verdicts = {host: running_verdict(status, hosts.get(host) or record) for host, status in run.results.items()}
+        verdict = (
+            next(iter(verdicts.values()))
+            if len(verdicts) == 1
+            else "; ".join(f"on {host} {text}" for host, text in verdicts.items())
+        )
         status = next(iter(run.results.values()))
-        image_id = status.get("image_id")
-        if not image_id:
-            verdict = "no container of the service exists"
-        elif image_id == record.get("new_image_id"):
-            verdict = f"the service runs the new image {status.get('image')}, {status.get('state')}"
-        elif image_id == record.get("old_image_id"):
-            verdict = f"the service runs the previous image {status.get('image')}, {status.get('state')}"
-        else:
-            verdict = f"the service runs {status.get('image')} ({image_id[7:19]}), {status.get('state')}"
         self.history.update(
             deployment_id,
             running_image=status.get("image"),
-            running_image_id=image_id,
+            running_image_id=status.get("image_id"),
             running_state=status.get("state"),
             error=f"{record.get('error') or 'Interrupted'}. Now {verdict}",
         )
-        log.warning("[%s] %s: now %s", deployment_id, service, verdict)
-        return status
+        log.warning("[%s] %s: now %s", deployment_id, record.get("service"), verdict)
+        return run.results
 
     async def drain(self, grace: float, timeout: float) -> None:
         """On shutdown: let running deploys finish for `grace` seconds, then stop them and write their records."""

@@ -54,6 +54,12 @@ MIGRATIONS: tuple[str, ...] = (
     CREATE TABLE received_requests (digest TEXT PRIMARY KEY, expires_at REAL NOT NULL);
     CREATE INDEX received_requests_by_expiry ON received_requests (expires_at);
     """,
+    # 4: the environment (inventory group) deployed to, and the outcome on each of its hosts.
+    """
+    ALTER TABLE deployments ADD COLUMN environment TEXT;
+    ALTER TABLE deployments ADD COLUMN hosts TEXT NOT NULL DEFAULT '{}';
+    CREATE INDEX deployments_by_environment ON deployments (environment, started_at DESC);
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -65,6 +71,8 @@ _FIELDS = (
     "service",
     "image",
     "outcome",
+    "environment",
+    "hosts",
     "old_image",
     "old_image_id",
     "new_image",
@@ -168,10 +176,19 @@ class History:
         return _decode(row) if row else None
 
     def list(
-        self, *, service: str | None = None, outcome: str | None = None, limit: int = 20, offset: int = 0
+        self,
+        *,
+        service: str | None = None,
+        outcome: str | None = None,
+        environment: str | None = None,
+        limit: int = 20,
+        offset: int = 0,
     ) -> tuple[list[dict[str, Any]], int]:
         """Records newest first, and how many match in all."""
         conditions, parameters = [], []
+        if environment is not None:
+            conditions.append("environment = ?")
+            parameters.append(environment)
         if service is not None:
             conditions.append("service = ?")
             parameters.append(service)
@@ -231,12 +248,15 @@ class History:
 def _encode(field: str, value: Any) -> Any:
     if field == "steps":
         return json.dumps(list(value))
+    if field == "hosts":
+        return json.dumps(dict(value))
     return value
 
 
 def _decode(row: sqlite3.Row, internal: bool = False) -> dict[str, Any]:
     record = {field: row[_column(field)] for field in _FIELDS if internal or field not in _INTERNAL}
     record["steps"] = json.loads(record["steps"] or "[]")
+    record["hosts"] = json.loads(record["hosts"] or "{}")
     record["duration_seconds"] = _duration(record["started_at"], record["finished_at"])
     return record
 

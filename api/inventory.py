@@ -27,13 +27,38 @@ class ServicePolicy:
 
 
 @dataclass(frozen=True)
-class InventoryView:
+class Environment:
+    """The hosts of an inventory group, and the services they allow."""
+
+    hosts: tuple[str, ...]
     services: tuple[str, ...]
-    compose_dirs: tuple[str, ...]
     policies: dict[str, ServicePolicy] = field(default_factory=dict)
 
     def policy(self, service: str) -> ServicePolicy:
         return self.policies.get(service, ServicePolicy())
+
+
+@dataclass(frozen=True)
+class InventoryView:
+    services: tuple[str, ...]
+    compose_dirs: tuple[str, ...]
+    policies: dict[str, ServicePolicy] = field(default_factory=dict)
+    # Every group of the inventory (but `all` and `ungrouped`): an environment a request can name.
+    environments: dict[str, Environment] = field(default_factory=dict)
+    hosts: tuple[str, ...] = ()
+
+    def policy(self, service: str, environment: str | None = None) -> ServicePolicy:
+        """The service's policy in an environment; across every host for None or an environment gone from the
+        inventory."""
+        if environment in self.environments:
+            return self.environments[environment].policy(service)
+        return self.policies.get(service, ServicePolicy())
+
+    def environment(self, name: str | None) -> Environment:
+        """A named environment, or every host of the inventory for None. KeyError for an unknown name."""
+        if name is None:
+            return Environment(self.hosts, self.services, self.policies)
+        return self.environments[name]
 
 
 def _names(value: object) -> list[str]:
@@ -65,17 +90,37 @@ def read_inventory(path: Path) -> InventoryView:
     loader = DataLoader()
     inventory = InventoryManager(loader=loader, sources=[str(path)])
     variables = VariableManager(loader=loader, inventory=inventory)
-    entries: dict[str, list[dict]] = {}
+    host_entries: dict[str, dict[str, dict]] = {}
     compose_dirs: list[str] = []
     for host in inventory.get_hosts():
         host_vars = variables.get_vars(host=host)
-        for name, entry in (host_vars.get("deploy_services") or {}).items():
-            entries.setdefault(str(name), []).append(entry if isinstance(entry, dict) else {})
+        services = host_vars.get("deploy_services") or {}
+        host_entries[host.name] = {
+            str(name): entry if isinstance(entry, dict) else {} for name, entry in services.items()
+        }
         if "deploy_compose_dir" in host_vars:
             compose_dir = Templar(loader=loader, variables=host_vars).template(host_vars["deploy_compose_dir"])
             compose_dirs.append(str(Path(str(compose_dir)).resolve()))
+
+    def environment(hosts: list[str]) -> Environment:
+        entries: dict[str, list[dict]] = {}
+        for host in hosts:
+            for name, entry in host_entries.get(host, {}).items():
+                entries.setdefault(name, []).append(entry)
+        return Environment(tuple(hosts), tuple(sorted(entries)), _policies(entries))
+
+    everywhere = environment(list(host_entries))
+    environments = {
+        name: environment([host.name for host in group.get_hosts()])
+        for name, group in sorted(inventory.groups.items())
+        if name not in ("all", "ungrouped")
+    }
     return InventoryView(
-        services=tuple(sorted(entries)), compose_dirs=tuple(dict.fromkeys(compose_dirs)), policies=_policies(entries)
+        services=everywhere.services,
+        compose_dirs=tuple(dict.fromkeys(compose_dirs)),
+        policies=everywhere.policies,
+        environments=environments,
+        hosts=everywhere.hosts,
     )
 
 

@@ -17,6 +17,9 @@ IMAGE_REFERENCE = re.compile(
     rf"^(?=.{{1,255}}$)(?:{_DOMAIN}/)?{_PATH}(?:/{_PATH})*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})?(?:@sha256:[a-f0-9]{{64}})?$"
 )
 
+# An environment is an inventory group, named as Ansible names groups.
+ENVIRONMENT_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
+
 
 class DeployRequest(BaseModel):
     model_config = ConfigDict(strict=True, extra="ignore")
@@ -26,6 +29,11 @@ class DeployRequest(BaseModel):
     repository: str | None = Field(None, max_length=256)
     commit: str | None = Field(None, max_length=128)
     message: str | None = Field(None, max_length=4096)
+    environment: str | None = Field(
+        None,
+        pattern=ENVIRONMENT_PATTERN,
+        description="The inventory group to deploy to (staging, production...); DEPLOY_ENVIRONMENT when absent",
+    )
     timestamp: int | None = Field(
         None,
         ge=0,
@@ -42,6 +50,20 @@ class DeployRequest(BaseModel):
         return image or None
 
 
+class HostOutcome(BaseModel):
+    """What one host of the environment ended with; its steps are those of `steps` that name it."""
+
+    outcome: str = Field(
+        description="succeeded, rolled_back (its own failure, or undone when a later batch failed), failed, "
+        "rollback_failed, or not_reached (the rollout stopped before its batch)"
+    )
+    old_image: str | None = None
+    old_image_id: str | None = None
+    new_image: str | None = None
+    new_image_id: str | None = None
+    error: str | None = None
+
+
 class DeploySuccess(BaseModel):
     success: bool = True
     service: str
@@ -49,6 +71,8 @@ class DeploySuccess(BaseModel):
     old_image: str | None
     new_image: str | None
     steps: list[dict[str, Any]]
+    environment: str | None = None
+    hosts: dict[str, HostOutcome] = Field(default_factory=dict)
 
 
 class DeployFailure(BaseModel):
@@ -57,6 +81,8 @@ class DeployFailure(BaseModel):
     error: str
     logs: str
     steps: list[dict[str, Any]]
+    environment: str | None = None
+    hosts: dict[str, HostOutcome] = Field(default_factory=dict)
 
 
 # How a deploy or rollback that ran can end; a notification can be sent for each.
@@ -84,6 +110,8 @@ class DeploymentRecord(BaseModel):
         description="The image requested; null means the compose file's (deploy) or the previous one (rollback)"
     )
     outcome: Outcome
+    environment: str | None = Field(None, description="The inventory group deployed to; null: every host")
+    hosts: dict[str, HostOutcome] = Field(default_factory=dict, description="The outcome on each host")
     old_image: str | None
     old_image_id: str | None
     new_image: str | None

@@ -62,8 +62,11 @@ def unsafe_extravars(values: dict[str, Any]) -> str:
             return "\n" + "\n".join(
                 f"{pad}{json.dumps(str(key))}: {render(item, indent + 1)}" for key, item in value.items()
             )
-        if value is None:
-            return "null"
+        if isinstance(value, list | tuple):
+            return "[" + ", ".join(render(item, indent + 1) for item in value) + "]"
+        if value is None or isinstance(value, bool | int):
+            # Settings, not request data: null, true/false and numbers are no templates.
+            return json.dumps(value)
         return "!unsafe " + json.dumps(str(value))
 
     return "".join(f"{json.dumps(key)}: {render(value, 0)}\n" for key, value in values.items())
@@ -116,6 +119,7 @@ def run_playbook(
     keep_runs: int,
     cancel: threading.Event,
     stats_key: str = "deploy",
+    limit: tuple[str, ...] | None = None,
     on_step: Callable[[str, str], None] | None = None,
     on_steps: Callable[[str, list[dict[str, Any]]], None] | None = None,
 ) -> RunResult:
@@ -158,6 +162,7 @@ def run_playbook(
         timeout=timeout,
         quiet=True,
         event_handler=on_event,
+        limit=",".join(limit) if limit else None,
         cancel_callback=cancel.is_set,
     )
     stats = next((event for event in runner.events if event.get("event") == "playbook_on_stats"), None)
@@ -167,11 +172,21 @@ def run_playbook(
     return RunResult(status=runner.status, rc=runner.rc, results=results, output_tail=output_tail)
 
 
-def deploy_extravars(deployment_id: str, request: DeployRequest) -> dict[str, Any]:
-    """What a request passes to the playbooks: the service, the image, and its metadata for records only."""
+def deploy_extravars(
+    deployment_id: str,
+    request: DeployRequest,
+    batches: tuple[int | str, ...] = (1, "100%"),
+    rollback_updated: bool = True,
+) -> dict[str, Any]:
+    """What a request passes to the playbooks: the service, the image, the environment and how to roll out there,
+    and the request's metadata for records only."""
     extravars: dict[str, Any] = {"service": request.service}
     if request.image:
         extravars["image"] = request.image
+    if request.environment:
+        extravars["deploy_environment"] = request.environment
+    extravars["deploy_batches"] = list(batches)
+    extravars["deploy_rollback_updated"] = rollback_updated
     extravars["deploy_request"] = {
         "id": deployment_id,
         "repository": request.repository,

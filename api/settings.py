@@ -14,7 +14,7 @@ from dotenv import dotenv_values
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-from api.models import FINISHED_OUTCOMES, FinishedOutcome
+from api.models import ENVIRONMENT_PATTERN, FINISHED_OUTCOMES, FinishedOutcome
 from api.notify import target_urls
 
 MIN_SECRET_LENGTH = 32
@@ -111,6 +111,19 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = Field(
         "text", description="text: the reference's lines; json: one JSON object per line (Loki)"
     )
+    deploy_environment: str | None = Field(
+        None,
+        pattern=ENVIRONMENT_PATTERN,
+        description="The inventory group a request without `environment` deploys to; unset: every host",
+    )
+    deploy_batches: Annotated[tuple[int | str, ...], NoDecode] = Field(
+        (1, "100%"),
+        description="Hosts per batch of a rollout, separated by commas (Ansible's serial): 1,100% is one host, "
+        "then the rest; 1,50%,100% adds a half; 100% is every host at once",
+    )
+    deploy_rollback_updated_hosts: bool = Field(
+        True, description="When a batch fails, roll back the hosts earlier batches updated (no mixed versions)"
+    )
     deploy_host: str = Field("127.0.0.1", description="Address to listen on")
     deploy_port: int = Field(9000, ge=1, le=65535, description="Port to listen on")
 
@@ -161,6 +174,23 @@ class Settings(BaseSettings):
         except ValueError as error:
             raise ValueError(f"{error}; see https://appriseit.com/services/") from None
         return urls
+
+    @field_validator("deploy_batches", mode="before")
+    @classmethod
+    def batches_from_a_list(cls, value: object) -> object:
+        parts = [part.strip() for part in value.replace(",", " ").split()] if isinstance(value, str) else value
+        if not isinstance(parts, list | tuple) or not parts:
+            raise ValueError("give one batch size or more, such as 1,100%")
+        batches: list[int | str] = []
+        for part in parts:
+            text = str(part)
+            if re.fullmatch(r"[1-9][0-9]{0,5}", text):
+                batches.append(int(text))
+            elif re.fullmatch(r"(?:[1-9][0-9]?|100)%", text):
+                batches.append(text)
+            else:
+                raise ValueError(f"'{text}' is neither a number of hosts nor a percentage from 1% to 100%")
+        return tuple(batches)
 
     @field_validator("deploy_notify_events", mode="before")
     @classmethod

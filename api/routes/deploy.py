@@ -12,7 +12,7 @@ from pydantic import ValidationError
 from api.deployer import DeployConflict, Deployer
 from api.deps import SignedBody, endpoint, get_deployer, get_inventory, get_metrics, get_rate_limits, signed_body
 from api.history import History
-from api.inventory import Inventory, ServicePolicy
+from api.inventory import Environment, Inventory, InventoryView, ServicePolicy
 from api.models import DeployFailure, DeploymentAccepted, DeployRequest, DeploySuccess
 from api.security import image_repository, request_digest, timestamp_problem
 from api.settings import Settings
@@ -22,7 +22,10 @@ router = APIRouter()
 RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"model": DeploySuccess, "description": "Finished and healthy (wait=true)"},
     202: {"model": DeploymentAccepted, "description": "Started (wait=false); follow the Location header"},
-    400: {"description": "Service not allowed, an image the service does not allow, or a malformed body"},
+    400: {
+        "description": "Service not allowed (in the environment), an unknown environment, an image the service does "
+        "not allow, or a malformed body"
+    },
     403: {"description": "Invalid signature, a secret not allowed for the service, an expired or replayed request"},
     409: {"description": "A deployment of this service is already running"},
     413: {"description": "Body too large"},
@@ -87,6 +90,16 @@ def check_first_receipt(
         raise Refused(status.HTTP_403_FORBIDDEN, "This signed request was already received: sign a new one", "replayed")
 
 
+def find_environment(view: InventoryView, name: str | None) -> Environment:
+    """The hosts a request deploys to: an inventory group, or every host; 400 for a group the inventory lacks."""
+    try:
+        return view.environment(name)
+    except KeyError:
+        known = ", ".join(view.environments) or "none: the inventory has no groups"
+        problem = f"Environment '{name}' is not in the inventory. Environments: {known}"
+        raise Refused(status.HTTP_400_BAD_REQUEST, problem, "not_allowed") from None
+
+
 def load_document(body: bytes) -> dict[str, Any]:
     """The body as a JSON object; 400 otherwise."""
     try:
@@ -123,21 +136,26 @@ async def run_action(
         document = load_document(signed.raw)
         deploy_request = validate(document)
         view = await run_in_threadpool(inventory.view)
-        if deploy_request.service not in view.services:
+        if deploy_request.environment is None and settings.deploy_environment is not None:
+            deploy_request = deploy_request.model_copy(update={"environment": settings.deploy_environment})
+        environment = find_environment(view, deploy_request.environment)
+        if deploy_request.service not in environment.services:
+            where = f" in {deploy_request.environment}" if deploy_request.environment else ""
             raise Refused(
                 status.HTTP_400_BAD_REQUEST,
-                f"Service '{deploy_request.service}' not allowed. Allowed: {', '.join(view.services)}",
+                f"Service '{deploy_request.service}' not allowed{where}. Allowed: {', '.join(environment.services)}",
                 "not_allowed",
             )
-        policy = view.policy(deploy_request.service)
+        policy = environment.policy(deploy_request.service)
         authorize(signed, deploy_request.service, policy)
         check_fresh(deploy_request, settings)
         check_image(deploy_request, policy)
         # A replay is refused before it can spend the service's deploys.
         await run_in_threadpool(check_first_receipt, signed, deploy_request, settings, deployer.history)
-        retry_after = get_rate_limits(request).deploy(deploy_request.service)
+        rate_limits = get_rate_limits(request)
+        retry_after = rate_limits.deploy(deploy_request.service)
         if retry_after is not None:
-            limit = get_rate_limits(request).deploy_limit
+            limit = rate_limits.deploy_limit
             raise Refused(
                 status.HTTP_429_TOO_MANY_REQUESTS,
                 f"Too many deploys of '{deploy_request.service}' ({limit}); retry in {retry_after} s",
@@ -158,7 +176,10 @@ async def run_action(
         location = str(request.app.url_path_for("get_deployment", deployment_id=deployment_id))
         accepted = DeploymentAccepted(deployment_id=deployment_id, service=deploy_request.service, status_url=location)
         return JSONResponse(accepted.model_dump(), status_code=code, headers={**headers, "Location": location})
-    return JSONResponse(outcome.model_dump(), status_code=code, headers=headers)
+    # The reference's body as it is for one host; environment and hosts join it where they say something.
+    single = outcome.environment is None and len(outcome.hosts) <= 1
+    body = outcome.model_dump(exclude={"environment", "hosts"} if single else None)
+    return JSONResponse(body, status_code=code, headers=headers)
 
 
 @router.post("/deploy", responses=RESPONSES)

@@ -45,13 +45,16 @@ def list_deployments(
     deployer: Annotated[Deployer, Depends(get_deployer)],
     service: Annotated[str | None, Query(max_length=128)] = None,
     outcome: Outcome | None = None,
+    environment: Annotated[str | None, Query(max_length=64)] = None,
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     offset: Annotated[int, Query(ge=0)] = 0,
 ) -> DeploymentPage:
-    """Deployments, newest first; filter by service and outcome, page with limit and offset."""
+    """Deployments, newest first; filter by service, outcome and environment, page with limit and offset."""
     if not _has_read_token(request, credentials):
         raise _unauthorized(request, "A valid read token is required: Authorization: Bearer <DEPLOY_READ_TOKEN>")
-    items, total = deployer.history.list(service=service, outcome=outcome, limit=limit, offset=offset)
+    items, total = deployer.history.list(
+        service=service, outcome=outcome, environment=environment, limit=limit, offset=offset
+    )
     return DeploymentPage(
         items=[DeploymentRecord.model_validate(item) for item in items], total=total, limit=limit, offset=offset
     )
@@ -77,7 +80,7 @@ def get_deployment(
                 raise
             raise _unauthorized(request, "The signature over the deployment id is not valid") from None
         record = deployer.history.get(deployment_id)
-        policy = inventory.view().policy(record["service"] or "") if record else None
+        policy = inventory.view().policy(record["service"] or "", record["environment"]) if record else None
         if policy is not None and not policy.signs(signers):
             raise _unauthorized(request, "The secret that signed the id may not deploy this deployment's service")
     else:

@@ -163,6 +163,7 @@ deploy_documents = st.fixed_dictionaries(
         "commit": text | json_values,
         "message": text | json_values,
         "timestamp": timestamps,
+        "environment": st.sampled_from(["production", "staging_2"]) | text | json_values,
         "unknown": json_values,
     },
 )
@@ -308,6 +309,8 @@ def expected_answer(raw: bytes, signer: str, received: set[bytes]) -> int:
         request = DeployRequest.model_validate(document)
     except ValidationError:
         return 422
+    if request.environment is not None:
+        return 400  # the inventory has no groups: no environment is known
     if request.service not in SERVICES:
         return 400
     if signer != ("WEBHOOK_SECRET_BILLING" if request.service == "billing" else "WEBHOOK_SECRET"):
@@ -324,8 +327,11 @@ def expected_answer(raw: bytes, signer: str, received: set[bytes]) -> int:
 def check_the_run(call: dict, document: dict, signer: str) -> None:
     """What reached the runner is the validated request, and only what may be deployed."""
     extravars = call["extravars"]
-    assert set(extravars) <= {"service", "image", "deploy_request"}
+    assert set(extravars) <= {"service", "image", "deploy_request", "deploy_batches", "deploy_rollback_updated"}
     assert extravars["service"] == document["service"] in SERVICES
+    # The rollout comes from the settings, never from the request.
+    assert extravars["deploy_batches"] == [1, "100%"]
+    assert extravars["deploy_rollback_updated"] is True
     if document.get("image"):
         assert extravars["image"] == document["image"]
         assert IMAGE_REFERENCE.fullmatch(extravars["image"])

@@ -355,7 +355,7 @@ def test_the_openapi_document_describes_the_history_and_its_token(client):
     document = client.get("/openapi.json").json()
 
     listing = document["paths"]["/deployments"]["get"]
-    assert {parameter["name"] for parameter in listing["parameters"]} == {"service", "outcome", "limit", "offset"}
+    assert {parameter["name"] for parameter in listing["parameters"]} == {"service", "outcome", "environment", "limit", "offset"}
     assert listing["security"] == [{"HTTPBearer": []}]
     assert "401" in listing["responses"]
     assert "DeploymentRecord" in document["components"]["schemas"]
@@ -397,7 +397,7 @@ def test_a_database_of_schema_1_is_migrated_and_keeps_its_records(tmp_path):
 
     history = History(tmp_path / "h.sqlite3")
 
-    assert history.schema_version() == SCHEMA_VERSION == 3
+    assert history.schema_version() == SCHEMA_VERSION == 4
     record = history.get("d1")
     assert (record["service"], record["outcome"]) == ("portal", "succeeded")
     assert "to_inspect" not in record, "internal columns stay internal"

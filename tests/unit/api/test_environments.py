@@ -1,0 +1,202 @@
+"""Environments (inventory groups), rollout settings, per-host outcomes and per-host recovery, with a fake runner."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from fakerunner import FakeRunner, success_result
+from fastapi.testclient import TestClient
+from pydantic import SecretStr, ValidationError
+
+from api.deployer import restore_hosts
+from api.inventory import read_inventory
+from api.main import create_app
+from api.runner import RunResult, unsafe_extravars
+from api.settings import Settings
+from api.signature import sign
+
+REPO = Path(__file__).resolve().parents[3]
+SECRET = "unit-test-secret-unit-test-secret-0123456789"
+PRODUCTION_SECRET = "production-secret-production-secret-0123456789"
+
+
+def make_client(tmp_path: Path, **settings) -> TestClient:
+    settings = Settings(
+        webhook_secret=SECRET,
+        service_secrets={"WEBHOOK_SECRET_PRODUCTION": SecretStr(PRODUCTION_SECRET)},
+        deploy_inventory=REPO / "examples" / "fleet" / "inventory.yml",
+        deploy_state_dir=tmp_path / "var",
+        **settings,
+    )
+    return TestClient(create_app(settings))
+
+
+@pytest.fixture
+def client(tmp_path, fake_runner):
+    with make_client(tmp_path) as client:
+        yield client
+
+
+def post(client: TestClient, body: dict, secret: str = SECRET):
+    raw = json.dumps(body).encode()
+    return client.post("/deploy", content=raw, headers={"X-Hub-Signature-256": sign(secret.encode(), raw)})
+
+
+def test_the_example_fleet_has_two_environments_each_with_its_services_and_policies():
+    view = read_inventory(REPO / "examples" / "fleet" / "inventory.yml")
+
+    assert list(view.environments) == ["production", "staging"]
+    assert view.environment("production").hosts == ("web1", "web2", "media")
+    assert view.environment("production").services == ("portal",)
+    assert view.environment("staging").services == ("portal", "portal-preview")
+    assert view.policy("portal", "production").secret_envs == ("WEBHOOK_SECRET_PRODUCTION",)
+    assert view.policy("portal", "staging").secret_envs == ()
+    # Without an environment, every host: a secret any of them names signs.
+    assert view.environment(None).hosts == ("staging-box", "web1", "web2", "media")
+    assert view.policy("portal").secret_envs == ("WEBHOOK_SECRET_PRODUCTION",)
+    with pytest.raises(KeyError):
+        view.environment("qa")
+
+
+def test_a_request_deploys_to_its_environment_with_the_rollout_settings(client, fake_runner):
+    response = post(client, {"service": "portal", "environment": "staging"})
+
+    assert response.status_code == 200, response.text
+    (call,) = fake_runner.calls
+    assert call["extravars"]["deploy_environment"] == "staging"
+    assert call["extravars"]["deploy_batches"] == [1, "100%"]
+    assert call["extravars"]["deploy_rollback_updated"] is True
+    # Settings are written as plain YAML values, request fields as data (!unsafe).
+    written = unsafe_extravars(call["extravars"])
+    assert 'deploy_environment": !unsafe "staging"' in written
+    assert '"deploy_batches": [1, !unsafe "100%"]' in written
+    assert '"deploy_rollback_updated": true' in written
+    record = client.get(f"/deployments/{response.headers['X-Deployment-Id']}", headers=read_headers(response))
+    assert record.json()["environment"] == "staging"
+
+
+def read_headers(response) -> dict[str, str]:
+    deployment_id = response.headers["X-Deployment-Id"]
+    return {"X-Hub-Signature-256": sign(SECRET.encode(), deployment_id.encode())}
+
+
+@pytest.mark.parametrize(
+    ("body", "detail"),
+    [
+        ({"service": "portal", "environment": "qa"}, "Environment 'qa' is not in the inventory. Environments: "),
+        (
+            {"service": "portal-preview", "environment": "production"},
+            "Service 'portal-preview' not allowed in production. Allowed: portal",
+        ),
+    ],
+)
+def test_an_unknown_environment_or_a_service_it_does_not_allow_is_refused(client, fake_runner, body, detail):
+    response = post(client, body)
+
+    assert response.status_code == 400
+    assert response.json()["detail"].startswith(detail)
+    assert fake_runner.calls == []
+
+
+def test_an_environment_that_is_no_group_name_is_a_422(client, fake_runner):
+    response = post(client, {"service": "portal", "environment": "all:!web1"})
+
+    assert response.status_code == 422
+    assert fake_runner.calls == []
+
+
+def test_production_takes_only_its_own_secret(client, fake_runner):
+    assert post(client, {"service": "portal", "environment": "production"}).status_code == 403
+    assert post(client, {"service": "portal", "environment": "staging", "commit": "a"}).status_code == 200
+    granted = post(client, {"service": "portal", "environment": "production"}, PRODUCTION_SECRET)
+    assert granted.status_code == 200, granted.text
+    assert [call["extravars"]["deploy_environment"] for call in fake_runner.calls] == ["staging", "production"]
+
+
+def test_deploy_environment_is_the_default_and_deploy_batches_is_passed_on(tmp_path, fake_runner):
+    with make_client(tmp_path, deploy_environment="staging", deploy_batches="1, 50%,100%") as client:
+        response = post(client, {"service": "portal-preview"})
+
+    assert response.status_code == 200, response.text
+    (call,) = fake_runner.calls
+    assert call["extravars"]["deploy_environment"] == "staging"
+    assert call["extravars"]["deploy_batches"] == [1, "50%", "100%"]
+
+
+@pytest.mark.parametrize("batches", ["", "0", "150%", "0%", "one", "1,-2"])
+def test_deploy_batches_refuses_what_is_no_batch_size(batches):
+    with pytest.raises(ValidationError, match="DEPLOY_BATCHES|deploy_batches"):
+        Settings(webhook_secret=SECRET, deploy_batches=batches)
+
+
+def test_each_host_has_its_outcome_and_the_error_names_the_host(client, fake_runner: FakeRunner):
+    rolled_back = {
+        **success_result(),
+        "success": False,
+        "outcome": "rolled_back",
+        "error": "Container failed to start",
+        "steps": [{"step": "capture_state", "success": True}, {"step": "health_check", "success": False}],
+    }
+    not_reached = {"success": False, "outcome": "not_reached", "error": "Not deployed: the rollout stopped at web1"}
+    fake_runner.result = RunResult(
+        status="failed", rc=2, results={"web1": rolled_back, "web2": not_reached, "media": not_reached}
+    )
+
+    response = post(client, {"service": "portal", "environment": "production"}, PRODUCTION_SECRET)
+
+    assert response.status_code == 500
+    body = response.json()
+    assert body["environment"] == "production"
+    assert {host: entry["outcome"] for host, entry in body["hosts"].items()} == {
+        "web1": "rolled_back",
+        "web2": "not_reached",
+        "media": "not_reached",
+    }
+    assert body["error"].startswith("web1: Container failed to start; web2: Not deployed")
+    assert {step["host"] for step in body["steps"]} == {"web1"}
+    record = client.get(
+        f"/deployments/{response.headers['X-Deployment-Id']}", headers=read_headers_production(response)
+    )
+    assert record.json()["outcome"] == "rolled_back"
+    assert record.json()["hosts"]["web2"]["outcome"] == "not_reached"
+
+
+def read_headers_production(response) -> dict[str, str]:
+    deployment_id = response.headers["X-Deployment-Id"]
+    return {"X-Hub-Signature-256": sign(PRODUCTION_SECRET.encode(), deployment_id.encode())}
+
+
+def test_a_single_host_keeps_the_reference_body(client, fake_runner):
+    response = post(client, {"service": "portal-preview"})
+
+    assert response.status_code == 200
+    assert set(response.json()) == {"success", "service", "message", "old_image", "new_image", "steps"}
+
+
+OLD, NEW = "sha256:" + "1" * 64, "sha256:" + "2" * 64
+
+
+def test_after_a_crash_only_hosts_left_on_an_unproven_image_are_restored():
+    steps = [
+        {"step": "capture_state", "success": True, "host": "web1"},
+        {"step": "health_check", "success": True, "host": "web1"},
+        {"step": "capture_state", "success": True, "host": "web2"},
+    ]
+    record = {
+        "old_image_id": OLD,
+        "steps": steps,
+        "hosts": {
+            "web1": {"old_image_id": OLD, "new_image_id": NEW},
+            "web2": {"old_image_id": OLD, "new_image_id": NEW},
+        },
+    }
+    statuses = {
+        "web1": {"image_id": NEW},  # passed its health check: kept
+        "web2": {"image_id": NEW},  # never did: restored
+        "media": {"image_id": OLD},  # never reached
+    }
+
+    assert restore_hosts(record, statuses) == {"web2": "the service runs an image that never passed its health check"}
+    assert restore_hosts(record, None) == {}

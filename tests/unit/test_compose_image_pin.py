@@ -1,4 +1,4 @@
-"""The compose_image_pin module: the pin file compose reads, its atomic, locked updates."""
+"""The compose_service module's pin file: what compose reads, its atomic, locked updates."""
 
 from __future__ import annotations
 
@@ -10,8 +10,8 @@ from pathlib import Path
 
 import pytest
 
-MODULE_PATH = Path(__file__).resolve().parents[2] / "roles" / "compose_up" / "library" / "compose_image_pin.py"
-spec = importlib.util.spec_from_file_location("compose_image_pin", MODULE_PATH)
+MODULE_PATH = Path(__file__).resolve().parents[2] / "roles" / "compose_up" / "library" / "compose_service.py"
+spec = importlib.util.spec_from_file_location("compose_service", MODULE_PATH)
 pin = importlib.util.module_from_spec(spec)
 spec.loader.exec_module(pin)
 

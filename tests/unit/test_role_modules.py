@@ -71,3 +71,39 @@ def test_newest_container_is_the_one_created_last():
 
     assert capture.newest_container(rows)["ID"] == "new"
     assert capture.newest_container([]) == {}
+
+
+compose = load("compose_up", "compose_service")
+
+
+def test_compose_events_say_whether_anything_was_done():
+    recreated = (
+        '{"id":"Container shop-web-1","status":"Recreate"}\n'
+        '{"id":"Container shop-web-1","status":"Recreated"}\n'
+        '{"id":"Container shop-web-1","status":"Starting"}\n'
+        '{"id":"Container shop-web-1","status":"Started"}\n'
+    )
+    running = '{"id":"Container shop-web-1","status":"Running"}\n'
+    dry_run = '{"dry-run":true,"id":"Container shop-web-1","status":"Recreate"}\n'
+    pulled_only = '{"id":"Image web","status":"Pulling"}\n{"id":"Image web","status":"Pulled"}\n'
+
+    assert compose.has_changes(compose.parse_events(recreated))
+    assert compose.has_changes(compose.parse_events(dry_run))
+    assert not compose.has_changes(compose.parse_events(running))
+    assert not compose.has_changes(compose.parse_events(pulled_only)), "a pull alone is not a change of the service"
+    assert compose.parse_events(running) == [
+        {"type": "container", "id": "shop-web-1", "status": "Running", "msg": None}
+    ]
+
+
+def test_compose_errors_read_as_docker_compose_v2_words_them():
+    stderr = (
+        '{"id":"Image web","status":"Pulling"}\n'
+        '{"error":true,"id":"web","message":"manifest unknown"}\n'
+        '{"tail":true,"text":"Error response from daemon: manifest unknown"}\n'
+    )
+
+    assert compose.error_message(compose.parse_events(stderr), 1) == (
+        "Error when processing web: manifest unknown\nGeneral error: Error response from daemon: manifest unknown"
+    )
+    assert compose.error_message([], 3) == "Return code 3 is non-zero"

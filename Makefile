@@ -13,7 +13,7 @@ export DEPLOY_TEST_REGISTRY ?= 127.0.0.1:5099
 help:
 	@echo "make run      start the API on its defaults (.env, inventory/, examples/homeserver) on port 9000"
 	@echo "make test     lint, unit and integration tests on a real Docker engine, molecule for every role"
-	@echo "make rig      bring up the test rig only (engine, compose v2, loopback registry, test images)"
+	@echo "make rig      bring up the test rig only (engine, compose v2, loopback registry, test images, engines h1-h3, sshd on 127.0.0.1:2222)"
 	@echo "make lint     ruff, ansible-playbook --syntax-check, ansible-lint (production profile)"
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
@@ -60,4 +60,5 @@ molecule: rig
 test: lint test-unit test-integration molecule
 
 clean:
+	-tests/rig/hosts.sh down
 	rm -rf $(VENV) var/test-rig

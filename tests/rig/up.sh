@@ -97,3 +97,5 @@ if [ "$(cat "$images_stamp" 2>/dev/null)" != "$images_sum" ] || \
   echo "$images_sum" >"$images_stamp"
 fi
 log "ready: engine $(docker version -f '{{.Server.Version}}'), compose $(docker compose version --short), registry $registry"
+# Three more engines (h1..h3), an sshd on loopback and $state/hosts.json: tests/rig/hosts.sh.
+"$here/hosts.sh"

@@ -107,3 +107,99 @@ def test_compose_errors_read_as_docker_compose_v2_words_them():
         "Error when processing web: manifest unknown\nGeneral error: Error response from daemon: manifest unknown"
     )
     assert compose.error_message([], 3) == "Return code 3 is non-zero"
+
+
+health = load("health_check", "container_health")
+
+
+def inspected(status: str = "running", restarts: int = 0, health_status: str | None = None, **state: object) -> dict:
+    """What `docker container inspect` says of a container, trimmed to what the verdict reads."""
+    started = state.pop("StartedAt", "2026-01-02T03:04:05.123456789Z")
+    full_state = {"Status": status, "Running": status == "running", "ExitCode": 0, "Error": "", "StartedAt": started}
+    if health_status:
+        full_state["Health"] = {"Status": health_status, "FailingStreak": 0, "Log": []}
+    full_state.update(state)
+    return {"State": full_state, "RestartCount": restarts}
+
+
+def test_health_verdicts_and_their_words():
+    start = inspected(health_status="starting")
+
+    def verdict(poll: dict | None) -> tuple[bool, str, str]:
+        judged = health.judge("web-1", start, poll, 5, 30)
+        return judged["healthy"], judged["status"], judged["detail"]
+
+    assert verdict(None) == (False, "missing", "Container web-1 does not exist")
+    assert verdict(inspected("exited", ExitCode=1)) == (
+        False,
+        "exited",
+        "Container failed to start: exited with code 1",
+    )
+    assert verdict(inspected("dead", ExitCode=137, Error="OOM")) == (
+        False,
+        "dead",
+        "Container failed to start: exited with code 137 (OOM)",
+    )
+    assert verdict(inspected("restarting", ExitCode=2)) == (
+        False,
+        "restarting",
+        "Container is restarting: it stopped 1 time(s) since it was started (last exit code 2)",
+    )
+    assert verdict(inspected(restarts=3)) == (
+        False,
+        "restarting",
+        "Container is restarting: it stopped 3 time(s) since it was started",
+    )
+    assert verdict(inspected(health_status="healthy")) == (True, "healthy", "Container is healthy")
+    unhealthy = inspected(health_status="unhealthy")
+    unhealthy["State"]["Health"].update(FailingStreak=3, Log=[{"Output": "no database\n"}])
+    assert verdict(unhealthy) == (
+        False,
+        "unhealthy",
+        "Container is unhealthy: its HEALTHCHECK failed 3 time(s) in a row (no database)",
+    )
+    assert verdict(inspected(health_status="starting")) == (
+        False,
+        "starting",
+        "Container not healthy after 30 s (health: starting)",
+    )
+    assert verdict(inspected(StartedAt="2999-01-01T00:00:00Z")) == (
+        False,
+        "running",
+        "Container not healthy after 30 s (health: no HEALTHCHECK, running)",
+    )
+    assert verdict(inspected(StartedAt="2000-01-01T00:00:00Z")) == (
+        True,
+        "running",
+        "Container has no HEALTHCHECK and ran 5 s without a restart",
+    )
+
+
+def test_polling_stops_once_the_verdict_is_known():
+    start = inspected(health_status="starting")
+
+    assert not health.settled(start, inspected(health_status="starting"), 5)
+    assert health.settled(start, inspected(health_status="healthy"), 5)
+    assert health.settled(start, inspected(health_status="unhealthy"), 5)
+    assert health.settled(start, inspected(health_status="starting", restarts=1), 5)
+    assert health.settled(start, inspected("removing"), 5)
+    assert health.settled(start, None, 5)
+    assert not health.settled(start, inspected(StartedAt="2999-01-01T00:00:00Z"), 5)
+    assert health.settled(start, inspected(StartedAt="2000-01-01T00:00:00Z"), 5)
+
+
+def test_logs_of_both_streams_come_back_in_the_containers_order():
+    stdout = "2026-01-02T03:04:05.000000001Z starting\n2026-01-02T03:04:05.000000003Z waiting\n"
+    stderr = "2026-01-02T03:04:05.000000002Z warning: slow disk\n2026-01-02T03:04:05.000000004Z fatal: no db\n"
+
+    assert health.merge_logs(stdout, stderr) == "starting\nwarning: slow disk\nwaiting\nfatal: no db"
+    assert health.merge_logs("", "") == ""
+
+
+def test_a_url_that_does_not_answer_2xx_is_described_as_uri_described_it():
+    status, message = health.probe("http://127.0.0.1:9/", 1)
+    assert status == -1
+    assert message.startswith("Status code was -1 and not [200, 201, 202,")
+    assert "Request failed: <urlopen error" in message
+
+    assert health.probe("not a url", 1) == (-1, "unknown url type: 'not a url'")

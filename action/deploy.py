@@ -83,6 +83,7 @@ class Inputs:
     secret: bytes
     service: str
     image: str
+    environment: str
     repository: str
     commit: str
     message: str
@@ -118,6 +119,7 @@ class Inputs:
             secret=listed[0].encode(),
             service=value("service", required=True),
             image=value("image"),
+            environment=value("environment"),
             repository=value("repository"),
             commit=value("commit"),
             # A commit message keeps its lines; only the outer whitespace goes.
@@ -131,6 +133,7 @@ class Inputs:
         fields = {
             "service": self.service,
             "image": self.image,
+            "environment": self.environment,
             "repository": self.repository,
             "commit": self.commit,
             "message": self.message,

@@ -141,6 +141,9 @@ def build_parser() -> argparse.ArgumentParser:
         sub = command(action, help_text)
         sub.add_argument("service", metavar="SERVICE", help="a service of the inventory's deploy_services")
         sub.add_argument("image", metavar="IMAGE", nargs="?", help="image reference, e.g. ghcr.io/acme/portal:1.4.2")
+        sub.add_argument(
+            "--environment", "-e", help="the inventory group to deploy to, e.g. staging (default: the API's)"
+        )
         sub.add_argument("--repository", help="recorded with the deployment, e.g. acme/portal")
         sub.add_argument("--commit", help="recorded with the deployment, e.g. the commit SHA")
         sub.add_argument("--message", help="recorded with the deployment, e.g. the commit message")
@@ -159,6 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     history = command("history", "list deployments, newest first (needs DEPLOY_READ_TOKEN)")
     history.add_argument("--service", help="only this service")
+    history.add_argument("--environment", help="only this environment (inventory group)")
     history.add_argument("--outcome", choices=OUTCOMES, metavar="O", help=f"only this outcome: {', '.join(OUTCOMES)}")
     history.add_argument(
         "--limit", type=_bounded(1, 100), default=20, metavar="N", help="at most N (1-100, default 20)"
@@ -185,6 +189,7 @@ def run_deployment(args: argparse.Namespace, settings: ClientSettings) -> int:
     fields = {
         "service": args.service,
         "image": args.image,
+        "environment": args.environment,
         "repository": args.repository,
         "commit": args.commit,
         "message": args.message,
@@ -228,7 +233,13 @@ def run_history(args: argparse.Namespace, settings: ClientSettings) -> Exit:
     if settings.deploy_read_token is None:
         raise ConfigurationError("history needs DEPLOY_READ_TOKEN (the API's own, from the environment or .env)")
     with _client(args, settings) as client:
-        page = client.deployments(service=args.service, outcome=args.outcome, limit=args.limit, offset=args.offset)
+        page = client.deployments(
+            service=args.service,
+            outcome=args.outcome,
+            environment=args.environment,
+            limit=args.limit,
+            offset=args.offset,
+        )
     if args.json:
         _print_json(page)
     else:

@@ -209,6 +209,13 @@ def test_empty_optional_inputs_are_left_out_of_the_body(runner, fake_api):
     assert start.body == b'{"service":"portal","timestamp":%d}' % start.timestamp
 
 
+def test_the_environment_input_is_sent(runner, fake_api):
+    runner(INPUT_IMAGE="", INPUT_REPOSITORY="", INPUT_COMMIT="", INPUT_MESSAGE="", INPUT_ENVIRONMENT="production")
+
+    (start,) = fake_api.requests("POST")
+    assert start.body == b'{"service":"portal","environment":"production","timestamp":%d}' % start.timestamp
+
+
 def test_each_start_signs_the_time_it_is_sent_and_a_clock_far_off_is_refused(fake_api):
     inputs = action_deploy.Inputs.from_environment(
         {"INPUT_URL": fake_api.url, "INPUT_SECRET": SECRET, "INPUT_SERVICE": "portal"}
@@ -301,7 +308,18 @@ def test_the_script_needs_only_the_standard_library():
 
 def test_action_yml_inputs_outputs_and_a_step_that_takes_inputs_only_from_its_environment():
     inputs = ACTION["inputs"]
-    assert set(inputs) == {"url", "secret", "service", "image", "repository", "commit", "message", "wait", "timeout"}
+    assert set(inputs) == {
+        "url",
+        "secret",
+        "service",
+        "image",
+        "environment",
+        "repository",
+        "commit",
+        "message",
+        "wait",
+        "timeout",
+    }
     assert {name for name, spec in inputs.items() if spec.get("required")} == {"url", "secret", "service"}
     assert inputs["repository"]["default"] == "${{ github.repository }}"
     assert inputs["commit"]["default"] == "${{ github.sha }}"

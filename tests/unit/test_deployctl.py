@@ -112,6 +112,12 @@ def test_deploy_without_image_sends_only_the_service(capsys, fake_api):
     assert start.body == b'{"service":"hello-world","timestamp":%d}' % start.timestamp
 
 
+def test_deploy_to_an_environment_sends_it(capsys, fake_api):
+    assert run(capsys, "deploy", "hello-world", "--environment", "staging")[0] == 0
+    (start,) = fake_api.requests("POST")
+    assert start.body == b'{"service":"hello-world","environment":"staging","timestamp":%d}' % start.timestamp
+
+
 def test_deploy_json_prints_only_the_final_record(capsys, fake_api):
     final = record()
     fake_api.timeline = progressing(final)

@@ -355,7 +355,13 @@ def test_the_openapi_document_describes_the_history_and_its_token(client):
     document = client.get("/openapi.json").json()
 
     listing = document["paths"]["/deployments"]["get"]
-    assert {parameter["name"] for parameter in listing["parameters"]} == {"service", "outcome", "environment", "limit", "offset"}
+    assert {parameter["name"] for parameter in listing["parameters"]} == {
+        "service",
+        "outcome",
+        "environment",
+        "limit",
+        "offset",
+    }
     assert listing["security"] == [{"HTTPBearer": []}]
     assert "401" in listing["responses"]
     assert "DeploymentRecord" in document["components"]["schemas"]

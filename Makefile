@@ -8,13 +8,14 @@ export PATH := $(BIN):$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export DEPLOY_TEST_REGISTRY ?= 127.0.0.1:5099
 
-.PHONY: help venv run compose-plugin rig lint test test-unit test-integration molecule clean
+.PHONY: help venv run compose-plugin rig lint test test-unit test-integration molecule bench clean
 
 help:
 	@echo "make run      start the API on its defaults (.env, inventory/, examples/homeserver) on port 9000"
 	@echo "make test     lint, unit and integration tests on a real Docker engine, molecule for every role"
 	@echo "make rig      bring up the test rig only (engine, compose v2, loopback registry, test images, engines h1-h3, sshd on 127.0.0.1:2222)"
 	@echo "make lint     ruff, ansible-playbook --syntax-check, ansible-lint (production profile)"
+	@echo "make bench    benchmarks on the rig: deploy to three hosts in one batch against one host"
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -58,6 +59,10 @@ molecule: rig
 	done
 
 test: lint test-unit test-integration molecule
+
+# Benchmarks on the rig (figures, not tests): tables printed, JSON under bench/results/.
+bench: rig
+	python bench/fleet.py
 
 clean:
 	-tests/rig/hosts.sh down

@@ -203,3 +203,65 @@ def test_a_url_that_does_not_answer_2xx_is_described_as_uri_described_it():
     assert "Request failed: <urlopen error" in message
 
     assert health.probe("not a url", 1) == (-1, "unknown url type: 'not a url'")
+
+
+cleanup = load("cleanup", "history_cleanup")
+
+
+def test_cleanup_keeps_the_newest_previous_images_and_never_one_in_use():
+    rows = [
+        tag_row("sha256:" + "c" * 64, "20260301T000000000000-cccccccccccc"),  # running
+        tag_row("sha256:" + "b" * 64, "20260201T000000000000-bbbbbbbbbbbb"),
+        tag_row("sha256:" + "a" * 64, "20260101T000000000000-aaaaaaaaaaaa"),
+        tag_row("sha256:" + "u" * 64, "uuuuuuuuuuuu"),
+    ]
+    history = cleanup.read_history(rows, REPOSITORY, "")
+    current = "sha256:" + "c" * 64
+
+    assert cleanup.plan(history, current, 1, set()) == (False, ["sha256:" + "a" * 64, "sha256:" + "u" * 64])
+    assert cleanup.plan(history, current, 1, {"sha256:" + "a" * 64}) == (False, ["sha256:" + "u" * 64])
+    assert cleanup.plan(history, current, 3, set()) == (False, [])
+    # The running image is stamped again when another image became current after it, or it has no stamp.
+    assert cleanup.plan(history, "sha256:" + "b" * 64, 5, set())[0]
+    assert cleanup.plan(history, "sha256:" + "u" * 64, 5, set())[0]
+    assert cleanup.plan(history, "sha256:" + "n" * 64, 5, set())[0]
+
+
+def test_cleanup_removes_older_tags_and_spares_images_another_service_keeps():
+    kept, shared, alone, current = ("sha256:" + letter * 64 for letter in "ebdc")
+    rows = [
+        tag_row(current, "cccccccccccc"),
+        tag_row(kept, "20260201T000000000000-eeeeeeeeeeee"),
+        tag_row(kept, "eeeeeeeeeeee"),
+        tag_row(shared, "20260102T000000000000-bbbbbbbbbbbb"),
+        tag_row(alone, "20260101T000000000000-dddddddddddd"),
+    ]
+    history = cleanup.read_history(rows, REPOSITORY, "")
+    restamp, going = cleanup.plan(history, current, 1, set())
+    going_images = [
+        {"Id": shared, "RepoTags": [f"{REPOSITORY}:20260102T000000000000-bbbbbbbbbbbb", "deploy-history/other/web:x"]},
+        {"Id": alone, "RepoTags": [f"{REPOSITORY}:20260101T000000000000-dddddddddddd", "web:1"]},
+    ]
+
+    actions = cleanup.removals(history, current, restamp, going, going_images, set(), REPOSITORY)
+
+    assert restamp and going == [shared, alone]
+    assert actions == [
+        (f"{REPOSITORY}:eeeeeeeeeeee", False),  # a kept image keeps only its newest tag
+        (f"{REPOSITORY}:cccccccccccc", False),  # the running image's old tag: it has a new stamp now
+        (f"{REPOSITORY}:20260102T000000000000-bbbbbbbbbbbb", False),  # another service keeps it
+        (alone, True),
+    ]
+    # A tag a container was created from stays.
+    in_use_refs = {f"{REPOSITORY}:cccccccccccc"}
+    assert (f"{REPOSITORY}:cccccccccccc", False) not in cleanup.removals(
+        history, current, restamp, going, going_images, in_use_refs, REPOSITORY
+    )
+
+
+def test_among_equal_stamps_the_replaced_image_comes_first():
+    older_form = [tag_row("sha256:" + letter * 64, letter * 12) for letter in "ab"]
+
+    history = cleanup.read_history(older_form, REPOSITORY, "sha256:" + "b" * 64)
+
+    assert [entry["id"][7] for entry in history] == ["b", "a"]

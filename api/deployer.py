@@ -298,8 +298,7 @@ class Deployer:
             # The images are known as soon as their steps are done, and the record says so while the deploy runs:
             # on each host (what a restart after a crash needs to restore it), and for the deploy (the first host).
             hosts = {name: {"outcome": "running", **step_images(done)} for name, done in host_steps.items()}
-            images = next(iter(hosts.values()))
-            images.pop("outcome")
+            images = step_images(next(iter(host_steps.values())))
             self.history.update(deployment_id, steps=tagged_steps(host_steps), hosts=hosts, **images)
 
         try:

@@ -200,3 +200,47 @@ def test_after_a_crash_only_hosts_left_on_an_unproven_image_are_restored():
 
     assert restore_hosts(record, statuses) == {"web2": "the service runs an image that never passed its health check"}
     assert restore_hosts(record, None) == {}
+
+
+def test_a_running_record_shows_each_host_as_it_goes(tmp_path, monkeypatch):
+    """While a deploy runs, the record holds each host's images as its steps finish (what a restart needs)."""
+    import threading
+
+    from api import deployer as deployer_module
+
+    reported, release = threading.Event(), threading.Event()
+    steps = [{"step": "capture_state", "success": True, "image": "ghcr.io/acme/portal:1", "image_id": OLD}]
+
+    def runner(**kwargs):
+        kwargs["on_steps"]("web1", steps)
+        reported.set()
+        assert release.wait(10)
+        return RunResult(status="successful", rc=0, results={"web1": success_result()})
+
+    monkeypatch.setattr(deployer_module, "run_playbook", runner)
+    with make_client(tmp_path) as client:
+        raw = json.dumps({"service": "portal", "environment": "staging"}).encode()
+        started = client.post(
+            "/deploy",
+            params={"wait": "false"},
+            content=raw,
+            headers={"X-Hub-Signature-256": sign(SECRET.encode(), raw)},
+        )
+        assert started.status_code == 202, started.text
+        assert reported.wait(10)
+        running = client.get(f"/deployments/{started.json()['deployment_id']}", headers=read_headers(started))
+        release.set()
+
+    assert running.status_code == 200, running.text
+    assert running.json()["outcome"] == "running"
+    assert running.json()["hosts"] == {
+        "web1": {
+            "outcome": "running",
+            "old_image": "ghcr.io/acme/portal:1",
+            "old_image_id": OLD,
+            "new_image": None,
+            "new_image_id": None,
+            "error": None,
+        }
+    }
+    assert running.json()["old_image_id"] == OLD

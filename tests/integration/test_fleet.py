@@ -33,7 +33,11 @@ class Fleet:
             "prod1": rig.engine("h1"),
             "prod2": rig.engine("h2"),
             "prod3": rig.engine("h3"),
+            # edge: edge1 on the rig's engine (a project of its own there), edge2 an SSH host that cannot be reached.
+            "edge1": None,
+            "edge2": None,
         }
+        self.projects = {host: f"{self.name}-edge" if host == "edge1" else self.name for host in self.docker_hosts}
         host_vars: dict[str, dict[str, Any]] = {}
         for host, docker_host in self.docker_hosts.items():
             compose_dir = self.dir / host
@@ -46,9 +50,11 @@ class Fleet:
                     "timeout": "2s",
                     "retries": 2,
                 }
-            document = {"name": self.name, "services": {SERVICE: web}}
+            document = {"name": self.projects[host], "services": {SERVICE: web}}
             (compose_dir / "docker-compose.yml").write_text(yaml.safe_dump(document, sort_keys=False))
-            connection = ssh_vars(rig, docker_host) if host == "prod3" else local_vars(docker_host)
+            connection = ssh_vars(rig, docker_host) if host in ("prod3", "edge2") else local_vars(docker_host)
+            if host == "edge2":
+                connection["ansible_port"] = 1  # nothing listens there
             host_vars[host] = {**connection, "deploy_compose_dir": str(compose_dir)}
         services = {SERVICE: {"health_timeout": 30}}
         self.inventory = root / "inventory.yml"
@@ -64,6 +70,10 @@ class Fleet:
                             },
                             "production": {
                                 "hosts": {host: host_vars[host] for host in PRODUCTION},
+                                "vars": {"deploy_services": services},
+                            },
+                            "edge": {
+                                "hosts": {host: host_vars[host] for host in ("edge1", "edge2")},
                                 "vars": {"deploy_services": services},
                             },
                         }
@@ -82,7 +92,7 @@ class Fleet:
             "ps",
             "-aq",
             "--filter",
-            f"label=com.docker.compose.project={self.name}",
+            f"label=com.docker.compose.project={self.projects[host]}",
             "--filter",
             f"label=com.docker.compose.service={SERVICE}",
         ).split()
@@ -103,7 +113,9 @@ class Fleet:
 
     def down(self) -> None:
         for host in self.docker_hosts:
-            docker_on(self.docker_hosts[host], "compose", "-p", self.name, "down", "--remove-orphans", check=False)
+            docker_on(
+                self.docker_hosts[host], "compose", "-p", self.projects[host], "down", "--remove-orphans", check=False
+            )
 
 
 @pytest.fixture
@@ -134,7 +146,9 @@ def test_environments_canary_and_rolling_deploys_on_three_engines_and_over_ssh(f
     # Refusals first: nothing runs, nothing is touched.
     unknown = server.post({"service": SERVICE, "environment": "qa"})
     assert unknown.status_code == 400
-    assert unknown.json()["detail"] == "Environment 'qa' is not in the inventory. Environments: production, staging"
+    assert (
+        unknown.json()["detail"] == "Environment 'qa' is not in the inventory. Environments: edge, production, staging"
+    )
     elsewhere = server.post({"service": "preview", "environment": "production"})
     assert elsewhere.status_code == 400
     assert elsewhere.json()["detail"] == f"Service 'preview' not allowed in production. Allowed: {SERVICE}"
@@ -190,3 +204,12 @@ def test_environments_canary_and_rolling_deploys_on_three_engines_and_over_ssh(f
 
     listed = server.get("/deployments", environment="production").json()
     assert [item["outcome"] for item in listed["items"]] == ["rolled_back", "rolled_back", "succeeded"]
+
+    # A host that cannot be reached fails like any other host: edge1, updated in the first batch, is rolled back.
+    docker_on(None, "compose", "-f", str(fleet.dir / "edge1" / "docker-compose.yml"), "up", "-d", "--wait")
+    unreachable = server.post({"service": SERVICE, "image": image("healthy", "v2"), "environment": "edge"})
+    assert unreachable.status_code == 500, unreachable.text
+    assert outcomes(unreachable.json()) == {"edge1": "rolled_back", "edge2": "failed"}
+    assert unreachable.json()["hosts"]["edge2"]["error"].startswith("Host unreachable")
+    assert unreachable.json()["hosts"]["edge1"]["new_image_id"] == fleet.image_id("edge1", image("healthy", "v2"))
+    assert fleet.runs("edge1", image("healthy", "v1"))

@@ -265,3 +265,21 @@ def test_among_equal_stamps_the_replaced_image_comes_first():
     history = cleanup.read_history(older_form, REPOSITORY, "sha256:" + "b" * 64)
 
     assert [entry["id"][7] for entry in history] == ["b", "a"]
+
+
+def test_the_history_is_read_alike_by_capture_state_and_cleanup():
+    """The two modules repeat the history-reading code (a role's module_utils is not shared): keep them alike."""
+    cleanup = load("cleanup", "history_cleanup")
+    rows = [
+        tag_row("sha256:" + "a" * 64, "20260101T000000000000-aaaaaaaaaaaa"),
+        tag_row("sha256:" + "b" * 64, "20260301T000000000000-bbbbbbbbbbbb"),
+        tag_row("sha256:" + "c" * 64, "cccccccccccc", created="2026-02-01 00:00:00 +0000 UTC"),
+        tag_row("sha256:" + "a" * 64, "20260401T000000000000-aaaaaaaaaaaa"),
+    ]
+
+    assert cleanup.STAMPED_TAG.pattern == capture.STAMPED_TAG.pattern
+    assert cleanup.cli_time("2026-02-01 00:00:00 +0000 UTC") == capture.cli_time("2026-02-01 00:00:00 +0000 UTC")
+    read_by_capture = [(entry["id"], entry["ref"]) for entry in capture.read_history(rows, REPOSITORY)]
+    read_by_cleanup = [(entry["id"], entry["ref"]) for entry in cleanup.read_history(rows, REPOSITORY, "")]
+    assert read_by_capture == read_by_cleanup
+    assert [image_id[7] for image_id, _ in read_by_capture] == ["a", "b", "c"]

@@ -40,25 +40,24 @@ class Environment:
 
 @dataclass(frozen=True)
 class InventoryView:
-    services: tuple[str, ...]
+    # Every host of the inventory, and the services they allow: what a request without an environment reaches.
+    everywhere: Environment
     compose_dirs: tuple[str, ...]
-    policies: dict[str, ServicePolicy] = field(default_factory=dict)
     # Every group of the inventory (but `all` and `ungrouped`): an environment a request can name.
     environments: dict[str, Environment] = field(default_factory=dict)
-    hosts: tuple[str, ...] = ()
+
+    @property
+    def services(self) -> tuple[str, ...]:
+        return self.everywhere.services
 
     def policy(self, service: str, environment: str | None = None) -> ServicePolicy:
         """The service's policy in an environment; across every host for None or an environment gone from the
         inventory."""
-        if environment in self.environments:
-            return self.environments[environment].policy(service)
-        return self.policies.get(service, ServicePolicy())
+        return self.environments.get(environment or "", self.everywhere).policy(service)
 
     def environment(self, name: str | None) -> Environment:
         """A named environment, or every host of the inventory for None. KeyError for an unknown name."""
-        if name is None:
-            return Environment(self.hosts, self.services, self.policies)
-        return self.environments[name]
+        return self.everywhere if name is None else self.environments[name]
 
 
 def _names(value: object) -> list[str]:
@@ -115,13 +114,7 @@ def read_inventory(path: Path) -> InventoryView:
         for name, group in sorted(inventory.groups.items())
         if name not in ("all", "ungrouped")
     }
-    return InventoryView(
-        services=everywhere.services,
-        compose_dirs=tuple(dict.fromkeys(compose_dirs)),
-        policies=everywhere.policies,
-        environments=environments,
-        hosts=everywhere.hosts,
-    )
+    return InventoryView(everywhere, tuple(dict.fromkeys(compose_dirs)), environments)
 
 
 class Inventory:
@@ -131,7 +124,7 @@ class Inventory:
         self.path = path
         self._lock = threading.Lock()
         self._stamp: float | None = None
-        self._view = InventoryView((), ())
+        self._view = InventoryView(Environment((), ()), ())
 
     def view(self) -> InventoryView:
         with self._lock:

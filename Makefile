@@ -15,7 +15,8 @@ help:
 	@echo "make test     lint, unit and integration tests on a real Docker engine, molecule for every role"
 	@echo "make rig      bring up the test rig only (engine, compose v2, loopback registry, test images, engines h1-h3, sshd on 127.0.0.1:2222)"
 	@echo "make lint     ruff, ansible-playbook --syntax-check, ansible-lint (production profile)"
-	@echo "make bench    benchmarks on the rig: deploy to three hosts in one batch against one host"
+	@echo "make bench    benchmarks on the rig: a deploy through the API against a plain script and the reference's flow,"
+	@echo "              invalid-signature rejections, four services at once; three hosts in one batch against one"
 
 $(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -62,6 +63,8 @@ test: lint test-unit test-integration molecule
 
 # Benchmarks on the rig (figures, not tests): tables printed, JSON under bench/results/.
 bench: rig
+	bench/tools.sh
+	python bench/deploy.py
 	python bench/fleet.py
 
 clean:

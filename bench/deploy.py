@@ -1,6 +1,7 @@
 """One service's deploy through the real API against a plain shell script and the reference's flow, on the rig.
 
-    python bench/deploy.py [--rounds 5] [--client wrk|python] [--sections recreate,unchanged,rejections,parallel]
+    python bench/deploy.py [--rounds 5] [--parallel-rounds 3] [--client wrk|python]
+        [--sections recreate,unchanged,rejections,parallel]
 
 - recreate: a new image each run (healthy v1 <-> v2, healthy about a second after start), so every run recreates
   the container. Three contenders, each on its own compose project, interleaved round by round: the project
@@ -27,6 +28,7 @@ import os
 import re
 import resource
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -127,16 +129,17 @@ class Contender:
 
 
 class Bench:
-    def __init__(self, work: Path, rounds: int, client: str, foreign: ForeignLoad):
+    def __init__(self, work: Path, rounds: int, parallel_rounds: int, client: str, foreign: ForeignLoad):
         self.work = work
         self.foreign = foreign
         self.rounds = rounds
+        self.parallel_rounds = parallel_rounds
         self.client = client
         stamp = f"{int(time.time())}-{uuid.uuid4().hex[:4]}"
         self.contenders = {name: Contender(name, f"bench-{stamp}-{name}", work / name) for name in CONTENDERS}
         self.http = httpx.Client(timeout=300)
         self.server: ApiServer | None = None
-        self.result: dict[str, Any] = {"rounds": rounds, "targets": TARGETS}
+        self.result: dict[str, Any] = {"rounds": rounds, "parallel_rounds": parallel_rounds, "targets": TARGETS}
         self.recreate_runs: list[Run] = []
 
     # -- setup -------------------------------------------------------------------------------------------------
@@ -336,7 +339,7 @@ class Bench:
         with ThreadPoolExecutor(len(PARALLEL)) as pool:
             # No warm-up round (the API is warm by now): a service's first deploy through the API only adds a history
             # tag of the image it ran, and the median leaves the first round out when it is slower.
-            for round_ in range(self.rounds):
+            for round_ in range(self.parallel_rounds):
                 run = self.deploy(contender, SOLO, other(contender.versions[SOLO]))
                 cpu = self.server.cpu_seconds(children=True)
                 futures = [
@@ -350,7 +353,9 @@ class Bench:
                 four.append(seconds)
                 one_cpu.append(run.cpu)
                 four_cpu.append(cpu)
-                progress(f"parallel round {round_ + 1}/{self.rounds}: one {run.seconds:.2f}s  four {seconds:.2f}s")
+                progress(
+                    f"parallel round {round_ + 1}/{self.parallel_rounds}: one {run.seconds:.2f}s  four {seconds:.2f}s"
+                )
         return {
             "layout": "one compose project (six services, as a home server's compose directory)",
             "one_median_s": round(median(one), 3),
@@ -775,7 +780,10 @@ def table(result: dict[str, Any]) -> str:
         )
     if "parallel" in result:
         section = result["parallel"]
-        lines.append("parallel services through the API (one compose project; recreate each)" + disturbed("parallel"))
+        lines.append(
+            f"parallel services through the API (one compose project; recreate each; medians of "
+            f"{result['parallel_rounds']} rounds)" + disturbed("parallel")
+        )
         row("one service", f"{section['one_median_s']:.2f} s", f"CPU {section['one_cpu_median_s']:.1f} s")
         row("four services at once", f"{section['four_median_s']:.2f} s", f"CPU {section['four_cpu_median_s']:.1f} s")
         row("four / one", f"{section['four_vs_one']:.2f}x", met("parallel_four_vs_one", "x"))
@@ -811,18 +819,22 @@ def table(result: dict[str, Any]) -> str:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=int, default=5, help="rounds of recreate and unchanged (default 5)")
+    # Four deploys at once take about 15 s here: 3 rounds keep `make bench` within about five minutes.
+    parser.add_argument("--parallel-rounds", type=int, default=3, help="rounds of one against four (default 3)")
     parser.add_argument("--client", choices=("wrk", "python"), default="wrk" if shutil.which("wrk") else "python")
     parser.add_argument(
         "--sections", default=",".join(SECTIONS), help="a comma-separated subset of " + ", ".join(SECTIONS)
     )
     args = parser.parse_args()
     sections = tuple(name for name in args.sections.split(",") if name)
-    if not set(sections) <= set(SECTIONS) or args.rounds < 1:
+    if not set(sections) <= set(SECTIONS) or min(args.rounds, args.parallel_rounds) < 1:
         parser.error(f"sections are {', '.join(SECTIONS)}; rounds at least 1")
     work = Path(tempfile.mkdtemp(prefix="bench-deploy-"))
     foreign = ForeignLoad()
-    bench = Bench(work, args.rounds, args.client, foreign)
+    bench = Bench(work, args.rounds, args.parallel_rounds, args.client, foreign)
+    # Stopped (make interrupted, a CI timeout): the finally below still removes what the bench created.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     failed = True
     try:
         bench.set_up()

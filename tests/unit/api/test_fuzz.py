@@ -384,7 +384,10 @@ def test_signed_bodies_run_exactly_when_valid_and_allowed(client, fake_runner):
 
     assert statuses.total() >= 200
     assert set(statuses) == {200, 400, 403, 413, 422}, statuses
-    assert statuses[200] >= 25, statuses
+    # Enough valid bodies to exercise the run, with room: derandomize fixes the seed, but Hypothesis also draws the
+    # literals of the project's modules loaded in the session (its "local constants"), so one more module imported
+    # anywhere in the suite draws other examples. Over 12 seeds this count ranged from 19 to 43.
+    assert statuses[200] >= 15, statuses
 
 
 def test_fresh_timestamps_are_accepted_once_and_stale_ones_never(client, fake_runner):

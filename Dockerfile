@@ -24,6 +24,7 @@ COPY ansible.cfg ./
 COPY api ./api
 COPY playbooks ./playbooks
 COPY roles ./roles
+COPY module_utils ./module_utils
 COPY inventory ./inventory
 COPY examples ./examples
 

@@ -1,19 +1,14 @@
-"""The compose_service module's pin file: what compose reads, its atomic, locked updates."""
+"""The compose_up step's pin file (module_utils/deploy_compose.py): what compose reads, its atomic, locked updates."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import multiprocessing
 import subprocess
 from pathlib import Path
 
 import pytest
-
-MODULE_PATH = Path(__file__).resolve().parents[2] / "roles" / "compose_up" / "library" / "compose_service.py"
-spec = importlib.util.spec_from_file_location("compose_service", MODULE_PATH)
-pin = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(pin)
+from ansible.module_utils import deploy_compose as pin
 
 
 def test_pin_and_unpin(tmp_path):

@@ -1,23 +1,31 @@
-"""The roles' modules (roles/*/library): their pure logic, without an engine."""
+"""The deploy's modules (roles/*/library, library/) and the step code they share (module_utils/): the pure logic,
+and the steps on a fake docker CLI, without an engine."""
 
 from __future__ import annotations
 
 import importlib.util
+import json
 from pathlib import Path
 from types import ModuleType
 
-ROLES = Path(__file__).resolve().parents[2] / "roles"
+import pytest
+import yaml
+from ansible.module_utils import deploy_compose as compose
+from ansible.module_utils import deploy_docker, deploy_history, deploy_image
+from ansible.module_utils import deploy_health as health
+from ansible.module_utils.deploy_docker import StepError
+from fakedocker import FakeDocker
+
+REPO = Path(__file__).resolve().parents[2]
 REPOSITORY = "deploy-history/shop/web"
+MODULES = sorted([*REPO.glob("roles/*/library/*.py"), *REPO.glob("library/*.py")])
 
 
-def load(role: str, name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(name, ROLES / role / "library" / f"{name}.py")
+def load(path: Path) -> ModuleType:
+    spec = importlib.util.spec_from_file_location(path.stem, path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
-
-
-capture = load("capture_state", "compose_capture")
 
 
 def tag_row(image_id: str, tag: str, created: str = "2026-01-02 03:04:05 +0000 UTC") -> dict[str, str]:
@@ -26,13 +34,16 @@ def tag_row(image_id: str, tag: str, created: str = "2026-01-02 03:04:05 +0000 U
 
 
 def test_history_repository_is_a_valid_path_component():
-    assert capture.history_repository("deploy-history", "shop", "Web_Front--end") == "deploy-history/shop/web-front-end"
-    assert capture.history_repository("deploy-history", "shop", "_api_") == "deploy-history/shop/api"
+    assert (
+        deploy_history.history_repository("deploy-history", "shop", "Web_Front--end")
+        == "deploy-history/shop/web-front-end"
+    )
+    assert deploy_history.history_repository("deploy-history", "shop", "_api_") == "deploy-history/shop/api"
 
 
 def test_cli_time_reads_the_engine_seconds_in_any_zone():
-    assert capture.cli_time("2026-01-02 03:04:05 +0000 UTC") == 1767323045
-    assert capture.cli_time("2026-01-02 04:04:05 +0100 CET") == 1767323045
+    assert deploy_docker.cli_time("2026-01-02 03:04:05 +0000 UTC") == 1767323045
+    assert deploy_docker.cli_time("2026-01-02 04:04:05 +0100 CET") == 1767323045
 
 
 def test_history_is_one_entry_per_image_newest_stamp_first():
@@ -45,7 +56,7 @@ def test_history_is_one_entry_per_image_newest_stamp_first():
         tag_row("sha256:" + "e" * 64, "<none>"),
     ]
 
-    history = capture.read_history(rows, REPOSITORY)
+    history = deploy_history.read_history(rows, REPOSITORY)
 
     assert [(entry["id"][7], entry["stamp"]) for entry in history] == [
         ("b", "20260301T000000000000"),
@@ -60,7 +71,7 @@ def test_history_is_one_entry_per_image_newest_stamp_first():
 def test_a_tag_that_only_looks_stamped_reads_as_the_older_form():
     rows = [tag_row("sha256:" + "a" * 64, "20260101T000000000000-not-an-id")]
 
-    assert capture.read_history(rows, REPOSITORY)[0]["stamp"] == ""
+    assert deploy_history.read_history(rows, REPOSITORY)[0]["stamp"] == ""
 
 
 def test_newest_container_is_the_one_created_last():
@@ -69,11 +80,8 @@ def test_newest_container_is_the_one_created_last():
         {"ID": "old", "CreatedAt": "2026-01-02 03:04:05 +0000 UTC"},
     ]
 
-    assert capture.newest_container(rows)["ID"] == "new"
-    assert capture.newest_container([]) == {}
-
-
-compose = load("compose_up", "compose_service")
+    assert deploy_history.newest_container(rows)["ID"] == "new"
+    assert deploy_history.newest_container([]) == {}
 
 
 def test_compose_events_say_whether_anything_was_done():
@@ -107,9 +115,6 @@ def test_compose_errors_read_as_docker_compose_v2_words_them():
         "Error when processing web: manifest unknown\nGeneral error: Error response from daemon: manifest unknown"
     )
     assert compose.error_message([], 3) == "Return code 3 is non-zero"
-
-
-health = load("health_check", "container_health")
 
 
 def inspected(status: str = "running", restarts: int = 0, health_status: str | None = None, **state: object) -> dict:
@@ -205,9 +210,6 @@ def test_a_url_that_does_not_answer_2xx_is_described_as_uri_described_it():
     assert health.probe("not a url", 1) == (-1, "unknown url type: 'not a url'")
 
 
-cleanup = load("cleanup", "history_cleanup")
-
-
 def test_cleanup_keeps_the_newest_previous_images_and_never_one_in_use():
     rows = [
         tag_row("sha256:" + "c" * 64, "20260301T000000000000-cccccccccccc"),  # running
@@ -215,16 +217,16 @@ def test_cleanup_keeps_the_newest_previous_images_and_never_one_in_use():
         tag_row("sha256:" + "a" * 64, "20260101T000000000000-aaaaaaaaaaaa"),
         tag_row("sha256:" + "u" * 64, "uuuuuuuuuuuu"),
     ]
-    history = cleanup.read_history(rows, REPOSITORY, "")
+    history = deploy_history.read_history(rows, REPOSITORY, "")
     current = "sha256:" + "c" * 64
 
-    assert cleanup.plan(history, current, 1, set()) == (False, ["sha256:" + "a" * 64, "sha256:" + "u" * 64])
-    assert cleanup.plan(history, current, 1, {"sha256:" + "a" * 64}) == (False, ["sha256:" + "u" * 64])
-    assert cleanup.plan(history, current, 3, set()) == (False, [])
+    assert deploy_history.plan(history, current, 1, set()) == (False, ["sha256:" + "a" * 64, "sha256:" + "u" * 64])
+    assert deploy_history.plan(history, current, 1, {"sha256:" + "a" * 64}) == (False, ["sha256:" + "u" * 64])
+    assert deploy_history.plan(history, current, 3, set()) == (False, [])
     # The running image is stamped again when another image became current after it, or it has no stamp.
-    assert cleanup.plan(history, "sha256:" + "b" * 64, 5, set())[0]
-    assert cleanup.plan(history, "sha256:" + "u" * 64, 5, set())[0]
-    assert cleanup.plan(history, "sha256:" + "n" * 64, 5, set())[0]
+    assert deploy_history.plan(history, "sha256:" + "b" * 64, 5, set())[0]
+    assert deploy_history.plan(history, "sha256:" + "u" * 64, 5, set())[0]
+    assert deploy_history.plan(history, "sha256:" + "n" * 64, 5, set())[0]
 
 
 def test_cleanup_removes_older_tags_and_spares_images_another_service_keeps():
@@ -236,14 +238,14 @@ def test_cleanup_removes_older_tags_and_spares_images_another_service_keeps():
         tag_row(shared, "20260102T000000000000-bbbbbbbbbbbb"),
         tag_row(alone, "20260101T000000000000-dddddddddddd"),
     ]
-    history = cleanup.read_history(rows, REPOSITORY, "")
-    restamp, going = cleanup.plan(history, current, 1, set())
+    history = deploy_history.read_history(rows, REPOSITORY, "")
+    restamp, going = deploy_history.plan(history, current, 1, set())
     going_images = [
         {"Id": shared, "RepoTags": [f"{REPOSITORY}:20260102T000000000000-bbbbbbbbbbbb", "deploy-history/other/web:x"]},
         {"Id": alone, "RepoTags": [f"{REPOSITORY}:20260101T000000000000-dddddddddddd", "web:1"]},
     ]
 
-    actions = cleanup.removals(history, current, restamp, going, going_images, set(), REPOSITORY)
+    actions = deploy_history.removals(history, current, restamp, going, going_images, set(), REPOSITORY)
 
     assert restamp and going == [shared, alone]
     assert actions == [
@@ -254,7 +256,7 @@ def test_cleanup_removes_older_tags_and_spares_images_another_service_keeps():
     ]
     # A tag a container was created from stays.
     in_use_refs = {f"{REPOSITORY}:cccccccccccc"}
-    assert (f"{REPOSITORY}:cccccccccccc", False) not in cleanup.removals(
+    assert (f"{REPOSITORY}:cccccccccccc", False) not in deploy_history.removals(
         history, current, restamp, going, going_images, in_use_refs, REPOSITORY
     )
 
@@ -262,24 +264,142 @@ def test_cleanup_removes_older_tags_and_spares_images_another_service_keeps():
 def test_among_equal_stamps_the_replaced_image_comes_first():
     older_form = [tag_row("sha256:" + letter * 64, letter * 12) for letter in "ab"]
 
-    history = cleanup.read_history(older_form, REPOSITORY, "sha256:" + "b" * 64)
+    history = deploy_history.read_history(older_form, REPOSITORY, "sha256:" + "b" * 64)
 
     assert [entry["id"][7] for entry in history] == ["b", "a"]
 
 
-def test_the_history_is_read_alike_by_capture_state_and_cleanup():
-    """The two modules repeat the history-reading code (a role's module_utils is not shared): keep them alike."""
-    cleanup = load("cleanup", "history_cleanup")
-    rows = [
-        tag_row("sha256:" + "a" * 64, "20260101T000000000000-aaaaaaaaaaaa"),
-        tag_row("sha256:" + "b" * 64, "20260301T000000000000-bbbbbbbbbbbb"),
-        tag_row("sha256:" + "c" * 64, "cccccccccccc", created="2026-02-01 00:00:00 +0000 UTC"),
-        tag_row("sha256:" + "a" * 64, "20260401T000000000000-aaaaaaaaaaaa"),
-    ]
+@pytest.mark.parametrize("path", MODULES, ids=lambda path: path.stem)
+def test_each_modules_documentation_says_what_its_argument_spec_takes(path):
+    module = load(path)
+    options = yaml.safe_load(module.DOCUMENTATION)["options"]
 
-    assert cleanup.STAMPED_TAG.pattern == capture.STAMPED_TAG.pattern
-    assert cleanup.cli_time("2026-02-01 00:00:00 +0000 UTC") == capture.cli_time("2026-02-01 00:00:00 +0000 UTC")
-    read_by_capture = [(entry["id"], entry["ref"]) for entry in capture.read_history(rows, REPOSITORY)]
-    read_by_cleanup = [(entry["id"], entry["ref"]) for entry in cleanup.read_history(rows, REPOSITORY, "")]
-    assert read_by_capture == read_by_cleanup
-    assert [image_id[7] for image_id, _ in read_by_capture] == ["a", "b", "c"]
+    assert sorted(options) == sorted(module.ARGUMENT_SPEC)
+    for name, spec in module.ARGUMENT_SPEC.items():
+        documented = options[name]
+        assert documented["type"] == spec["type"], name
+        assert documented.get("default") == spec.get("default"), name
+        assert documented.get("required", False) == spec.get("required", False), name
+        assert documented.get("choices") == spec.get("choices"), name
+        assert documented.get("elements") == spec.get("elements"), name
+
+
+RUNNING = "sha256:" + "r" * 64
+STAMP = "20260301T120000123456"
+
+
+def capture_docker(history_rows: list[dict], compose_rc: int = 0) -> FakeDocker:
+    project = {"name": "shop", "services": {"web": {"image": "web:v1"}}}
+    container = {"ID": "c" * 64, "CreatedAt": "2026-01-02 03:04:05 +0000 UTC", "State": "running", "Image": "web:v1"}
+    return FakeDocker(
+        {
+            ("compose",): (compose_rc, json.dumps(project), "no such file" if compose_rc else ""),
+            ("ps",): (0, json.dumps(container) + "\n", ""),
+            ("images",): (0, "".join(json.dumps(row) + "\n" for row in history_rows), ""),
+            ("inspect", "--type", "container"): (0, RUNNING + "\n", ""),
+            ("tag",): (0, "", ""),
+        }
+    )
+
+
+def capture(docker: FakeDocker, check_mode: bool = False, service: str = "web") -> dict:
+    return deploy_history.capture_state(
+        docker, "/srv/shop", "docker-compose.yml", service, "deploy-history", STAMP, check_mode=check_mode
+    )
+
+
+def test_capture_protects_a_running_image_the_history_lacks_and_reports_the_history_as_found():
+    older_ref = f"{REPOSITORY}:20260101T000000000000-aaaaaaaaaaaa"
+    older = tag_row("sha256:" + "a" * 64, older_ref.split(":")[1])
+    docker = capture_docker([older, tag_row("sha256:" + "a" * 64, "aaaaaaaaaaaa")])
+
+    result = capture(docker)
+
+    history_ref = f"{REPOSITORY}:{STAMP}-{RUNNING[7:19]}"
+    assert result["changed"]
+    assert docker.ran("tag") == [("tag", RUNNING, history_ref)]
+    assert result["capture"] == {
+        "project": "shop",
+        "file_image": "web:v1",
+        "container_id": "c" * 64,
+        "container_state": "running",
+        "image_id": RUNNING,
+        "image": "web:v1",
+        "history_repository": REPOSITORY,
+        "history_ref": history_ref,
+        # One read of the history, shared with cleanup; the capture keeps these four keys of each entry.
+        "history": [
+            {"id": "sha256:" + "a" * 64, "stamp": "20260101T000000000000", "ref": older_ref, "created": 1767323045}
+        ],
+    }
+
+
+def test_capture_tags_nothing_in_check_mode_nor_when_the_history_has_the_image():
+    assert capture(capture_docker([]), check_mode=True)["changed"]
+    docker = capture_docker([])
+    capture(docker, check_mode=True)
+    assert docker.ran("tag") == []
+
+    docker = capture_docker([tag_row(RUNNING, "20260101T000000000000-rrrrrrrrrrrr")])
+    result = capture(docker)
+    assert not result["changed"] and docker.ran("tag") == []
+    assert result["capture"]["history_ref"] == f"{REPOSITORY}:20260101T000000000000-rrrrrrrrrrrr"
+
+
+def test_capture_fails_in_its_modules_words():
+    with pytest.raises(StepError) as refused:
+        capture(capture_docker([]), service="db")
+    assert refused.value.msg == "Service 'db' is not defined in /srv/shop/docker-compose.yml"
+
+    with pytest.raises(StepError) as failed:
+        capture(capture_docker([], compose_rc=1))
+    assert failed.value.msg == "non-zero return code"
+    assert failed.value.extra["cmd"] == ["docker", "compose", "-f", "docker-compose.yml", "config", "--format", "json"]
+    assert failed.value.extra["rc"] == 1
+
+
+def test_cleanup_stamps_the_running_image_with_the_stamp_given_and_removes_what_goes():
+    kept, going = "sha256:" + "k" * 64, "sha256:" + "g" * 64
+    older = f"{REPOSITORY}:20260101T000000000000-gggggggggggg"
+    rows = [tag_row(kept, "20260201T000000000000-kkkkkkkkkkkk"), tag_row(going, older.split(":")[1])]
+    docker = FakeDocker(
+        {
+            ("images",): (0, "".join(json.dumps(row) + "\n" for row in rows), ""),
+            ("ps",): (0, "", ""),
+            ("inspect", "--type", "image"): (0, json.dumps({"Id": going, "RepoTags": [older]}) + "\n", ""),
+            ("tag",): (0, "", ""),
+            ("rmi",): (0, "", ""),
+        }
+    )
+
+    result = deploy_history.cleanup(docker, REPOSITORY, RUNNING, kept, 1, STAMP, check_mode=False)
+
+    assert result == {"changed": True, "removed": [going], "kept": [kept]}
+    assert docker.ran("tag") == [("tag", RUNNING, f"{REPOSITORY}:{STAMP}-{RUNNING[7:19]}")]
+    assert docker.ran("rmi") == [("rmi", "--force", going)]
+
+    docker.calls.clear()
+    assert deploy_history.cleanup(docker, REPOSITORY, RUNNING, kept, 1, STAMP, check_mode=True)["changed"]
+    assert docker.ran("tag") == [] and docker.ran("rmi") == []
+
+
+def test_pull_asks_the_registry_but_not_in_check_mode_and_refuses_a_missing_image_when_pulling_is_off():
+    ids = iter(["sha256:old\n", "sha256:new\n"])
+    docker = FakeDocker({("image", "inspect"): lambda _: (0, next(ids), ""), ("pull",): (0, "", "")})
+
+    assert deploy_image.pull_image(docker, "web:v2", True, "linux/arm64", check_mode=False) == {
+        "changed": True,
+        "image_id": "sha256:new",
+    }
+    assert docker.ran("pull") == [("pull", "--quiet", "--platform", "linux/arm64", "web:v2")]
+
+    docker = FakeDocker({("image", "inspect"): (0, "sha256:old\n", "")})
+    assert deploy_image.pull_image(docker, "web:v2", True, "", check_mode=True) == {
+        "changed": True,
+        "image_id": "sha256:old",
+    }
+    assert docker.ran("pull") == []
+
+    docker = FakeDocker({("image", "inspect"): (1, "", "Error: No such image: web:v9")})
+    with pytest.raises(StepError, match=r"^Image web:v9 is not on the host, and pulling is off for this service$"):
+        deploy_image.pull_image(docker, "web:v9", False, "", check_mode=False)

@@ -38,45 +38,30 @@ image_id:
 """
 
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.deploy_docker import Docker, StepError
+from ansible.module_utils.deploy_image import pull_image
 
-
-def image_id(module: AnsibleModule, docker: str, name: str) -> str:
-    """The ID the host's image of that name has; empty when there is none."""
-    rc, stdout, stderr = module.run_command([docker, "image", "inspect", "--format", "{{.Id}}", name])
-    if rc == 0:
-        return stdout.strip()
-    if "No such image" in stderr:
-        return ""
-    module.fail_json(msg=f"Error inspecting image {name} - {stderr.strip()}", rc=rc, stderr=stderr)
+ARGUMENT_SPEC = {
+    "name": {"type": "str", "required": True},
+    "pull": {"type": "bool", "default": True},
+    "platform": {"type": "str", "default": ""},
+}
 
 
 def main() -> None:
-    module = AnsibleModule(
-        argument_spec={
-            "name": {"type": "str", "required": True},
-            "pull": {"type": "bool", "default": True},
-            "platform": {"type": "str", "default": ""},
-        },
-        supports_check_mode=True,
-    )
-    name = module.params["name"]
-    docker = module.get_bin_path("docker", required=True)
-
-    before = image_id(module, docker, name)
-    if not module.params["pull"]:
-        if not before:
-            module.fail_json(msg=f"Image {name} is not on the host, and pulling is off for this service")
-        module.exit_json(changed=False, image_id=before)
-    if module.check_mode:
-        # Only the registry knows whether the tag moved: a pull is reported as a change.
-        module.exit_json(changed=True, image_id=before)
-
-    platform = ["--platform", module.params["platform"]] if module.params["platform"] else []
-    rc, _, stderr = module.run_command([docker, "pull", "--quiet", *platform, name])
-    if rc != 0:
-        module.fail_json(msg=f"Error pulling image {name} - {stderr.strip()}", rc=rc, stderr=stderr)
-    after = image_id(module, docker, name)
-    module.exit_json(changed=after != before, image_id=after)
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
+    params = module.params
+    try:
+        result = pull_image(
+            Docker(module),
+            name=params["name"],
+            pull=params["pull"],
+            platform=params["platform"],
+            check_mode=module.check_mode,
+        )
+    except StepError as error:
+        module.fail_json(msg=error.msg, **error.extra)
+    module.exit_json(**result)
 
 
 if __name__ == "__main__":

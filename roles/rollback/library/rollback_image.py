@@ -46,58 +46,31 @@ container_image_id:
   returned: success
 """
 
-import json
-
 from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.deploy_docker import Docker, StepError
+from ansible.module_utils.deploy_image import rollback_image
 
-
-class Docker:
-    """The docker CLI, with the module's environment (DOCKER_HOST included)."""
-
-    def __init__(self, module: AnsibleModule):
-        self.module = module
-        self.binary = module.get_bin_path("docker", required=True)
-
-    def inspect(self, kind: str, name: str) -> dict | None:
-        rc, stdout, stderr = self.module.run_command([self.binary, "inspect", "--type", kind, name])
-        if rc == 0:
-            return json.loads(stdout)[0]
-        if "No such" in stderr:
-            return None
-        self.module.fail_json(msg=f"Error inspecting {kind} {name} - {stderr.strip()}", rc=rc, stderr=stderr)
+ARGUMENT_SPEC = {
+    "image": {"type": "str", "required": True},
+    "tag": {"type": "str", "default": ""},
+    "container": {"type": "str", "default": ""},
+}
 
 
 def main() -> None:
-    module = AnsibleModule(
-        argument_spec={
-            "image": {"type": "str", "required": True},
-            "tag": {"type": "str", "default": ""},
-            "container": {"type": "str", "default": ""},
-        },
-        supports_check_mode=True,
-    )
+    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
     params = module.params
-    docker = Docker(module)
-
-    image = docker.inspect("image", params["image"])
-    changed = False
-    if params["tag"]:
-        if image is None:
-            module.fail_json(msg=f"Cannot find image {params['image']}")
-        tagged = docker.inspect("image", params["tag"])
-        changed = tagged is None or tagged["Id"] != image["Id"]
-        if changed and not module.check_mode:
-            rc, _, stderr = module.run_command([docker.binary, "tag", image["Id"], params["tag"]])
-            if rc != 0:
-                module.fail_json(msg=f"Error: failed to tag image as {params['tag']} - {stderr.strip()}", rc=rc)
-
-    container = docker.inspect("container", params["container"]) if params["container"] else None
-    module.exit_json(
-        changed=changed,
-        images=[image] if image else [],
-        container_exists=container is not None,
-        container_image_id=container["Image"] if container else "",
-    )
+    try:
+        result = rollback_image(
+            Docker(module),
+            image=params["image"],
+            tag=params["tag"],
+            container=params["container"],
+            check_mode=module.check_mode,
+        )
+    except StepError as error:
+        module.fail_json(msg=error.msg, **error.extra)
+    module.exit_json(**result)
 
 
 if __name__ == "__main__":

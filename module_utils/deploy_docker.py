@@ -1,0 +1,67 @@
+"""What every deploy step shares: its error, the docker CLI (with the module's environment, DOCKER_HOST included),
+and the CLI's JSON lines and times.
+
+A step is a function that takes a `Docker` and plain values, returns a plain dict and raises `StepError` when it
+fails, so that one module can run one step (the roles' modules) or several in one round trip (compose_deploy).
+"""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+
+from ansible.module_utils.common.process import get_bin_path
+
+
+class StepError(Exception):
+    """A step failed: `msg` in the words its module has always failed with, `extra` the keys its fail_json adds."""
+
+    def __init__(self, msg: str, **extra: object):
+        super().__init__(msg)
+        self.msg = msg
+        self.extra = extra
+
+
+def json_lines(output: str) -> list[dict]:
+    """The objects of `--format '{{json .}}'` output, one a line."""
+    return [json.loads(line) for line in output.splitlines() if line.strip()]
+
+
+def cli_time(text: str) -> int:
+    """Epoch seconds of the CLI's `CreatedAt` (`2006-01-02 15:04:05 -0700 MST`), as the Engine API counts them."""
+    return int(datetime.strptime(" ".join(text.split()[:3]), "%Y-%m-%d %H:%M:%S %z").timestamp())
+
+
+class Docker:
+    """The docker CLI, run through an AnsibleModule's run_command: argument lists, never a shell."""
+
+    def __init__(self, module):
+        self.module = module
+        self._binary = ""
+
+    @property
+    def binary(self) -> str:
+        # Looked up when first needed, where each module has always looked it up.
+        if not self._binary:
+            try:
+                self._binary = get_bin_path("docker")
+            except ValueError as error:
+                raise StepError(str(error)) from None
+        return self._binary
+
+    def run(self, *args: str, cwd: str | None = None) -> tuple[int, str, str]:
+        return self.module.run_command([self.binary, *args], cwd=cwd)
+
+    def run_argv(self, argv: list[str], cwd: str | None = None) -> tuple[int, str, str]:
+        """A command whose first word is the binary already (compose_service builds and reports whole commands)."""
+        return self.module.run_command(argv, cwd=cwd)
+
+    def output(self, *args: str) -> str:
+        """The command's stdout; a non-zero exit fails the step, named by the command's first two words."""
+        rc, stdout, stderr = self.run(*args)
+        if rc != 0:
+            raise StepError(f"docker {' '.join(args[:2])} failed: {stderr.strip()}", rc=rc, stderr=stderr)
+        return stdout
+
+    def warn(self, text: str) -> None:
+        self.module.warn(text)

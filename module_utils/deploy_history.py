@@ -1,0 +1,249 @@
+"""A service's history and the two steps that keep it: capture_state reads it and protects the running image,
+cleanup stamps the image a deploy made current and removes what the history no longer needs.
+
+The history is the repository `<prefix>/<project>/<service>`, whose tags `<stamp>-<short image id>` say when each
+image last became current for this service (`<stamp>` is UTC `%Y%m%dT%H%M%S%f`, so the tags sort by time). A tag in
+the older form `<short image id>` reads as the oldest entry.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+
+from ansible.module_utils.deploy_docker import Docker, StepError, cli_time, json_lines
+
+STAMPED_TAG = re.compile(r"^([0-9]{8}T[0-9]{12})-[0-9a-f]{12}$")
+
+
+def history_repository(prefix: str, project: str, service: str) -> str:
+    """`<prefix>/<project>/<service>`, the service's name made a valid repository path component."""
+    component = re.sub(r"^-|-$", "", re.sub(r"[^a-z0-9]+", "-", service.lower()))
+    return f"{prefix}/{project}/{component}"
+
+
+def read_history(rows: list[dict], repository: str, previous_image_id: str = "") -> list[dict]:
+    """One entry per image, newest first, from `docker images --format json` rows (one per tag).
+
+    A tag `<stamp>-<short id>` says when the image last became current for this service; an image's newest tag
+    counts. A tag without a stamp (the older `<short id>` form) reads as the oldest. Among equal stamps the image a
+    deploy replaced (`previous_image_id`) comes first, then the one built last.
+
+    Each entry: `id`, `stamp`, `ref` (the newest tag), `created`, and for cleanup `refs` (every tag) and `replaced`.
+    """
+    images: dict[str, dict] = {}
+    for row in rows:
+        if row.get("Tag") in (None, "", "<none>") or row.get("Repository") != repository:
+            continue
+        image = images.setdefault(row["ID"], {"id": row["ID"], "created": cli_time(row["CreatedAt"]), "tags": []})
+        match = STAMPED_TAG.match(row["Tag"])
+        image["tags"].append({"ref": f"{repository}:{row['Tag']}", "stamp": match.group(1) if match else ""})
+    history = []
+    for image in images.values():
+        newest = max(image["tags"], key=lambda tag: (tag["stamp"], tag["ref"]))
+        history.append(
+            {
+                "id": image["id"],
+                "stamp": newest["stamp"],
+                "ref": newest["ref"],
+                "created": image["created"],
+                "refs": [tag["ref"] for tag in image["tags"]],
+                "replaced": image["id"] == previous_image_id,
+            }
+        )
+    return sorted(history, key=lambda entry: (entry["stamp"], entry["replaced"], entry["created"]), reverse=True)
+
+
+def list_history(docker: Docker, repository: str, previous_image_id: str = "") -> list[dict]:
+    return read_history(
+        json_lines(docker.output("images", "--no-trunc", "--format", "{{json .}}", repository)),
+        repository,
+        previous_image_id,
+    )
+
+
+def newest_container(rows: list[dict]) -> dict:
+    """The container created last; among containers of the same second, the one the engine lists last."""
+    return sorted(rows, key=lambda row: cli_time(row["CreatedAt"]))[-1] if rows else {}
+
+
+def capture_state(
+    docker: Docker,
+    project_dir: str,
+    compose_file: str,
+    service: str,
+    history_prefix: str,
+    stamp: str,
+    check_mode: bool,
+) -> dict:
+    """What the service runs, its history, and a protecting tag for a running image the history lacks.
+
+    Returns `changed` and `capture` (the capture_state role's `capture_state_result`).
+    """
+    config_args = ["compose", "-f", compose_file, "config", "--format", "json"]
+    rc, stdout, stderr = docker.run(*config_args, cwd=os.path.expanduser(os.path.expandvars(project_dir)))
+    if rc != 0:
+        # As ansible.builtin.command reports it, which this step used to be.
+        raise StepError("non-zero return code", rc=rc, stdout=stdout, stderr=stderr, cmd=["docker", *config_args])
+    project = json.loads(stdout)
+    if service not in (project.get("services") or {}):
+        raise StepError(f"Service '{service}' is not defined in {project_dir}/{compose_file}")
+
+    repository = history_repository(history_prefix, project["name"], service)
+    containers = json_lines(
+        docker.output(
+            "ps",
+            "--all",
+            "--no-trunc",
+            "--filter",
+            f"label=com.docker.compose.project={project['name']}",
+            "--filter",
+            f"label=com.docker.compose.service={service}",
+            "--format",
+            "{{json .}}",
+        )
+    )
+    history = list_history(docker, repository)
+
+    container = newest_container(containers)
+    image_id = (
+        docker.output("inspect", "--type", "container", "--format", "{{.Image}}", container["ID"]).strip()
+        if container
+        else ""
+    )
+    entry = next((entry for entry in history if entry["id"] == image_id), None)
+    if entry:
+        history_ref = entry["ref"]
+    elif container:
+        history_ref = f"{repository}:{stamp}-{image_id[7:19]}"
+    else:
+        history_ref = ""
+
+    # The running image's tag in the history when it has one; else the tag that protects it from now on.
+    changed = bool(image_id) and entry is None
+    if changed and not check_mode:
+        docker.output("tag", image_id, history_ref)
+
+    return {
+        "changed": changed,
+        "capture": {
+            "project": project["name"],
+            "file_image": project["services"][service].get("image", ""),
+            "container_id": container.get("ID", ""),
+            "container_state": container.get("State", "absent"),
+            "image_id": image_id,
+            # The reference the container was created from, or its image ID once that reference names another image.
+            "image": container.get("Image", ""),
+            "history_repository": repository,
+            "history_ref": history_ref,
+            # As found, before this capture: the running image's new protecting tag is not in it.
+            "history": [
+                {"id": entry["id"], "stamp": entry["stamp"], "ref": entry["ref"], "created": entry["created"]}
+                for entry in history
+            ],
+        },
+    }
+
+
+def plan(history: list[dict], current_image_id: str, keep_images: int, in_use: set[str]) -> tuple[bool, list[str]]:
+    """Whether the running image needs a new stamp, and the previous images that go (beyond those kept, unused)."""
+    current = next((entry for entry in history if entry["id"] == current_image_id), None)
+    previous = [entry for entry in history if entry["id"] != current_image_id]
+    # The running image must be the newest entry: it became current after every other one.
+    newest_previous = max((entry["stamp"] for entry in previous), default="")
+    restamp = current is None or current["stamp"] == "" or current["stamp"] < newest_previous
+    going = [entry["id"] for rank, entry in enumerate(previous) if rank >= keep_images and entry["id"] not in in_use]
+    return restamp, going
+
+
+def removals(
+    history: list[dict],
+    current_image_id: str,
+    restamp: bool,
+    going: list[str],
+    going_images: list[dict],
+    in_use_refs: set[str],
+    repository: str,
+) -> list[tuple[str, bool]]:
+    """What to remove, in order, as (name, force).
+
+    An image kept keeps one tag in the history, its newest (the running image its new one), and any tag a container
+    was created from. An image that goes is removed by ID with every tag, unless another service keeps it in its own
+    history (a tag under the same prefix): then it only loses this service's tags. Inspected images carry all their
+    tags (a listing filtered by repository shows only that repository's).
+    """
+    actions = []
+    for entry in history:
+        if entry["id"] in going:
+            continue
+        for tag in entry["refs"]:
+            if tag in in_use_refs:
+                continue
+            if tag != entry["ref"] or (entry["id"] == current_image_id and restamp):
+                actions.append((tag, False))
+    own_prefix = f"{repository}:"
+    any_history_prefix = f"{repository.split('/')[0]}/"
+    for image in going_images:
+        tags = image.get("RepoTags") or []
+        own = [tag for tag in tags if tag.startswith(own_prefix)]
+        shared = any(tag.startswith(any_history_prefix) and not tag.startswith(own_prefix) for tag in tags)
+        actions.extend((tag, False) for tag in own) if shared else actions.append((image["Id"], True))
+    return actions
+
+
+def inspect_existing(docker: Docker, kind: str, names: list[str], template: str) -> str:
+    """`docker inspect` of what still exists: a container or image removed since it was listed is left out."""
+    if not names:
+        return ""
+    rc, stdout, stderr = docker.run("inspect", "--type", kind, "--format", template, *names)
+    if rc != 0 and any(line and "No such" not in line for line in stderr.splitlines()):
+        raise StepError(f"docker inspect failed: {stderr.strip()}", rc=rc, stderr=stderr)
+    return stdout
+
+
+def containers_in_use(docker: Docker) -> tuple[set[str], set[str]]:
+    """The image IDs every container uses, running or not, and the references they were created from."""
+    listed = json_lines(docker.output("ps", "--all", "--no-trunc", "--format", "{{json .}}"))
+    image_ids = inspect_existing(docker, "container", [container["ID"] for container in listed], "{{.Image}}")
+    return set(image_ids.split()), {container["Image"] for container in listed}
+
+
+def remove_image(docker: Docker, name: str, force: bool) -> bool:
+    """Remove an image or a tag; whether there was one to remove."""
+    rc, _, stderr = docker.run("rmi", *(["--force"] if force else []), name)
+    if rc == 0:
+        return True
+    if "No such image" in stderr:
+        return False
+    raise StepError(f"Error removing image {name} - {stderr.strip()}", rc=rc, stderr=stderr)
+
+
+def cleanup(
+    docker: Docker,
+    repository: str,
+    current_image_id: str,
+    previous_image_id: str,
+    keep_images: int,
+    stamp: str,
+    check_mode: bool,
+) -> dict:
+    """Stamp the running image as the newest of the history, keep `keep_images` previous images, remove the rest.
+
+    Returns `changed`, `removed` and `kept` (image IDs).
+    """
+    history = list_history(docker, repository, previous_image_id)
+    in_use, in_use_refs = containers_in_use(docker)
+    restamp, going = plan(history, current_image_id, keep_images, in_use)
+
+    changed = restamp
+    if restamp and not check_mode:
+        docker.output("tag", current_image_id, f"{repository}:{stamp}-{current_image_id[7:19]}")
+    going_images = json_lines(inspect_existing(docker, "image", going, "{{json .}}"))
+    for name, force in removals(history, current_image_id, restamp, going, going_images, in_use_refs, repository):
+        # Every name was read just now: in check mode each counts as a removal.
+        removed = True if check_mode else remove_image(docker, name, force)
+        changed = changed or removed
+
+    previous = [entry["id"] for entry in history if entry["id"] != current_image_id]
+    return {"changed": changed, "removed": going, "kept": [image_id for image_id in previous if image_id not in going]}

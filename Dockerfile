@@ -25,6 +25,7 @@ COPY api ./api
 COPY playbooks ./playbooks
 COPY roles ./roles
 COPY module_utils ./module_utils
+COPY library ./library
 COPY inventory ./inventory
 COPY examples ./examples
 

@@ -15,9 +15,17 @@ dir=$1 service=$2 image=$3
 timeout=${PLAIN_HEALTH_TIMEOUT:-60}
 cd "$dir"
 export IMAGE="$image"
+# The compose project, without running compose for it: COMPOSE_PROJECT_NAME, else the compose
+# file's top-level name, else the directory's name.
+project=${COMPOSE_PROJECT_NAME:-$(sed -n 's/^name:[[:space:]]*//p' docker-compose.yml | tr -d "\"'" | head -1)}
+project=${project:-$(basename "$PWD" | tr '[:upper:]' '[:lower:]' | tr -cd 'a-z0-9_-')}
+container_of() { # container_of [-a]: the service's container (-a: also when it is not running)
+  docker ps -q "$@" --filter "label=com.docker.compose.project=$project" \
+    --filter "label=com.docker.compose.service=$service"
+}
 
 # 1. What runs now (what a rollback would go back to).
-old=$(docker compose ps -q "$service")
+old=$(container_of)
 old_image=
 if [ -n "$old" ]; then
   old_image=$(docker inspect --format '{{.Image}}' "$old")
@@ -30,11 +38,12 @@ new_image=$(docker image inspect --format '{{.Id}}' "$image")
 # 3. Start the service with the new image.
 docker compose up -d --quiet-pull "$service" 2>/dev/null
 
-# 4. Wait until healthy (a container without a HEALTHCHECK: until running).
-container=$(docker compose ps -q "$service")
+# 4. Wait until healthy (a container without a HEALTHCHECK: until running), reading the image too.
+container=$(container_of -a)
 deadline=$((SECONDS + timeout))
 while :; do
-  state=$(docker inspect --format '{{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}}' "$container")
+  read -r state running < <(docker inspect --format \
+    '{{if .State.Health}}{{.State.Health.Status}}{{else}}{{.State.Status}}{{end}} {{.Image}}' "$container")
   case $state in
     healthy | running) break ;;
     unhealthy | exited | dead)
@@ -50,7 +59,6 @@ while :; do
 done
 
 # 5. Verify: the container runs the image just pulled.
-running=$(docker inspect --format '{{.Image}}' "$container")
 if [ "$running" != "$new_image" ]; then
   echo "plain: $service runs $running, not $new_image" >&2
   exit 1

@@ -2,7 +2,7 @@
 # The reference's flow (../shared/reference/deployment-api.md, "Deployment Flow"): capture the
 # running image, pull, `docker compose up -d SERVICE`, wait 5 s, check the container is running.
 #   bench/reference.sh COMPOSE_DIR SERVICE IMAGE
-# The compose file names its image ${IMAGE}.
+# The compose file names its image ${IMAGE}. Finds the container as bench/plain.sh does.
 set -euo pipefail
 
 if [ $# -ne 3 ]; then
@@ -12,9 +12,15 @@ fi
 dir=$1 service=$2 image=$3
 cd "$dir"
 export IMAGE="$image"
+project=${COMPOSE_PROJECT_NAME:-$(sed -n 's/^name:[[:space:]]*//p' docker-compose.yml | tr -d "\"'" | head -1)}
+project=${project:-$(basename "$PWD" | tr '[:upper:]' '[:lower:]' | tr -cd 'a-z0-9_-')}
+container_of() {
+  docker ps -q "$@" --filter "label=com.docker.compose.project=$project" \
+    --filter "label=com.docker.compose.service=$service"
+}
 
 # Capture state.
-old=$(docker compose ps -q "$service")
+old=$(container_of)
 old_image=
 if [ -n "$old" ]; then
   old_image=$(docker inspect --format '{{.Image}}' "$old")
@@ -26,9 +32,10 @@ docker compose up -d --quiet-pull "$service" 2>/dev/null
 
 # Health check: wait 5 s, then the container must be running.
 sleep 5
-container=$(docker compose ps -q "$service")
-if [ "$(docker inspect --format '{{.State.Running}}' "$container")" != true ]; then
+container=$(container_of -a)
+read -r running new_image < <(docker inspect --format '{{.State.Running}} {{.Image}}' "$container")
+if [ "$running" != true ]; then
   echo "reference: $service is not running" >&2
   exit 1
 fi
-echo "old=${old_image:-none} new=$(docker inspect --format '{{.Image}}' "$container")"
+echo "old=${old_image:-none} new=$new_image"

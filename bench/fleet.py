@@ -8,6 +8,7 @@ the median of the rounds. Prints a table and writes bench/results/fleet.json.
 from __future__ import annotations
 
 import json
+import shutil
 import statistics
 import sys
 import tempfile
@@ -75,6 +76,18 @@ def main() -> None:
     finally:
         for docker_host in engines.values():
             docker_on(docker_host, "compose", "-p", project, "down", check=False)
+            # The history tags the playbook kept for the project.
+            tags = docker_on(
+                docker_host,
+                "images",
+                "--format",
+                "{{.Repository}}:{{.Tag}}",
+                f"deploy-history/{project}/*",
+                check=False,
+            )
+            for tag in tags.split():
+                docker_on(docker_host, "rmi", tag, check=False)
+        shutil.rmtree(work, ignore_errors=True)  # the compose files and the runner directory
     result = {
         "rounds": ROUNDS,
         "one_host_s": round(statistics.median(one), 2),

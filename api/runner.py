@@ -27,18 +27,75 @@ ANSIBLE_CONFIG = Path(__file__).resolve().parents[1] / "ansible.cfg"
 # works without being activated.
 PYTHON_BIN = str(Path(sys.executable).parent)
 
-# Play-level tasks of playbooks/deploy.yml: the step each one starts, and how the log announces it.
+# Tasks of playbooks/deploy.yml (outside the roles) and the steps each one runs, in order. A task's first step is
+# announced when the task starts, the others when its result shows them done: each compose_deploy round trip runs
+# several steps on the host.
 STEPS = {
-    "Capture the running state": ("capture_state", "📸 Capturing current state for rollback..."),
-    "Choose the image to roll back to": ("choose_image", "🔎 Choosing the image to roll back to..."),
-    "Pull the image": ("pull_image", "⬇️  Pulling image..."),
-    "Start the service": ("compose_up", "🔄 Restarting service via docker compose..."),
-    "Check health": ("health_check", "🏥 Checking container health..."),
-    "Clean up previous images": ("cleanup", "🧹 Cleaning up previous images..."),
-    "Roll back to the captured image": ("rollback", "⏪ Rolling back to the captured image..."),
+    "Capture the running state": ("capture_state",),
+    "Choose the image to roll back to": ("choose_image",),
+    "Capture the running state and pull the image": ("capture_state", "pull_image"),
+    "Start the service": ("compose_up",),
+    "Check health": ("health_check", "cleanup"),
+    "Roll back to the captured image": ("rollback",),
 }
-# The fact in which playbooks/deploy.yml collects the finished steps of a host.
+# How the log announces each step.
+ANNOUNCEMENTS = {
+    "capture_state": "📸 Capturing current state for rollback...",
+    "choose_image": "🔎 Choosing the image to roll back to...",
+    "pull_image": "⬇️  Pulling image...",
+    "compose_up": "🔄 Restarting service via docker compose...",
+    "health_check": "🏥 Checking container health...",
+    "cleanup": "🧹 Cleaning up previous images...",
+    "rollback": "⏪ Rolling back to the captured image...",
+}
+# The fact in which playbooks/deploy.yml collects the finished steps of a host, and the module whose results carry the
+# steps of one round trip.
 STEPS_FACT = "__deploy_steps"
+STEPS_MODULE = "compose_deploy"
+
+
+class StepProgress:
+    """Follows a deploy's runner events: announces each step once, and passes on each host's finished steps."""
+
+    def __init__(
+        self,
+        on_step: Callable[[str, str], None] | None = None,
+        on_steps: Callable[[str, list[dict[str, Any]]], None] | None = None,
+    ) -> None:
+        self.on_step = on_step
+        self.on_steps = on_steps
+        self.announced: set[str] = set()
+        self.host_steps: dict[str, list[dict[str, Any]]] = {}
+
+    def announce(self, step: str) -> None:
+        if step in ANNOUNCEMENTS and step not in self.announced and self.on_step is not None:
+            self.announced.add(step)
+            self.on_step(step, ANNOUNCEMENTS[step])
+
+    def on_event(self, event: dict[str, Any]) -> bool:
+        data = event.get("event_data", {})
+        kind = event.get("event")
+        if kind == "playbook_on_task_start" and not data.get("role"):
+            for step in STEPS.get(data.get("task", ""), ())[:1]:
+                self.announce(step)
+            return True
+        if kind not in ("runner_on_ok", "runner_on_failed"):
+            return True
+        result = data.get("res") or {}
+        host = data.get("host", "")
+        if data.get("task_action") == STEPS_MODULE and isinstance(result.get("steps"), list):
+            for step in result["steps"]:
+                self.announce(step.get("step", ""))
+            if kind == "runner_on_failed":
+                return True  # the rescue records the failed step with the others
+            self.host_steps[host] = self.host_steps.get(host, []) + result["steps"]
+        elif isinstance((result.get("ansible_facts") or {}).get(STEPS_FACT), list):
+            self.host_steps[host] = list(result["ansible_facts"][STEPS_FACT])
+        else:
+            return True
+        if self.on_steps is not None:
+            self.on_steps(host, self.host_steps[host])
+        return True
 
 
 @dataclass
@@ -136,19 +193,6 @@ def run_playbook(
     extravars_file.write_text(unsafe_extravars(extravars))
     extravars_file.chmod(0o600)
 
-    def on_event(event: dict[str, Any]) -> bool:
-        data = event.get("event_data", {})
-        kind = event.get("event")
-        if kind == "playbook_on_task_start" and not data.get("role") and on_step is not None:
-            step = STEPS.get(data.get("task", ""))
-            if step:
-                on_step(*step)
-        elif kind == "runner_on_ok" and on_steps is not None:
-            facts = (data.get("res") or {}).get("ansible_facts") or {}
-            if isinstance(facts.get(STEPS_FACT), list):
-                on_steps(data.get("host", ""), facts[STEPS_FACT])
-        return True
-
     runner = ansible_runner.run(
         private_data_dir=str(run_dir),
         ident=run_id,
@@ -161,7 +205,7 @@ def run_playbook(
         },
         timeout=timeout,
         quiet=True,
-        event_handler=on_event,
+        event_handler=StepProgress(on_step, on_steps).on_event,
         limit=",".join(limit) if limit else None,
         cancel_callback=cancel.is_set,
     )

@@ -280,6 +280,8 @@ def test_a_deploy_runs_every_step_with_what_the_earlier_steps_found(monkeypatch)
     assert result["health"]["healthy"] and result["logs"] == ""
     assert result["cleanup"] == {"removed": [], "kept": [OLD_ID]}
     assert result["timings"] == {**dict.fromkeys(steps.STEPS, 0.5), "cleanup": 1.0}
+    # Each step's record says how long it took on the host.
+    assert [record["seconds"] for record in result["steps"]] == [0.5, 0.5, 0.5, 0.5, 1.0]
     assert result["changed"] and result["finished"]
 
 
@@ -303,7 +305,7 @@ def test_a_failed_health_check_ends_the_run_with_the_verdict_the_logs_and_the_ca
     assert result["logs"] == "fatal: no database"
     assert result["health"]["status"] == "unhealthy"
     assert result["capture"] == a_capture()
-    assert result["steps"][-1] == {"step": "health_check", "success": False, "detail": result["msg"]}
+    assert result["steps"][-1] == {"step": "health_check", "success": False, "detail": result["msg"], "seconds": 0.0}
     assert [record["step"] for record in result["steps"]] == [
         "capture_state",
         "pull_image",
@@ -327,7 +329,7 @@ def test_a_failed_step_keeps_its_modules_extra_keys_but_not_over_the_results_own
     assert result["failed_step"] == "pull_image"
     assert result["msg"] == "Error pulling image web:v9 - manifest unknown"
     assert (result["rc"], result["stderr"]) == (1, "manifest unknown")
-    assert result["steps"][-1] == {"step": "pull_image", "success": False, "detail": result["msg"]}
+    assert result["steps"][-1] == {"step": "pull_image", "success": False, "detail": result["msg"], "seconds": 0.0}
     assert result["pull"] == {} and result["up"] == {}
 
 

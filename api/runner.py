@@ -27,15 +27,16 @@ ANSIBLE_CONFIG = Path(__file__).resolve().parents[1] / "ansible.cfg"
 # works without being activated.
 PYTHON_BIN = str(Path(sys.executable).parent)
 
-# Tasks of playbooks/deploy.yml (outside the roles) and the steps each one runs, in order. A task's first step is
-# announced when the task starts, the others when its result shows them done: each compose_deploy round trip runs
-# several steps on the host.
+# Tasks of playbooks/deploy.yml (outside the roles) and the steps each one starts, announced when the task starts.
+# A compose_deploy round trip runs several steps on the host: capture_state takes a tenth of a second before the pull
+# begins, so both are announced at once; steps a round trip runs beyond these (cleanup after health_check, the rest
+# of a redeploy that changes nothing) are announced when its result shows them done.
 STEPS = {
     "Capture the running state": ("capture_state",),
     "Choose the image to roll back to": ("choose_image",),
     "Capture the running state and pull the image": ("capture_state", "pull_image"),
     "Start the service": ("compose_up",),
-    "Check health": ("health_check", "cleanup"),
+    "Check health": ("health_check",),
     "Roll back to the captured image": ("rollback",),
 }
 # How the log announces each step.
@@ -76,7 +77,7 @@ class StepProgress:
         data = event.get("event_data", {})
         kind = event.get("event")
         if kind == "playbook_on_task_start" and not data.get("role"):
-            for step in STEPS.get(data.get("task", ""), ())[:1]:
+            for step in STEPS.get(data.get("task", ""), ()):
                 self.announce(step)
             return True
         if kind not in ("runner_on_ok", "runner_on_failed"):

@@ -15,7 +15,9 @@ from datetime import datetime, timezone
 
 from ansible.module_utils.deploy_docker import Docker, StepError
 
-POLL_SECONDS = 0.25
+# A `docker inspect` costs about 10 ms: polling every 0.1 s notices a healthy container within a tenth of a second,
+# as a shell loop would, for about a tenth of a core while it waits.
+POLL_SECONDS = 0.1
 DOWN = ("exited", "dead", "restarting", "removing")
 OK_STATUS = range(200, 300)
 

@@ -36,7 +36,7 @@ def follow(*events: dict) -> tuple[list[str], dict[str, list[str]]]:
     return announced, finished
 
 
-def test_a_round_trip_announces_its_first_step_at_start_and_the_others_when_done():
+def test_a_round_trip_announces_the_steps_it_starts_and_the_others_when_done():
     announced, finished = follow(
         task_start("Capture the running state and pull the image"),
         module_result("web1", ["capture_state", "pull_image"]),
@@ -46,6 +46,10 @@ def test_a_round_trip_announces_its_first_step_at_start_and_the_others_when_done
     )
     assert announced == ["capture_state", "pull_image", "compose_up", "health_check"]
     assert finished == {"web1": ["capture_state", "pull_image", "compose_up"]}
+    announced, _ = follow(task_start("Capture the running state and pull the image"))
+    assert announced == ["capture_state", "pull_image"], "the pull is announced before it runs"
+    announced, _ = follow(task_start("Check health"), module_result("web1", ["health_check", "cleanup"]))
+    assert announced == ["health_check", "cleanup"], "cleanup is announced once the health check passed"
 
 
 def test_an_unchanged_service_finishes_in_one_round_trip_and_every_step_is_announced_once():

@@ -11,8 +11,10 @@
 - rejections: POST /deploy with an invalid signature on keep-alive connections (wrk, else an asyncio client):
   requests per second, p50 and p99, alone and while a deploy runs.
 - parallel: four services of one compose project deployed at once through the API, against one.
-- where the time goes: the recreate runs' ansible-runner events (kept by the API under its state directory),
-  per step and per task, with the start-up before the first event and the finish after the last.
+- where the time goes: the project's recreate and unchanged runs, from their ansible-runner events (kept by the
+  API under its state directory): each compose_deploy round trip split into its steps' time on the host (the
+  module's timings) and Ansible's cost of the round trip, with the start-up before the first event, the play's
+  other tasks and the finish after the last; a run's phases add up to its response time.
 
 After every deploy the engine is asked (docker inspect) which image the service's container runs, whether it is
 healthy and whether it was recreated. Medians of the rounds, ratios from the same run. Prints a table and writes
@@ -63,10 +65,10 @@ from common import (
 
 sys.path.insert(0, str(REPO))
 try:
-    # The playbook's tasks (outside the roles) that run the steps, as the API announces them.
-    from api.runner import STEPS
+    # The module whose results carry the steps of one round trip, and each step's time on the host.
+    from api.runner import STEPS_MODULE
 except ImportError:
-    STEPS = {}
+    STEPS_MODULE = "compose_deploy"
 
 SECRET = "bench-secret-" + "0123456789abcdef" * 3
 SERVICE = "web"
@@ -140,7 +142,8 @@ class Bench:
         self.http = httpx.Client(timeout=300)
         self.server: ApiServer | None = None
         self.result: dict[str, Any] = {"rounds": rounds, "parallel_rounds": parallel_rounds, "targets": TARGETS}
-        self.recreate_runs: list[Run] = []
+        # The project's deploys through the API, by kind (recreate, unchanged): their runs are split by time_split.
+        self.api_runs: dict[str, list[Run]] = {"recreate": [], "unchanged": []}
 
     # -- setup -------------------------------------------------------------------------------------------------
     def set_up(self) -> None:
@@ -262,8 +265,8 @@ class Bench:
                 current = contender.versions[SERVICE]
                 run = self.deploy(contender, SERVICE, other(current) if kind == "recreate" else current)
                 times[contender.name].append(run.seconds)
-                if kind == "recreate" and contender.name == "project":
-                    self.recreate_runs.append(run)
+                if contender.name == "project":
+                    self.api_runs[kind].append(run)
             progress(
                 f"{kind} round {round_ + 1}/{self.rounds}: "
                 + "  ".join(f"{name} {times[name][-1]:.2f}s" for name in CONTENDERS)
@@ -371,28 +374,11 @@ class Bench:
     # -- where the time goes -------------------------------------------------------------------------------------
     def time_split(self) -> dict[str, Any]:
         assert self.server is not None
-        phases: dict[str, list[float]] = defaultdict(list)
-        tasks: dict[str, list[float]] = defaultdict(list)
-        for run in self.recreate_runs:
-            run_phases, run_tasks = split_run(self.server.state_dir / "runs" / (run.deployment_id or ""), run)
-            for name, seconds in run_phases.items():
-                phases[name].append(seconds)
-            for name, seconds in run_tasks.items():
-                tasks[name].append(seconds)
-        count = len(self.recreate_runs)
-        phase_medians = {
-            name: round(median(values + [0.0] * (count - len(values))), 3) for name, values in phases.items()
+        found: dict[str, Any] = {
+            kind: split_runs(self.server.state_dir / "runs", runs) for kind, runs in self.api_runs.items() if runs
         }
-        task_medians = {name: median(values) for name, values in tasks.items()}
-        return {
-            "runs": count,
-            "phases_median_s": phase_medians,
-            "tasks_median_s": {
-                name: round(value, 3) for name, value in sorted(task_medians.items(), key=lambda item: -item[1])
-            },
-            "cpu_per_deploy_median_s": round(median([run.cpu for run in self.recreate_runs]), 2),
-            "ansible_playbook_empty_play_s": round(empty_play(self.work), 3),
-        }
+        found["ansible_playbook_empty_play_s"] = round(empty_play(self.work), 3)
+        return found
 
     # -- the whole bench ------------------------------------------------------------------------------------------
     def section(self, name: str, measure: Callable[[], dict[str, Any]]) -> None:
@@ -411,9 +397,10 @@ class Bench:
         self.result["client"] = self.client
         if "recreate" in sections:
             self.section("recreate", lambda: self.compare("recreate"))
-            self.result["time_split"] = self.time_split()
         if "unchanged" in sections:
             self.section("unchanged", lambda: self.compare("unchanged"))
+        if any(self.api_runs.values()):
+            self.result["time_split"] = self.time_split()
         # The scripts' projects are done with: their health checks would only load the next sections.
         self.take_down(self.contenders["plain"])
         self.take_down(self.contenders["reference"])
@@ -428,38 +415,80 @@ class Bench:
         return self.result
 
 
-# -- ansible-runner events -------------------------------------------------------------------------------------------
-OUTSIDE_STEPS = "play tasks outside the steps (checks, records, result)"
+# -- ansible-runner events: where the time goes ----------------------------------------------------------------------
 API_BEFORE = "API: request sent -> playbook launched"
 STARTUP = "ansible-playbook start-up -> first event"
-BETWEEN = "ansible between tasks (inside the steps above)"
+OUTSIDE = "play tasks outside the round trips, Ansible between tasks"
 EXIT = "ansible exit, runner wrap-up: last event -> runner done"
 API_AFTER = "API: runner done -> response read"
+# The phases outside the round trips, in the order of a run (the round trips come between OUTSIDE and EXIT).
+PHASES = (API_BEFORE, STARTUP, OUTSIDE, EXIT, API_AFTER)
+ROUND_TRIP_COST = "Ansible's cost of the round trip (module start, AnsiballZ, result)"
 TASK_ENDS = {"runner_on_ok", "runner_on_failed", "runner_on_skipped", "runner_on_unreachable"}
 
 
-def step_tasks() -> dict[str, str]:
-    """The playbook's tasks that run steps, and their steps: "capture_state", or "capture_state + pull_image" for a
-    task that runs several in one round trip. STEPS maps a task to (step, announcement), or to its steps."""
-    found = {}
-    for task, value in STEPS.items():
-        names = [name for name in ([value] if isinstance(value, str) else value) if re.fullmatch(r"[a-z_]+", name)]
-        if names:
-            found[task] = " + ".join(names)
-    return found
+@dataclass
+class RoundTrip:
+    """One compose_deploy task of a run: how long the task took (its runner_on_start to its result, on the
+    controller) and how long each of its steps took on the host (the module's timings)."""
+
+    task: str
+    seconds: float = 0.0
+    steps: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def cost(self) -> float:
+        """Ansible's cost of the round trip: the task's time the steps' work on the host does not account for."""
+        return self.seconds - sum(self.steps.values())
+
+
+@dataclass
+class RunSplit:
+    """Where one deploy's time went: the phases outside the round trips (PHASES) and the round trips, which add up
+    to its response time; each task's duration; and the time between the first and the last event when no task ran."""
+
+    phases: dict[str, float]
+    round_trips: list[RoundTrip]
+    tasks: dict[str, float]
+    between: float
+
+    def total(self) -> float:
+        return sum(self.phases.values()) + sum(trip.seconds for trip in self.round_trips)
 
 
 def created(event: dict[str, Any]) -> float:
     return datetime.fromisoformat(event["created"]).timestamp()
 
 
-def split_run(run_dir: Path, run: Run) -> tuple[dict[str, float], dict[str, float]]:
-    """Where one deploy's time went: phases that add up to its response time, and each task's duration.
+def task_seconds(data: dict[str, Any], started: float, ended: float) -> float:
+    """The duration of a task that started on a host (runner_on_start): the result event's own (ansible-runner's
+    runner_on_start to result), else the times of the two events."""
+    if isinstance(data.get("duration"), int | float):
+        return float(data["duration"])
+    if data.get("start") and data.get("end"):
+        return datetime.fromisoformat(data["end"]).timestamp() - datetime.fromisoformat(data["start"]).timestamp()
+    return ended - started
 
-    From the run directory the API kept (DEPLOY_STATE_DIR/runs/<id>): env/extravars is written just before the
-    playbook is launched, artifacts/<id>/status when ansible-runner is done, and job_events/ holds the events.
-    A step lasts from the play-level task that starts it (api.runner.STEPS) to the next play-level task that is
-    neither its own nor its `Record <step>`; a task from its runner_on_start to its runner_on_ok/failed/skipped."""
+
+def host_steps(result: dict[str, Any]) -> dict[str, float]:
+    """Each step's time on the host, in the order they ran, from a compose_deploy result."""
+    timings = result.get("timings")
+    if isinstance(timings, dict) and timings:
+        return {step: float(seconds) for step, seconds in timings.items()}
+    return {
+        step["step"]: float(step["seconds"])
+        for step in result.get("steps") or []
+        if isinstance(step, dict) and "step" in step and isinstance(step.get("seconds"), int | float)
+    }
+
+
+def split_run(run_dir: Path, run: Run) -> RunSplit:
+    """Where one deploy's time went, from the run directory the API kept (DEPLOY_STATE_DIR/runs/<id>).
+
+    env/extravars is written just before the playbook is launched, artifacts/<id>/status when ansible-runner is done,
+    and job_events/ holds the events. Each compose_deploy task is a round trip: its duration, split into the time
+    of each step on the host (the result's timings) and Ansible's cost (the rest). The play's other tasks and the
+    time between tasks make up the rest of the first to the last event. One host: the tasks do not overlap."""
     artifacts = run_dir / "artifacts" / run_dir.name
     events = sorted(
         (json.loads(path.read_text()) for path in (artifacts / "job_events").glob("*.json")),
@@ -470,35 +499,98 @@ def split_run(run_dir: Path, run: Run) -> tuple[dict[str, float], dict[str, floa
     launched = (run_dir / "env" / "extravars").stat().st_mtime
     runner_done = (artifacts / "status").stat().st_mtime
     first, last = created(events[0]), created(events[-1])
-    step_of = step_tasks()
-    phases: dict[str, float] = defaultdict(float)
-    phases[API_BEFORE] = launched - run.started
-    phases[STARTUP] = first - launched
-    label, since = OUTSIDE_STEPS, first
+    task_started: dict[str, float] = {}
     started: dict[tuple[str, str], float] = {}
     tasks: dict[str, float] = defaultdict(float)
+    trips: dict[str, RoundTrip] = {}
     for event in events:
         data = event.get("event_data", {})
         kind, when = event["event"], created(event)
-        if kind == "playbook_on_play_start" or (kind == "playbook_on_task_start" and not data.get("role")):
-            task = data.get("task", "")
-            if not step_of:
-                new_label = task or OUTSIDE_STEPS  # no step names known: the playbook's own task names
-            else:
-                new_label = step_of.get(task, label if task == f"Record {label}" else OUTSIDE_STEPS)
-            phases[label] += when - since
-            label, since = new_label, when
         key = (data.get("task_uuid", ""), data.get("host", ""))
-        if kind == "runner_on_start":
+        if kind == "playbook_on_task_start":
+            task_started[key[0]] = when
+        elif kind == "runner_on_start":
             started[key] = when
-        elif kind in TASK_ENDS and key in started:
-            name = f"{data['role']}: {data.get('task', '')}" if data.get("role") else data.get("task", "")
-            tasks[name] += when - started.pop(key)
-    phases[label] += last - since
-    phases[EXIT] = runner_done - last
-    phases[API_AFTER] = run.ended - runner_done
-    phases[BETWEEN] = (last - first) - sum(tasks.values())
-    return dict(phases), dict(tasks)
+        if kind not in TASK_ENDS:
+            continue
+        if key in started:
+            seconds = task_seconds(data, started.pop(key), when)
+        else:
+            # No runner_on_start (a meta task): the duration its result carries counts from an earlier task's
+            # start, so it lasts from its playbook_on_task_start.
+            seconds = when - task_started.get(key[0], when)
+        name = f"{data['role']}: {data.get('task', '')}" if data.get("role") else data.get("task", "")
+        tasks[name] += seconds
+        if data.get("task_action") == STEPS_MODULE and kind in ("runner_on_ok", "runner_on_failed"):
+            trip = trips.setdefault(name, RoundTrip(name))
+            trip.seconds += seconds
+            for step, host_seconds in host_steps(data.get("res") or {}).items():
+                trip.steps[step] = trip.steps.get(step, 0.0) + host_seconds
+    if not trips:
+        raise BenchError(f"no {STEPS_MODULE} result in the runner events of {artifacts}")
+    phases = {
+        API_BEFORE: launched - run.started,
+        STARTUP: first - launched,
+        OUTSIDE: (last - first) - sum(trip.seconds for trip in trips.values()),
+        EXIT: runner_done - last,
+        API_AFTER: run.ended - runner_done,
+    }
+    return RunSplit(phases, list(trips.values()), dict(tasks), (last - first) - sum(tasks.values()))
+
+
+def split_runs(runs_dir: Path, runs: list[Run]) -> dict[str, Any]:
+    """Medians over the runs of each phase, each round trip's steps and Ansible's cost of it; a phase or step a run
+    did not have counts 0 s in it."""
+    splits = [split_run(runs_dir / (run.deployment_id or ""), run) for run in runs]
+    count = len(splits)
+
+    def mid(values: list[float]) -> float:
+        return round(median(values + [0.0] * (count - len(values))), 3)
+
+    trip_seconds: dict[str, list[float]] = defaultdict(list)
+    trip_costs: dict[str, list[float]] = defaultdict(list)
+    trip_steps: dict[str, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    tasks: dict[str, list[float]] = defaultdict(list)
+    for split in splits:
+        for trip in split.round_trips:
+            trip_seconds[trip.task].append(trip.seconds)
+            trip_costs[trip.task].append(trip.cost)
+            for step, seconds in trip.steps.items():
+                trip_steps[trip.task][step].append(seconds)
+        for name, seconds in split.tasks.items():
+            tasks[name].append(seconds)
+    round_trips = [
+        {
+            "task": task,
+            "task_median_s": mid(trip_seconds[task]),
+            "steps_host_median_s": {step: mid(values) for step, values in trip_steps[task].items()},
+            "ansible_median_s": mid(trip_costs[task]),
+        }
+        for task in trip_seconds
+    ]
+    phases = {name: mid([split.phases[name] for split in splits]) for name in PHASES}
+    in_trips = sum(sum(trip["steps_host_median_s"].values()) + trip["ansible_median_s"] for trip in round_trips)
+    task_medians = {name: mid(values) for name, values in tasks.items()}
+    return {
+        "runs": count,
+        # The phases outside the round trips and, between OUTSIDE and EXIT, the round trips' steps and costs: the
+        # phases of each run add up to its response time.
+        "phases_median_s": phases,
+        "round_trips": round_trips,
+        "sum_of_medians_s": round(sum(phases.values()) + in_trips, 3),
+        "response_median_s": round(median([run.seconds for run in runs]), 3),
+        # The largest difference between a run's phases added up and its response time as the client timed it.
+        "largest_run_gap_s": round(
+            max(abs(split.total() - run.seconds) for split, run in zip(splits, runs, strict=True)), 4
+        ),
+        # Medians of each run's sum: the steps' time on the host, and Ansible's cost of the round trips.
+        "host_steps_median_s": mid([sum(sum(trip.steps.values()) for trip in split.round_trips) for split in splits]),
+        "round_trips_cost_median_s": mid([sum(trip.cost for trip in split.round_trips) for split in splits]),
+        # Part of OUTSIDE: the first to the last event, no task running (Ansible's bookkeeping between tasks).
+        "between_tasks_median_s": mid([split.between for split in splits]),
+        "tasks_median_s": dict(sorted(task_medians.items(), key=lambda item: -item[1])),
+        "cpu_per_deploy_median_s": round(median([run.cpu for run in runs]), 2),
+    }
 
 
 def empty_play(work: Path) -> float:
@@ -722,7 +814,7 @@ def table(result: dict[str, Any]) -> str:
     verdict = result["verdicts"]
 
     def row(label: str, value: str, note: str = "") -> None:
-        lines.append(f"  {label:<58} {value:>14}  {note}".rstrip())
+        lines.append(f"  {label:<70} {value:>14}  {note}".rstrip())
 
     def disturbed(name: str) -> str:
         share = result[name].get("section", {}).get("other_processes_cpu_share", 0)
@@ -789,25 +881,52 @@ def table(result: dict[str, Any]) -> str:
         row("four / one", f"{section['four_vs_one']:.2f}x", met("parallel_four_vs_one", "x"))
     if "time_split" in result:
         split = result["time_split"]
-        lines.append(f"where the time goes: project, recreate, median of {split['runs']} runs (runner events)")
-        phases = dict(split["phases_median_s"])
-        between = phases.pop(BETWEEN, 0.0)
-        for name, seconds in phases.items():
-            row(name, f"{seconds:.2f} s")
-        recreate = result.get("recreate", {}).get("median_s", {}).get("project", float("nan"))
-        row("sum of these medians", f"{sum(phases.values()):.2f} s", f"median response {recreate:.2f} s")
-        row(BETWEEN, f"{between:.2f} s")
-        overhead = phases[API_BEFORE] + phases[STARTUP] + phases[EXIT] + phases[API_AFTER]
-        row(
-            "response - playbook (API, ansible start-up and exit)",
-            f"{overhead:.2f} s",
-            f"ansible-playbook, empty play: {split['ansible_playbook_empty_play_s']:.2f} s",
-        )
-        row("CPU per deploy (what the API ran)", f"{split['cpu_per_deploy_median_s']:.2f} s")
-        lines.append("  top tasks (median per deploy)")
-        for name, seconds in list(split["tasks_median_s"].items())[:8]:
-            label = name if len(name) <= 70 else name[:67] + "..."
-            lines.append(f"    {label:<70} {seconds:>6.2f} s")
+        titles = {"recreate": "recreate", "unchanged": "unchanged image"}
+        for kind, title in titles.items():
+            if kind not in split:
+                continue
+            part = split[kind]
+            phases = part["phases_median_s"]
+            trips = part["round_trips"]
+            lines.append(
+                f"where the time goes: project, {title}, medians of {part['runs']} runs (runner events); the phases of "
+                f"each run add up to its response"
+            )
+            row(API_BEFORE, f"{phases[API_BEFORE]:.2f} s")
+            row(STARTUP, f"{phases[STARTUP]:.2f} s")
+            row(OUTSIDE, f"{phases[OUTSIDE]:.2f} s", f"of which between tasks {part['between_tasks_median_s']:.2f} s")
+            for number, trip in enumerate(trips, 1):
+                lines.append(f"  round trip {number}: {trip['task']} (task {trip['task_median_s']:.2f} s)")
+                for step, seconds in trip["steps_host_median_s"].items():
+                    row(f"  {step}, on the host", f"{seconds:.2f} s")
+                row(f"  {ROUND_TRIP_COST}", f"{trip['ansible_median_s']:.2f} s")
+            row(EXIT, f"{phases[EXIT]:.2f} s")
+            row(API_AFTER, f"{phases[API_AFTER]:.2f} s")
+            row(
+                "sum of these medians",
+                f"{part['sum_of_medians_s']:.2f} s",
+                f"median response {part['response_median_s']:.2f} s; each run's phases add up to its response "
+                f"within {part['largest_run_gap_s'] * 1000:.1f} ms",
+            )
+            row("steps on the host, in all (median of each run's sum)", f"{part['host_steps_median_s']:.2f} s")
+            row(
+                f"Ansible's cost of the {len(trips)} round trips, in all (median)"
+                if len(trips) > 1
+                else "Ansible's cost of the round trip (median)",
+                f"{part['round_trips_cost_median_s']:.2f} s",
+            )
+            overhead = phases[API_BEFORE] + phases[STARTUP] + phases[EXIT] + phases[API_AFTER]
+            row(
+                "response - playbook (API, ansible start-up and exit)",
+                f"{overhead:.2f} s",
+                f"ansible-playbook, empty play: {split['ansible_playbook_empty_play_s']:.2f} s",
+            )
+            row("CPU per deploy (what the API ran)", f"{part['cpu_per_deploy_median_s']:.2f} s")
+            in_trips = {trip["task"] for trip in trips}
+            outside = [(name, seconds) for name, seconds in part["tasks_median_s"].items() if name not in in_trips]
+            lines.append("  tasks outside the round trips (median per deploy)")
+            for name, seconds in outside[:8]:
+                row("  " + (name if len(name) <= 68 else name[:65] + "..."), f"{seconds:.2f} s")
     environment = result["environment"]
     busiest = ", ".join(f"{name} {cpu:.1f} s" for name, cpu in environment["other_processes_busiest"]) or "none"
     lines.append(

@@ -14,7 +14,7 @@ import os
 import shlex
 import tempfile
 
-from ansible.module_utils.deploy_docker import Docker, StepError
+from ansible.module_utils.deploy_docker import Docker, StepError, service_container
 
 HEADER_KEY = "x-deploy"
 HEADER = (
@@ -171,13 +171,15 @@ def compose_service(
     stop_timeout: int,
     state: str,
     check_mode: bool,
+    project: str = "",
 ) -> dict:
     """Pin `image` (or drop the pin: an empty `image`, `file_image`, or state absent) and run
     `docker compose up --detach --no-deps --pull missing -- <service>` and `ps`, or `down -- <service>`.
 
     `project_dir` is expanded already (an Ansible `path`). Under check mode no pin is written and compose runs with
     `--dry-run`. Returns `changed`, `container_id` (empty with state absent), `exists` (the pin file), `pins` and
-    `diff` (the pin file before and after).
+    `diff` (the pin file before and after). With the compose `project`'s name (a capture knows it), the container
+    is found by its labels with `docker ps`, a fifth of the time `docker compose ps` takes to read the project.
     """
     project_dir = os.path.abspath(project_dir)
     pin_path = os.path.join(project_dir, pin_file)
@@ -222,7 +224,9 @@ def compose_service(
     changed = pin_changed or has_changes(events)
 
     container_id = ""
-    if state == "present":
+    if state == "present" and project:
+        container_id = service_container(docker, project, service).get("ID", "")
+    elif state == "present":
         rc, stdout, stderr = docker.run_argv(
             [*compose, "ps", "--format", "json", "--all", "--no-trunc"], cwd=project_dir
         )

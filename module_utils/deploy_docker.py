@@ -65,3 +65,31 @@ class Docker:
 
     def warn(self, text: str) -> None:
         self.module.warn(text)
+
+
+def newest_container(rows: list[dict]) -> dict:
+    """The container created last; among containers of the same second, the one the engine lists last."""
+    return sorted(rows, key=lambda row: cli_time(row["CreatedAt"]))[-1] if rows else {}
+
+
+def service_container(docker: Docker, project: str, service: str) -> dict:
+    """The newest container of a compose service (also a stopped one), found by compose's labels: its `docker ps` row.
+
+    Not a one-off container of `docker compose run`, which carries the service's labels too.
+    """
+    rows = json_lines(
+        docker.output(
+            "ps",
+            "--all",
+            "--no-trunc",
+            "--filter",
+            f"label=com.docker.compose.project={project}",
+            "--filter",
+            f"label=com.docker.compose.service={service}",
+            "--filter",
+            "label=com.docker.compose.oneoff=False",
+            "--format",
+            "{{json .}}",
+        )
+    )
+    return newest_container(rows)

@@ -12,7 +12,7 @@ import json
 import os
 import re
 
-from ansible.module_utils.deploy_docker import Docker, StepError, cli_time, json_lines
+from ansible.module_utils.deploy_docker import Docker, StepError, cli_time, json_lines, service_container
 
 STAMPED_TAG = re.compile(r"^([0-9]{8}T[0-9]{12})-[0-9a-f]{12}$")
 
@@ -63,11 +63,6 @@ def list_history(docker: Docker, repository: str, previous_image_id: str = "") -
     )
 
 
-def newest_container(rows: list[dict]) -> dict:
-    """The container created last; among containers of the same second, the one the engine lists last."""
-    return sorted(rows, key=lambda row: cli_time(row["CreatedAt"]))[-1] if rows else {}
-
-
 def capture_state(
     docker: Docker,
     project_dir: str,
@@ -91,22 +86,9 @@ def capture_state(
         raise StepError(f"Service '{service}' is not defined in {project_dir}/{compose_file}")
 
     repository = history_repository(history_prefix, project["name"], service)
-    containers = json_lines(
-        docker.output(
-            "ps",
-            "--all",
-            "--no-trunc",
-            "--filter",
-            f"label=com.docker.compose.project={project['name']}",
-            "--filter",
-            f"label=com.docker.compose.service={service}",
-            "--format",
-            "{{json .}}",
-        )
-    )
     history = list_history(docker, repository)
 
-    container = newest_container(containers)
+    container = service_container(docker, project["name"], service)
     image_id = (
         docker.output("inspect", "--type", "container", "--format", "{{.Image}}", container["ID"]).strip()
         if container

@@ -206,6 +206,7 @@ def run_steps(docker: Docker, params: dict, check_mode: bool, clock: Callable[[]
             stop_timeout=params["stop_timeout"],
             state="present",
             check_mode=check_mode,
+            project=result["capture"].get("project", ""),
         )
         result["up"] = {"container_id": done["container_id"], "changed": done["changed"]}
         result["diff"] = done["diff"]

@@ -80,8 +80,8 @@ def test_newest_container_is_the_one_created_last():
         {"ID": "old", "CreatedAt": "2026-01-02 03:04:05 +0000 UTC"},
     ]
 
-    assert deploy_history.newest_container(rows)["ID"] == "new"
-    assert deploy_history.newest_container([]) == {}
+    assert deploy_docker.newest_container(rows)["ID"] == "new"
+    assert deploy_docker.newest_container([]) == {}
 
 
 def test_compose_events_say_whether_anything_was_done():

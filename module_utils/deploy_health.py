@@ -90,30 +90,25 @@ def judge(container: str, start: dict | None, poll: dict | None, settle: int, ti
 
 
 def probe(url: str, timeout: float) -> tuple[int, str]:
-    """One GET: the status (-1 without an answer) and a message, in ansible.builtin.uri's words."""
+    """One GET: the status (-1 without an answer) and what came back, in a few words ("HTTP 503 Service
+    Unavailable", "connection refused", "no answer within 5 s")."""
     try:
         request = urllib.request.Request(url, method="GET", headers={"User-Agent": "ansible-httpget"})
         with urllib.request.urlopen(request, timeout=timeout) as answer:
-            status, message = answer.status, f"OK ({answer.headers.get('Content-Length', 'unknown')} bytes)"
-    except (ConnectionError, ValueError) as error:
-        # uri failed outright on these, with the bare message.
-        return -1, str(error)
+            return answer.status, f"HTTP {answer.status} {answer.reason}"
     except urllib.error.HTTPError as error:
-        status, message = error.code, str(error)
+        return error.code, f"HTTP {error.code} {error.reason}"
     except urllib.error.URLError as error:
-        status, message = int(getattr(error, "code", -1)), f"Request failed: {error}"
-    except OSError as error:
-        status, message = -1, f"Connection failure: {error}"
-    except http.client.BadStatusLine as error:
-        status, message = (
-            -1,
-            f"Connection failure: connection was closed before a valid response was received: {error.line}",
-        )
-    except Exception as error:
-        status, message = -1, f"An unknown error occurred: {error}"
-    if status not in OK_STATUS:
-        message = f"Status code was {status} and not {list(OK_STATUS)}: {message}"
-    return status, message
+        reason = error.reason
+    except (TimeoutError, ConnectionError, ValueError, OSError, http.client.HTTPException) as error:
+        reason = error
+    if isinstance(reason, TimeoutError):
+        return -1, f"no answer within {timeout:g} s"
+    if isinstance(reason, ConnectionRefusedError):
+        return -1, "connection refused"
+    if isinstance(reason, http.client.RemoteDisconnected):
+        return -1, "connection closed without an answer"
+    return -1, str(getattr(reason, "strerror", None) or reason)
 
 
 def merge_logs(stdout: str, stderr: str) -> str:
@@ -180,7 +175,7 @@ def container_health(
             verdict = {
                 "healthy": False,
                 "status": "url_failed",
-                "detail": f"Health URL {url} did not answer 2xx within {timeout} s (last answer: {status} {message})",
+                "detail": f"Health URL {url} did not answer 2xx within {timeout} s (last answer: {message})",
             }
 
     logs = "" if verdict["healthy"] else container_logs(docker, container, log_lines)

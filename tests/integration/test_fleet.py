@@ -213,3 +213,20 @@ def test_environments_canary_and_rolling_deploys_on_three_engines_and_over_ssh(f
     assert unreachable.json()["hosts"]["edge2"]["error"].startswith("Host unreachable")
     assert unreachable.json()["hosts"]["edge1"]["new_image_id"] == fleet.image_id("edge1", image("healthy", "v2"))
     assert fleet.runs("edge1", image("healthy", "v1"))
+
+
+def test_with_rollback_of_updated_hosts_off_the_hosts_already_updated_keep_the_new_image(fleet, api_server):
+    server = api_server(fleet, DEPLOY_ROLLBACK_UPDATED_HOSTS="false")
+    first = server.post({"service": SERVICE, "image": image("healthy", "v1"), "environment": "production"})
+    assert first.status_code == 200, first.text
+
+    # prod2 fails in the second batch and is rolled back; prod1 (first batch) and prod3 (beside prod2) stay on v2.
+    rolling = server.post({"service": SERVICE, "image": image("healthy", "v2"), "environment": "production"})
+    assert rolling.status_code == 500, rolling.text
+    assert outcomes(rolling.json()) == {"prod1": "succeeded", "prod2": "rolled_back", "prod3": "succeeded"}
+    assert fleet.runs("prod1", image("healthy", "v2"))
+    assert fleet.runs("prod3", image("healthy", "v2"))
+    assert fleet.runs("prod2", image("healthy", "v1"))
+    assert "unhealthy" in rolling.json()["hosts"]["prod2"]["error"]
+    record = server.record(rolling.headers["X-Deployment-Id"])
+    assert (record["outcome"], outcomes(record)) == ("rolled_back", outcomes(rolling.json()))

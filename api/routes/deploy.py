@@ -9,6 +9,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
+from api import signature
 from api.deployer import DeployConflict, Deployer
 from api.deps import SignedBody, endpoint, get_deployer, get_inventory, get_metrics, get_rate_limits, signed_body
 from api.history import History
@@ -32,6 +33,25 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
     422: {"description": "A field has the wrong type or an invalid value"},
     429: {"description": "Too many invalid signatures from this address, or deploys of this service; see Retry-After"},
     500: {"model": DeployFailure, "description": "Failed, with the rollback's outcome among the steps (wait=true)"},
+}
+# The routes read the raw body themselves (the signature is checked before anything is parsed), so FastAPI cannot
+# infer the body or the header: both are described here, for /docs and for clients generated from the schema.
+SIGNED_REQUEST: dict[str, Any] = {
+    "parameters": [
+        {
+            "name": signature.HEADER,
+            "in": "header",
+            "required": True,
+            "description": "`sha256=` and the hex HMAC-SHA256 of the raw body, keyed with the webhook secret "
+            "(as GitHub signs webhooks)",
+            "schema": {"type": "string", "pattern": "^sha256=[0-9a-fA-F]{64}$"},
+        }
+    ],
+    "requestBody": {
+        "required": True,
+        "description": "Signed as sent: the signature covers these exact bytes",
+        "content": {"application/json": {"schema": DeployRequest.model_json_schema()}},
+    },
 }
 WAIT = Query(
     description="true: answer when the deploy has finished (the reference's behaviour). "
@@ -182,7 +202,7 @@ async def run_action(
     return JSONResponse(body, status_code=code, headers=headers)
 
 
-@router.post("/deploy", responses=RESPONSES)
+@router.post("/deploy", responses=RESPONSES, openapi_extra=SIGNED_REQUEST)
 async def deploy(
     request: Request,
     body: Annotated[SignedBody, Depends(signed_body)],
@@ -194,7 +214,7 @@ async def deploy(
     return await run_action("deploy", request, body, wait, inventory, deployer)
 
 
-@router.post("/rollback", responses=RESPONSES)
+@router.post("/rollback", responses=RESPONSES, openapi_extra=SIGNED_REQUEST)
 async def rollback(
     request: Request,
     body: Annotated[SignedBody, Depends(signed_body)],

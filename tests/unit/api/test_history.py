@@ -369,6 +369,20 @@ def test_the_openapi_document_describes_the_history_and_its_token(client):
     assert "/rollback" in document["paths"]
 
 
+def test_the_openapi_document_describes_the_signed_body_and_its_signature(client):
+    document = client.get("/openapi.json").json()
+
+    for path in ("/deploy", "/rollback"):
+        operation = document["paths"][path]["post"]
+        body = operation["requestBody"]["content"]["application/json"]["schema"]
+        assert body["required"] == ["service"]
+        assert {"service", "image", "environment", "commit", "timestamp"} <= set(body["properties"])
+        (header,) = [parameter for parameter in operation["parameters"] if parameter["in"] == "header"]
+        assert (header["name"], header["required"]) == ("X-Hub-Signature-256", True)
+        assert header["schema"]["pattern"] == "^sha256=[0-9a-fA-F]{64}$"
+        assert {parameter["name"] for parameter in operation["parameters"]} == {"X-Hub-Signature-256", "wait"}
+
+
 def test_a_deploy_stopped_by_its_timeout_is_interrupted_and_restored(client, fake_runner):
     steps = [
         {"step": "capture_state", "success": True, "image": "ghcr.io/acme/portal:1", "image_id": OLD_ID},

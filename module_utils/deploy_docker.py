@@ -8,8 +8,10 @@ fails, so that one module can run one step (the roles' modules) or several in on
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from datetime import datetime
 
+from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.common.process import get_bin_path
 
 
@@ -93,3 +95,15 @@ def service_container(docker: Docker, project: str, service: str) -> dict:
         )
     )
     return newest_container(rows)
+
+
+def run_step_module(argument_spec: dict, step: Callable[..., dict], renamed: dict[str, str] | None = None) -> None:
+    """A role's module: check its options, run its step with them (as keyword arguments, `renamed` where the step calls
+    an option otherwise), and exit with the step's result, or fail with its error and the keys that error carries."""
+    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
+    arguments = {(renamed or {}).get(name, name): value for name, value in module.params.items()}
+    try:
+        result = step(Docker(module), check_mode=module.check_mode, **arguments)
+    except StepError as error:
+        module.fail_json(msg=error.msg, **error.extra)
+    module.exit_json(**result)

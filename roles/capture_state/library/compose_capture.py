@@ -52,8 +52,7 @@ capture:
   returned: success
 """
 
-from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.deploy_docker import Docker, StepError
+from ansible.module_utils.deploy_docker import run_step_module
 from ansible.module_utils.deploy_history import capture_state
 
 ARGUMENT_SPEC = {
@@ -66,21 +65,7 @@ ARGUMENT_SPEC = {
 
 
 def main() -> None:
-    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
-    params = module.params
-    try:
-        result = capture_state(
-            Docker(module),
-            project_dir=params["project_dir"],
-            compose_file=params["compose_file"],
-            service=params["service"],
-            history_prefix=params["history_prefix"],
-            stamp=params["stamp"],
-            check_mode=module.check_mode,
-        )
-    except StepError as error:
-        module.fail_json(msg=error.msg, **error.extra)
-    module.exit_json(**result)
+    run_step_module(ARGUMENT_SPEC, capture_state)
 
 
 if __name__ == "__main__":

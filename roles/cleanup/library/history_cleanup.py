@@ -54,8 +54,7 @@ kept:
   returned: success
 """
 
-from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.deploy_docker import Docker, StepError
+from ansible.module_utils.deploy_docker import run_step_module
 from ansible.module_utils.deploy_history import cleanup
 
 ARGUMENT_SPEC = {
@@ -68,21 +67,7 @@ ARGUMENT_SPEC = {
 
 
 def main() -> None:
-    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
-    params = module.params
-    try:
-        result = cleanup(
-            Docker(module),
-            repository=params["history_repository"],
-            current_image_id=params["current_image_id"],
-            previous_image_id=params["previous_image_id"],
-            keep_images=params["keep_images"],
-            stamp=params["stamp"],
-            check_mode=module.check_mode,
-        )
-    except StepError as error:
-        module.fail_json(msg=error.msg, **error.extra)
-    module.exit_json(**result)
+    run_step_module(ARGUMENT_SPEC, cleanup, renamed={"history_repository": "repository"})
 
 
 if __name__ == "__main__":

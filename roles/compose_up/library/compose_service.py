@@ -76,9 +76,8 @@ pins:
   returned: always
 """
 
-from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.deploy_compose import compose_service
-from ansible.module_utils.deploy_docker import Docker, StepError
+from ansible.module_utils.deploy_docker import run_step_module
 
 ARGUMENT_SPEC = {
     "project_dir": {"type": "path", "required": True},
@@ -93,24 +92,7 @@ ARGUMENT_SPEC = {
 
 
 def main() -> None:
-    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
-    params = module.params
-    try:
-        result = compose_service(
-            Docker(module),
-            project_dir=params["project_dir"],
-            compose_file=params["compose_file"],
-            pin_file=params["pin_file"],
-            service=params["service"],
-            image=params["image"],
-            file_image=params["file_image"],
-            stop_timeout=params["stop_timeout"],
-            state=params["state"],
-            check_mode=module.check_mode,
-        )
-    except StepError as error:
-        module.fail_json(msg=error.msg, **error.extra)
-    module.exit_json(**result)
+    run_step_module(ARGUMENT_SPEC, compose_service)
 
 
 if __name__ == "__main__":

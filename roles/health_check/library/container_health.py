@@ -58,8 +58,7 @@ logs:
   returned: success
 """
 
-from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.deploy_docker import Docker, StepError
+from ansible.module_utils.deploy_docker import run_step_module
 from ansible.module_utils.deploy_health import container_health
 
 ARGUMENT_SPEC = {
@@ -73,22 +72,7 @@ ARGUMENT_SPEC = {
 
 
 def main() -> None:
-    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
-    params = module.params
-    try:
-        result = container_health(
-            Docker(module),
-            container=params["container"],
-            timeout=params["timeout"],
-            url=params["url"],
-            settle=params["settle"],
-            interval=params["interval"],
-            log_lines=params["log_lines"],
-            check_mode=module.check_mode,
-        )
-    except StepError as error:
-        module.fail_json(msg=error.msg, **error.extra)
-    module.exit_json(**result)
+    run_step_module(ARGUMENT_SPEC, container_health)
 
 
 if __name__ == "__main__":

@@ -37,8 +37,7 @@ image_id:
   returned: success
 """
 
-from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.deploy_docker import Docker, StepError
+from ansible.module_utils.deploy_docker import run_step_module
 from ansible.module_utils.deploy_image import pull_image
 
 ARGUMENT_SPEC = {
@@ -49,19 +48,7 @@ ARGUMENT_SPEC = {
 
 
 def main() -> None:
-    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
-    params = module.params
-    try:
-        result = pull_image(
-            Docker(module),
-            name=params["name"],
-            pull=params["pull"],
-            platform=params["platform"],
-            check_mode=module.check_mode,
-        )
-    except StepError as error:
-        module.fail_json(msg=error.msg, **error.extra)
-    module.exit_json(**result)
+    run_step_module(ARGUMENT_SPEC, pull_image)
 
 
 if __name__ == "__main__":

@@ -46,8 +46,7 @@ container_image_id:
   returned: success
 """
 
-from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.deploy_docker import Docker, StepError
+from ansible.module_utils.deploy_docker import run_step_module
 from ansible.module_utils.deploy_image import rollback_image
 
 ARGUMENT_SPEC = {
@@ -58,19 +57,7 @@ ARGUMENT_SPEC = {
 
 
 def main() -> None:
-    module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
-    params = module.params
-    try:
-        result = rollback_image(
-            Docker(module),
-            image=params["image"],
-            tag=params["tag"],
-            container=params["container"],
-            check_mode=module.check_mode,
-        )
-    except StepError as error:
-        module.fail_json(msg=error.msg, **error.extra)
-    module.exit_json(**result)
+    run_step_module(ARGUMENT_SPEC, rollback_image)
 
 
 if __name__ == "__main__":

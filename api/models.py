@@ -20,15 +20,34 @@ IMAGE_REFERENCE = re.compile(
 # An environment is an inventory group, named as Ansible names groups.
 ENVIRONMENT_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
 
+METADATA = (
+    "Any text, kept as data for the records: control characters included (clients escape them when they print). "
+    'A lone surrogate (JSON "\\ud800"), which is no character, is kept as its escape, the six characters '
+    "\\ud800; the length is counted after that."
+)
+
+
+def escape_surrogates(text: str) -> str:
+    """`text` as Unicode text: each lone surrogate becomes its escape (`\\ud800`), everything else is kept.
+
+    JSON can carry a lone surrogate ("\\ud800"), which Python decodes to a str that has no UTF-8 encoding: SQLite,
+    YAML, logs and JSON answers would each refuse it or fail on it.
+    """
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
 
 class DeployRequest(BaseModel):
+    """A deploy or rollback request. `service`, `image` and `environment` name things and are checked against what
+    may be deployed; a lone surrogate in one of them fails validation, since no name holds one. `repository`,
+    `commit` and `message` are free text (METADATA)."""
+
     model_config = ConfigDict(strict=True, extra="ignore")
 
     service: str = Field(min_length=1, max_length=128)
     image: str | None = Field(None, max_length=255)
-    repository: str | None = Field(None, max_length=256)
-    commit: str | None = Field(None, max_length=128)
-    message: str | None = Field(None, max_length=4096)
+    repository: str | None = Field(None, max_length=256, description=METADATA)
+    commit: str | None = Field(None, max_length=128, description=METADATA)
+    message: str | None = Field(None, max_length=4096, description=METADATA)
     environment: str | None = Field(
         None,
         pattern=ENVIRONMENT_PATTERN,
@@ -41,6 +60,13 @@ class DeployRequest(BaseModel):
         le=253_402_300_799,
         description="Unix seconds when the request was signed: refused outside the replay window",
     )
+
+    @field_validator("repository", "commit", "message", mode="before")
+    @classmethod
+    def metadata_is_text(cls, value: Any) -> Any:
+        # Before the type and length checks: no str fails them for a lone surrogate, and the length checked is that of
+        # the text kept.
+        return escape_surrogates(value) if isinstance(value, str) else value
 
     @field_validator("image")
     @classmethod

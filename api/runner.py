@@ -3,22 +3,23 @@
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
+import math
 import os
 import shutil
 import signal
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import ansible_runner
+import yaml
+from ansible_runner.interface import init_runner
 
-from api.models import DeployRequest
+from api.models import DeployRequest, escape_surrogates
 
 log = logging.getLogger("deploy")
 
@@ -26,6 +27,30 @@ ANSIBLE_CONFIG = Path(__file__).resolve().parents[1] / "ansible.cfg"
 # ansible-playbook is installed beside this Python: on the PATH first, a virtual environment
 # works without being activated.
 PYTHON_BIN = str(Path(sys.executable).parent)
+# What a run takes from the API's environment, besides Ansible's own settings (ANSIBLE_*): what ansible-playbook, the
+# modules it starts and the docker and ssh clients they run need. Nothing else of it, the API's secrets and settings
+# in particular, reaches them or the run directory, where ansible-runner writes a run's environment
+# (artifacts/<ident>/command).
+INHERITED_VARIABLES = (
+    "PATH",  # ansible-playbook (this Python's directory goes first), the docker CLI, ssh
+    "HOME",  # ~/.ansible (Ansible's temporary files), ~/.docker (the compose plugin, registry logins), ~/.ssh
+    "USER",  # the user Ansible connects as by default
+    "LOGNAME",  # the same, where USER is not set
+    "LANG",  # Ansible refuses to start without a UTF-8 locale: these name it (LOCALE_DEFAULT when none does)
+    "LC_ALL",
+    "LC_CTYPE",
+    "TZ",  # local times in Ansible's output
+    "TMPDIR",  # where Python, Ansible and docker put temporary files
+    "SSH_AUTH_SOCK",  # the agent holding the keys for remote hosts
+    "DOCKER_HOST",  # the engine the docker CLI talks to, and how (a host's docker_host overrides it)
+    "DOCKER_CONTEXT",
+    "DOCKER_CONFIG",
+    "DOCKER_CERT_PATH",
+    "DOCKER_TLS_VERIFY",
+)
+INHERITED_PREFIX = "ANSIBLE_"
+LOCALE_VARIABLES = ("LC_ALL", "LC_CTYPE", "LANG")
+LOCALE_DEFAULT = {"LC_CTYPE": "C.UTF-8"}
 
 # Tasks of playbooks/deploy.yml (outside the roles) and the steps each one starts, announced when the task starts.
 # A compose_deploy round trip runs several steps on the host: capture_state takes a tenth of a second before the pull
@@ -107,27 +132,72 @@ class RunResult:
     output_tail: str = ""
 
 
+class _ExtraVarsDumper(yaml.SafeDumper):
+    """YAML in which every str value is double-quoted, mapping keys plain, and the top mapping tagged !unsafe."""
+
+    def represent_text(self, text: str) -> yaml.ScalarNode:
+        # Quoted, a scalar is a string whatever it says ("yes", "123", "" or "null" too). Double quotes spell any
+        # character, escaped where YAML does not take it raw; a lone surrogate has no escape YAML loaders accept, so it
+        # is written as its escaped text, as request validation keeps it.
+        return self.represent_scalar("tag:yaml.org,2002:str", escape_surrogates(text), style='"')
+
+    def represent_variables(self, variables: dict[Any, Any], tag: str = "tag:yaml.org,2002:map") -> yaml.MappingNode:
+        # Keys are names of variables and fields, the code's own: plain, as YAML writes names.
+        pairs = [
+            (self.represent_str(escape_surrogates(str(key))), self.represent_data(value))
+            for key, value in variables.items()
+        ]
+        return yaml.MappingNode(tag, pairs)
+
+    def ignore_aliases(self, data: Any) -> bool:
+        # A list or dict met twice is written twice, not as an anchor and an alias.
+        return True
+
+
+class _UnsafeVariables(dict[str, Any]):
+    """The extra vars, written as a mapping tagged !unsafe."""
+
+
+_ExtraVarsDumper.add_representer(str, _ExtraVarsDumper.represent_text)
+_ExtraVarsDumper.add_representer(dict, _ExtraVarsDumper.represent_variables)
+_ExtraVarsDumper.add_representer(tuple, _ExtraVarsDumper.represent_list)
+_ExtraVarsDumper.add_representer(
+    _UnsafeVariables, lambda dumper, variables: dumper.represent_variables(variables, "!unsafe")
+)
+
+
 def unsafe_extravars(values: dict[str, Any]) -> str:
-    """YAML extra vars with every string tagged !unsafe, so Ansible never renders a template in them.
+    """YAML extra vars in a mapping tagged !unsafe, so Ansible never renders a template in any string of them.
 
-    Request fields are data. Ansible renders Jinja it finds in variable values, and ansible-runner
-    would write extra vars given as a dict without the tag, so the file is written here (AWX does the same).
+    Request fields are data. Ansible renders Jinja it finds in variable values, and ansible-runner would write extra
+    vars given as a dict without the tag, so the file is written here (as AWX writes its own). The tag is on the
+    mapping, which Ansible's loader passes on to everything in it, not on each string: ansible-core 2.19 resolves the
+    type of a !unsafe scalar again as if it were plain, quotes or not, so `!unsafe "yes"` would load as true,
+    `!unsafe "123"` as a number and `!unsafe ""` as null. None, booleans and numbers stay plain YAML values: they are
+    settings, not request data, and no templates. Nothing is folded (the width is unbounded).
     """
+    return yaml.dump(
+        _UnsafeVariables(values),
+        Dumper=_ExtraVarsDumper,
+        allow_unicode=True,
+        width=math.inf,
+        sort_keys=False,
+        default_flow_style=False,
+    )
 
-    def render(value: Any, indent: int) -> str:
-        if isinstance(value, dict):
-            pad = "  " * (indent + 1)
-            return "\n" + "\n".join(
-                f"{pad}{json.dumps(str(key))}: {render(item, indent + 1)}" for key, item in value.items()
-            )
-        if isinstance(value, list | tuple):
-            return "[" + ", ".join(render(item, indent + 1) for item in value) + "]"
-        if value is None or isinstance(value, bool | int):
-            # Settings, not request data: null, true/false and numbers are no templates.
-            return json.dumps(value)
-        return "!unsafe " + json.dumps(str(value))
 
-    return "".join(f"{json.dumps(key)}: {render(value, 0)}\n" for key, value in values.items())
+def runner_environment(prepared: Mapping[str, str], inherited: Mapping[str, str]) -> dict[str, str]:
+    """The environment of a run, from the one ansible-runner prepared: it starts from a copy of the API's
+    (`inherited`) and adds its own settings (callbacks, artifacts) and ours (envvars). Kept: what it added or changed,
+    and of the copy only INHERITED_VARIABLES and ANSIBLE_*."""
+    environment = {
+        name: value
+        for name, value in prepared.items()
+        if inherited.get(name) != value or name in INHERITED_VARIABLES or name.startswith(INHERITED_PREFIX)
+    }
+    if not any(environment.get(name) for name in LOCALE_VARIABLES):
+        environment.update(LOCALE_DEFAULT)
+    return environment
 
 
 def leftover_processes(run_dir: Path) -> list[int]:
@@ -191,10 +261,11 @@ def run_playbook(
     (run_dir / "env").mkdir(parents=True, mode=0o700)
     run_dir.chmod(0o700)
     extravars_file = run_dir / "env" / "extravars"
-    extravars_file.write_text(unsafe_extravars(extravars))
+    extravars_file.write_text(unsafe_extravars(extravars), encoding="utf-8")
     extravars_file.chmod(0o600)
 
-    runner = ansible_runner.run(
+    # ansible_runner.run() is init_runner() then run(): in between, the run's environment is narrowed.
+    runner = init_runner(
         private_data_dir=str(run_dir),
         ident=run_id,
         playbook=str(playbook.resolve()),
@@ -210,6 +281,8 @@ def run_playbook(
         limit=",".join(limit) if limit else None,
         cancel_callback=cancel.is_set,
     )
+    runner.config.env = runner_environment(runner.config.env, os.environ)
+    runner.run()
     stats = next((event for event in runner.events if event.get("event") == "playbook_on_stats"), None)
     results = (stats or {}).get("event_data", {}).get("artifact_data", {}).get(stats_key, {})
     output_tail = "\n".join(runner.stdout.read().splitlines()[-30:]) if runner.stdout else ""

@@ -174,7 +174,7 @@ def test_same_service_twice_gets_409_naming_the_running_deploy(client, fake_runn
     worker.start()
     assert fake_runner.entered.wait(10)
 
-    second = post(client, {"service": "portal"})
+    second = post(client, {"service": "portal", "commit": "while it runs"})
     other = post(client, {"service": "hello-world"})
     fake_runner.release.set()
     worker.join(10)
@@ -189,6 +189,4 @@ def test_same_service_twice_gets_409_naming_the_running_deploy(client, fake_runn
 def test_extra_vars_are_all_unsafe():
     text = unsafe_extravars({"service": "portal", "deploy_request": {"message": "{{ 7 * 7 }}", "commit": None}})
 
-    assert text == (
-        '"service": !unsafe "portal"\n"deploy_request": \n  "message": !unsafe "{{ 7 * 7 }}"\n  "commit": null\n'
-    )
+    assert text == '!unsafe\nservice: "portal"\ndeploy_request:\n  message: "{{ 7 * 7 }}"\n  commit: null\n'

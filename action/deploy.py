@@ -1,9 +1,11 @@
 """The step of action.yml: sign a deploy request, start it, follow it until it has finished.
 
-Runs on a GitHub runner with its python3 alone (3.9 or newer): the standard library only. The
+Runs on a GitHub runner with its python3 alone (3.9 or newer): the standard library only, and two
+modules of this repository that need nothing more, api.signature (how a request is signed, as the
+API checks it) and api.text (what the API and the containers wrote, made safe to print). The
 request is asynchronous (`POST /deploy?wait=false`) because Cloudflare Tunnel cuts a request
-after 100 seconds; the deployment is then followed at `GET /deployments/{id}`, signed over the
-id with the same secret. Inputs come from INPUT_* variables that action.yml sets.
+after 100 seconds; the deployment is then followed at `GET /deployments/{id}`, signed over
+`read:` and the id with the same secret. Inputs come from INPUT_* variables that action.yml sets.
 
 The body carries the time it was signed (`timestamp`, Unix seconds): the API accepts a signed body
 once, within its replay window, so the request is sent once and never repeated. A secret input
@@ -16,8 +18,6 @@ to wait); 4 the API is unreachable, or the deploy was still running when the tim
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import os
 import re
@@ -28,7 +28,14 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, TextIO
+
+# The action's checkout is the whole repository ($GITHUB_ACTION_PATH), this script in its action/.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from api.signature import HEADER, sign
+from api.text import printable, printable_json, printable_lines
 
 POLL_INTERVAL = 2.0
 REQUEST_TIMEOUT = 30
@@ -67,6 +74,8 @@ class Refused(Exception):
         if self.status == 403 and detail == "Invalid signature":
             # Other 403s (a stale or replayed request, a secret not allowed for the service) say what is wrong.
             hint = " (the secret is not the API's WEBHOOK_SECRET)"
+        elif self.status == 403 and detail.startswith("Invalid signature: it was made for"):
+            hint = " (the action and the API sign differently: use the action's release that matches the API)"
         elif self.status == 429:
             wait = f"in {self.retry_after} s" if self.retry_after is not None else "later"
             hint = f" (too many requests: try again {wait})"
@@ -147,10 +156,6 @@ def secret_entries(text: str) -> list[str]:
     return [entry.strip() for entry in text.split(",") if entry.strip()]
 
 
-def sign(secret: bytes, body: bytes) -> str:
-    return "sha256=" + hmac.new(secret, body, hashlib.sha256).hexdigest()
-
-
 def call(method: str, url: str, headers: dict[str, str], body: bytes | None = None) -> dict[str, Any]:
     """The API's JSON answer; Refused on 4xx, Unavailable when the API itself did not answer."""
     request = urllib.request.Request(url, data=body, method=method, headers={"User-Agent": USER_AGENT, **headers})
@@ -186,24 +191,30 @@ def _detail(raw: bytes, reason: str) -> Any:
 
 
 class Log:
-    """GitHub's workflow commands, with whatever the API or a container wrote kept from being read as one."""
+    """GitHub's workflow commands, with whatever the API or a container wrote kept from being read as one, and its
+    control characters escaped (api.text) so that none of them acts on the terminal or the log viewer."""
 
     def __init__(self, stream: TextIO):
         self.stream = stream
 
     def line(self, text: str = "") -> None:
+        """A line of this script's own: what it holds from elsewhere is printable already."""
         self.stream.write(text + "\n")
         self.stream.flush()
 
     def command(self, name: str, message: str, **properties: str) -> None:
-        listed = ",".join(f"{key}={_escape(value, property_value=True)}" for key, value in properties.items())
-        self.line(f"::{name}{' ' + listed if listed else ''}::{_escape(message)}")
+        listed = ",".join(
+            f"{key}={_escape(printable(value), property_value=True)}" for key, value in properties.items()
+        )
+        self.line(f"::{name}{' ' + listed if listed else ''}::{_escape(printable(message))}")
 
     def untrusted(self, text: str) -> None:
-        """Text from elsewhere (a container's logs): printed with workflow commands switched off around it."""
+        """Text from elsewhere (a container's logs): printed line by line, with workflow commands switched off
+        around it."""
         token = secrets.token_hex(16)
         self.line(f"::stop-commands::{token}")
-        self.line(text)
+        for line in printable_lines(text):
+            self.line(line)
         self.line(f"::{token}::")
 
     def group(self, title: str, body: str) -> None:
@@ -227,7 +238,7 @@ class Outputs:
     def set(self, name: str, value: str) -> None:
         if self.output_file:
             with open(self.output_file, "a", encoding="utf-8") as output:
-                output.write(f"{name}={' '.join(value.split())}\n")
+                output.write(f"{name}={printable(' '.join(value.split()))}\n")
 
     def summary(self, markdown: str) -> None:
         if self.summary_file:
@@ -236,20 +247,21 @@ class Outputs:
 
 
 def step_title(step: dict[str, Any]) -> str:
+    """A group's title, on one line: Log.command escapes what the step's text holds."""
     mark = "✓" if step.get("success") else "✗"
     host = f"[{step['host']}] " if step.get("host") else ""
-    detail = " ".join(str(step.get("detail") or "").split())
-    return f"{mark} {host}{step.get('step', '?')}: {detail}".rstrip(": ")
+    return f"{mark} {host}{step.get('step', '?')}: {step.get('detail') or ''}".rstrip(": ")
 
 
 def summary_markdown(record: dict[str, Any]) -> str:
     def cell(value: Any) -> str:
-        return " ".join(str(value or "").split()).replace("|", "\\|") or "-"
+        # One line of a table: printable escapes the line breaks with the rest.
+        return printable(str(value or "")).replace("|", "\\|") or "-"
 
     lines = [
-        f"### {record.get('action', 'deploy')} of {cell(record.get('service'))}: {record.get('outcome')}",
+        f"### {cell(record.get('action') or 'deploy')} of {cell(record.get('service'))}: {cell(record.get('outcome'))}",
         "",
-        f"Deployment `{record.get('id')}` ({cell(record.get('duration_seconds'))} s): "
+        f"Deployment `{cell(record.get('id'))}` ({cell(record.get('duration_seconds'))} s): "
         f"`{cell(record.get('old_image'))}` → `{cell(record.get('new_image'))}`",
         "",
         "| step | | detail |",
@@ -267,7 +279,7 @@ def summary_markdown(record: dict[str, Any]) -> str:
 def start(inputs: Inputs, clock: Callable[[], float] = time.time) -> str:
     """POST /deploy?wait=false, once: trying again would be a new request, signed with a new timestamp."""
     body = inputs.body(int(clock()))
-    headers = {"Content-Type": "application/json", "X-Hub-Signature-256": sign(inputs.secret, body)}
+    headers = {"Content-Type": "application/json", HEADER: sign(inputs.secret, body, purpose="deploy")}
     answer = call("POST", f"{inputs.url}/deploy?wait=false", headers, body)
     deployment_id = str(answer.get("deployment_id", ""))
     if not DEPLOYMENT_ID.fullmatch(deployment_id):
@@ -279,7 +291,7 @@ def follow(inputs: Inputs, deployment_id: str, log: Log, clock=time.monotonic, s
     """Poll the record until its outcome is final, each new step a log group. An API that stops answering for
     a while is asked again until the timeout; the last record seen is returned, still `running` at the timeout."""
     url = f"{inputs.url}/deployments/{deployment_id}"
-    headers = {"X-Hub-Signature-256": sign(inputs.secret, deployment_id.encode())}
+    headers = {HEADER: sign(inputs.secret, deployment_id.encode(), purpose="read")}
     deadline = clock() + inputs.timeout
     record: dict[str, Any] = {"id": deployment_id, "outcome": "running", "steps": []}
     printed = 0
@@ -294,7 +306,7 @@ def follow(inputs: Inputs, deployment_id: str, log: Log, clock=time.monotonic, s
         else:
             steps = record.get("steps") or []
             for step in steps[printed:]:
-                log.group(step_title(step), json.dumps(step, indent=2, ensure_ascii=False))
+                log.group(step_title(step), printable_json(step))
             printed = len(steps)
             if record.get("outcome") != "running":
                 return record
@@ -320,7 +332,7 @@ def report(record: dict[str, Any], log: Log) -> None:
     }.get(str(outcome), str(outcome))
     error = f": {record['error']}" if record.get("error") else ""
     log.command("error", f"The deploy of {service} {explanation}{took}{error}", title=f"Deploy of {service}: {outcome}")
-    logs = (record.get("logs") or "").rstrip().splitlines()
+    logs = printable_lines((record.get("logs") or "").rstrip())
     if logs:
         tail = logs[-LOG_TAIL_LINES:]
         log.group(f"Container logs (last {len(tail)} of {len(logs)} lines)", "\n".join(tail))
@@ -346,7 +358,7 @@ def main(environ: Mapping[str, str] = os.environ, stream: TextIO = sys.stdout) -
         log.command("error", str(error), title="The deployment API did not answer")
         return 4
     outputs.set("deployment-id", deployment_id)
-    log.line(f"Deployment {deployment_id} of {inputs.service} started")
+    log.line(f"Deployment {deployment_id} of {printable(inputs.service)} started")
     if not inputs.wait:
         outputs.set("outcome", "running")
         return 0

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import os
 import re
@@ -20,6 +18,10 @@ from typing import Any
 import httpx
 
 REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+from api import signature  # noqa: E402
+
 REGISTRY = os.environ.get("DEPLOY_TEST_REGISTRY", "127.0.0.1:5099")
 RESULTS = REPO / "bench" / "results"
 
@@ -70,8 +72,10 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def sign(secret: str, body: bytes) -> str:
-    return "sha256=" + hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+def sign(secret: str, payload: bytes, purpose: str = "deploy") -> str:
+    """X-Hub-Signature-256 of a body for POST /deploy or /rollback (`deploy`, `rollback`), or of a deployment id for
+    GET /deployments/{id} (`read`): api.signature's scheme."""
+    return signature.sign(secret.encode(), payload, purpose)
 
 
 class ApiServer:
@@ -120,9 +124,10 @@ class ApiServer:
                 raise RuntimeError("the API did not answer /health in 30 s")
             time.sleep(0.1)
 
-    def signed(self, document: dict[str, Any]) -> tuple[bytes, dict[str, str]]:
+    def signed(self, document: dict[str, Any], purpose: str = "deploy") -> tuple[bytes, dict[str, str]]:
+        """The body of POST /deploy (`deploy`) or POST /rollback (`rollback`) and its headers, signed for it."""
         body = json.dumps(document).encode()
-        return body, {"Content-Type": "application/json", "X-Hub-Signature-256": sign(self.secret, body)}
+        return body, {"Content-Type": "application/json", signature.HEADER: sign(self.secret, body, purpose)}
 
     def cpu_seconds(self, children: bool = False) -> float:
         """User and system CPU time of the API's process so far (Linux /proc); with `children`, of the processes it

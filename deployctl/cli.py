@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from enum import IntEnum
 from typing import Any, BinaryIO, get_args
@@ -11,7 +10,8 @@ from typing import Any, BinaryIO, get_args
 from pydantic import ValidationError
 
 from api.models import Outcome
-from api.signature import HEADER, sign
+from api.signature import HEADER, PURPOSES, sign
+from api.text import printable, printable_json
 from deployctl.client import DEPLOYMENT_ID, Client, Refused, Unavailable
 from deployctl.follow import FollowTimeout, follow
 from deployctl.render import Progress, history_table, outcome_lines, record_lines
@@ -37,16 +37,19 @@ class ConfigurationError(Exception):
 DESCRIPTION = """\
 Deploy and roll back the services of the deployment API, follow each deployment step by step
 until it has finished, and read the history. deploy and rollback sign their request with
-WEBHOOK_SECRET and follow the deployment with a signature over its id, so the webhook secret is
-enough for them; history needs DEPLOY_READ_TOKEN. Both are read from the environment or from
-.env in the current directory (the API's own .env works as it is), DEPLOY_URL tells where the
-API is (default http://127.0.0.1:9000; --url overrides it). The secret is never printed.
+WEBHOOK_SECRET and follow the deployment with a signature over read: and its id, so the webhook
+secret is enough for them; history needs DEPLOY_READ_TOKEN. Both are read from the environment or
+from .env in the current directory (the API's own .env works as it is), DEPLOY_URL tells where
+the API is (default http://127.0.0.1:9000; --url overrides it). The secret is never printed.
 
 Each deploy and rollback carries the time it was signed ("timestamp"), and the API accepts a
 signed request once, within its DEPLOY_REPLAY_WINDOW (300 s by default), so this machine's clock
 must be right. During a rotation WEBHOOK_SECRET may list secrets separated by commas, newest
 first, as the API's .env does; the first one signs. A service with a secret of its own
-(secret_env in the inventory) accepts only that one: set WEBHOOK_SECRET to it for that service."""
+(secret_env in the inventory) accepts only that one: set WEBHOOK_SECRET to it for that service.
+
+What the API recorded (messages, errors, step details, container logs) is printed with its
+control characters escaped (\\x1b, \\r, \\u202e), so that none of it acts on the terminal."""
 
 EXAMPLES_MAIN = """\
 examples:
@@ -88,10 +91,14 @@ examples:
   deployctl show 20251127T023912-1a2b3c4d --json | jq .steps""",
     "sign": """\
 examples:
-  deployctl sign body.json
+  deployctl sign body.json                     # for POST /deploy
   printf '{"service":"portal","timestamp":%d}' "$(date +%s)" | deployctl sign --value
+  printf '{"service":"portal","timestamp":%d}' "$(date +%s)" | deployctl sign --for rollback --value
+  printf %s 20251127T023912-1a2b3c4d | deployctl sign --for read --value   # GET /deployments/ID
   (the signature covers the exact bytes: echo adds a newline, printf without \\n does not;
-  the API accepts a signed body once, and only within DEPLOY_REPLAY_WINDOW of its timestamp)""",
+  the API accepts a signed body once, and only within DEPLOY_REPLAY_WINDOW of its timestamp;
+  a signature is valid only for what it was made for: a body signed for /deploy is refused
+  by /rollback)""",
 }
 
 
@@ -104,11 +111,11 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return int(args.command(args, settings))
     except ConfigurationError as error:
-        return _fail(Exit.USAGE, str(error))
+        return _fail(Exit.USAGE, printable(str(error)))
     except Refused as refusal:
         return _fail(Exit.REFUSED, _refusal_text(refusal))
     except Unavailable as error:
-        return _fail(Exit.UNREACHABLE, f"the API did not answer: {error}")
+        return _fail(Exit.UNREACHABLE, f"the API did not answer: {printable(str(error))}")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -171,14 +178,29 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("--json", action="store_true", help="print the API's page as JSON")
     history.set_defaults(command=run_history)
 
-    show = command("show", "show one deployment: steps, images, error and logs (read token, else signed by id)")
+    show = command(
+        "show", "show one deployment: steps, images, error and logs (read token, else signed over read: and the id)"
+    )
     show.add_argument("deployment_id", metavar="ID", help="a deployment id, as deploy and history print them")
     show.add_argument("--json", action="store_true", help="print the record as JSON")
     show.set_defaults(command=run_show)
 
     sign_command = command("sign", "print the X-Hub-Signature-256 header for a body (FILE, or standard input)")
     sign_command.add_argument(
-        "body", metavar="FILE", nargs="?", type=argparse.FileType("rb"), help="the exact body to sign (- for stdin)"
+        "body",
+        metavar="FILE",
+        nargs="?",
+        type=argparse.FileType("rb"),
+        help="the exact body to sign, or for read the deployment id (- for stdin)",
+    )
+    sign_command.add_argument(
+        "--for",
+        dest="purpose",
+        choices=PURPOSES,
+        default="deploy",
+        help="what the signature is for: deploy (a body for POST /deploy), rollback (a body for POST /rollback), "
+        "read (a deployment id, for GET /deployments/ID); a signature made for one is refused for the others "
+        "(default: %(default)s)",
     )
     sign_command.add_argument("--value", action="store_true", help="print only sha256=<hex>, for scripts")
     sign_command.set_defaults(command=run_sign)
@@ -201,12 +223,12 @@ def run_deployment(args: argparse.Namespace, settings: ClientSettings) -> int:
             if args.json:
                 _print_json(accepted)
             else:
-                print(f"{args.action} of {args.service} started: deployment {deployment_id}")
+                print(f"{args.action} of {printable(args.service)} started: deployment {deployment_id}")
                 print(f"follow it with: deployctl show {deployment_id}")
             return Exit.SUCCEEDED
         progress = None
         if not args.json:
-            print(f"{args.action} of {args.service} started: deployment {deployment_id}", flush=True)
+            print(f"{args.action} of {printable(args.service)} started: deployment {deployment_id}", flush=True)
             progress = Progress(sys.stdout, tty=sys.stdout.isatty())
         try:
             record = follow(client, deployment_id, timeout=args.timeout, progress=progress)
@@ -271,7 +293,10 @@ def run_sign(args: argparse.Namespace, settings: ClientSettings) -> Exit:
     else:
         source = args.body
     with source:
-        signature = sign(secret, source.read())
+        try:
+            signature = sign(secret, source.read(), args.purpose)
+        except ValueError as error:
+            raise ConfigurationError(f"sign: {error}") from None
     print(signature if args.value else f"{HEADER}: {signature}")
     return Exit.SUCCEEDED
 
@@ -305,14 +330,24 @@ def _secret(settings: ClientSettings) -> bytes:
 
 
 def _refusal_text(refusal: Refused) -> str:
+    """The API's detail, each item on a line of its own, and what to do about it where the detail does not say."""
     detail = refusal.detail
-    text = "".join(f"\n  - {item}" for item in detail) if isinstance(detail, list) else f" {detail}"
+    if isinstance(detail, list):
+        text = "".join(f"\n  - {printable(str(item))}" for item in detail)
+    else:
+        text = f" {printable(str(detail))}"
     hint = None
     if refusal.status == 401:
         hint = "DEPLOY_READ_TOKEN (or WEBHOOK_SECRET, for one deployment) is not the API's"
     elif refusal.status == 403 and detail == "Invalid signature":
         # Other 403s (a stale or replayed request, a secret not allowed for the service) say what is wrong.
         hint = "WEBHOOK_SECRET here is not the API's"
+    elif refusal.status == 403 and str(detail).startswith("Invalid signature: it was made for"):
+        # deployctl signs each request for its own purpose: the API expects another, so the two differ in version.
+        hint = (
+            "WEBHOOK_SECRET is the API's, but the signature was made for another request: this deployctl and the "
+            "API sign differently; use the deployctl of the API's version"
+        )
     elif refusal.status == 429:
         wait = f"in {refusal.retry_after} s" if refusal.retry_after is not None else "later"
         hint = f"too many requests: try again {wait}"
@@ -325,7 +360,7 @@ def _fail(code: Exit, message: str) -> Exit:
 
 
 def _print_json(document: Any) -> None:
-    print(json.dumps(document, indent=2, ensure_ascii=False))
+    print(printable_json(document))
 
 
 def _positive_seconds(text: str) -> float:

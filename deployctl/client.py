@@ -1,4 +1,5 @@
-"""The API as deployctl uses it: signed deploys and rollbacks, records read by token or by signed id."""
+"""The API as deployctl uses it: signed deploys and rollbacks, records read by token or signed over `read:` and their
+id. Each signature is made for its purpose (api.signature), so that none is valid for another request."""
 
 from __future__ import annotations
 
@@ -81,20 +82,22 @@ class Client:
         self._http.close()
 
     def start(self, action: str, fields: dict[str, str | None]) -> dict[str, Any]:
-        """POST /deploy or /rollback with ?wait=false, signed; the 202 body ({"deployment_id", ...}). Sent once:
-        the API accepts a signed body once only, so trying again is a new call that signs the time anew."""
+        """POST /deploy or /rollback with ?wait=false, its body signed for that action (a purpose of api.signature);
+        the 202 body ({"deployment_id", ...}). Sent once: the API accepts a signed body once only, so trying again is
+        a new call that signs the time anew."""
         assert self._secret is not None, "starting a deployment needs the webhook secret"
         body = encode_body(fields, int(self._clock()))
-        headers = {"Content-Type": "application/json", HEADER: sign(self._secret, body)}
+        headers = {"Content-Type": "application/json", HEADER: sign(self._secret, body, purpose=action)}
         answer = self._request("POST", f"/{action}", params={"wait": "false"}, content=body, headers=headers)
         if not DEPLOYMENT_ID.fullmatch(str(answer.get("deployment_id", ""))):
             raise Unavailable(f"{self.url}/{action} answered without a deployment id: {answer}")
         return answer
 
     def deployment(self, deployment_id: str) -> dict[str, Any]:
-        """GET /deployments/{id}: signed over the id when this client holds the secret, else with the read token."""
+        """GET /deployments/{id}: signed over `read:` and the id when this client holds the secret, else with the read
+        token."""
         if self._secret is not None:
-            headers = {HEADER: sign(self._secret, deployment_id.encode())}
+            headers = {HEADER: sign(self._secret, deployment_id.encode(), purpose="read")}
         else:
             assert self._read_token, "reading a deployment needs the webhook secret or the read token"
             headers = {"Authorization": f"Bearer {self._read_token}"}

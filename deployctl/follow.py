@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+from api.text import printable
 from deployctl.client import Client, Unavailable
 from deployctl.render import Progress
 
@@ -44,7 +45,7 @@ def follow(
             if clock() >= deadline:
                 raise
             if not warned:
-                print(f"deployctl: no answer, asking again until the timeout: {error}", file=sys.stderr)
+                print(f"deployctl: no answer, asking again until the timeout: {printable(str(error))}", file=sys.stderr)
                 warned = True
         else:
             if progress is not None:

@@ -1,10 +1,16 @@
-"""What a person reads: steps as they happen, an outcome, a record, the history as a table."""
+"""What a person reads: steps as they happen, an outcome, a record, the history as a table.
+
+A record's text came from a signer (message, commit...), a host or a container (errors, details, logs): every value
+shown goes through api.text, so that no control character in it reaches the terminal.
+"""
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
 from typing import Any, TextIO
+
+from api.text import printable, printable_lines
 
 SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
 LOG_TAIL_LINES = 20
@@ -19,6 +25,12 @@ OUTCOMES = {
 }
 
 
+def shown(record: dict[str, Any], name: str, default: str = "") -> str:
+    """A record's value as it may be printed, `default` when it is unset or empty."""
+    value = record.get(name)
+    return default if value is None or value == "" else printable(str(value))
+
+
 def duration(seconds: float | None) -> str:
     if seconds is None:
         return "-"
@@ -30,7 +42,7 @@ def duration(seconds: float | None) -> str:
 
 def timestamp(iso: str | None) -> str:
     """2025-11-27T02:39:12.345Z as 2025-11-27 02:39:12 (UTC, as the API keeps it)."""
-    return iso.replace("T", " ")[:19] if iso else "-"
+    return printable(iso.replace("T", " ")[:19]) if iso else "-"
 
 
 def short_id(image_id: str | None) -> str:
@@ -38,7 +50,8 @@ def short_id(image_id: str | None) -> str:
 
 
 def image_label(reference: str | None, image_id: str | None) -> str:
-    identity = short_id(image_id)
+    identity = printable(short_id(image_id))
+    reference = printable(reference or "")
     if reference and identity:
         return f"{reference} ({identity})"
     return reference or identity or "-"
@@ -46,16 +59,16 @@ def image_label(reference: str | None, image_id: str | None) -> str:
 
 def step_line(step: dict[str, Any]) -> str:
     mark = "✓" if step.get("success") else "✗"
-    host = f"[{step['host']}] " if step.get("host") else ""
-    return f"  {mark} {host}{step.get('step', '?'):<13} {step.get('detail') or ''}".rstrip()
+    host = f"[{shown(step, 'host')}] " if step.get("host") else ""
+    return f"  {mark} {host}{shown(step, 'step', '?'):<13} {shown(step, 'detail')}".rstrip()
 
 
 def outcome_lines(record: dict[str, Any]) -> list[str]:
     """The end of a deployment: what became of it, which image runs, and why it failed (error, log tail)."""
     outcome = record.get("outcome", "?")
     mark = "✓" if outcome == "succeeded" else "…" if outcome == "running" else "✗"
-    words = OUTCOMES.get(outcome, outcome)
-    lines = [f"{mark} {record.get('action', 'deploy')} of {record.get('service')} {words}"]
+    words = OUTCOMES.get(outcome) or shown(record, "outcome", "?")
+    lines = [f"{mark} {shown(record, 'action', 'deploy')} of {shown(record, 'service', '?')} {words}"]
     if record.get("duration_seconds") is not None:
         lines[0] += f" ({duration(record['duration_seconds'])})"
     old = image_label(record.get("old_image"), record.get("old_image_id"))
@@ -67,12 +80,12 @@ def outcome_lines(record: dict[str, Any]) -> list[str]:
         lines.append(f"  tried     {new}")
         lines.append(f"  previous  {old}")
     if record.get("running_image") or record.get("running_image_id"):
-        state = f", {record['running_state']}" if record.get("running_state") else ""
+        state = f", {shown(record, 'running_state')}" if record.get("running_state") else ""
         running = image_label(record.get("running_image"), record.get("running_image_id"))
         lines.append(f"  found     {running}{state}")
     if record.get("error"):
-        lines.append(f"  error     {record['error']}")
-    logs = (record.get("logs") or "").rstrip().splitlines()
+        lines.append(f"  error     {shown(record, 'error')}")
+    logs = printable_lines((record.get("logs") or "").rstrip())
     if logs:
         tail = logs[-LOG_TAIL_LINES:]
         lines.append(f"  logs      last {len(tail)} of {len(logs)} lines:")
@@ -82,29 +95,29 @@ def outcome_lines(record: dict[str, Any]) -> list[str]:
 
 def record_lines(record: dict[str, Any]) -> list[str]:
     """One deployment in full, for `deployctl show`."""
-    requested = record.get("image") or (
+    requested = shown(record, "image") or (
         "the previous kept image" if record.get("action") == "rollback" else "the compose file's image"
     )
     fields = [
-        ("deployment", record.get("id")),
-        ("action", record.get("action")),
-        ("service", record.get("service")),
-        ("outcome", record.get("outcome")),
+        ("deployment", shown(record, "id")),
+        ("action", shown(record, "action")),
+        ("service", shown(record, "service")),
+        ("outcome", shown(record, "outcome")),
         ("requested", requested),
-        ("repository", record.get("repository")),
-        ("commit", record.get("commit")),
-        ("message", record.get("message")),
-        ("source", record.get("source")),
+        ("repository", shown(record, "repository")),
+        ("commit", shown(record, "commit")),
+        ("message", shown(record, "message")),
+        ("source", shown(record, "source")),
         ("started", timestamp(record.get("started_at")) + " UTC"),
         ("finished", timestamp(record.get("finished_at")) + (" UTC" if record.get("finished_at") else "")),
         ("duration", duration(record.get("duration_seconds"))),
         ("old image", image_label(record.get("old_image"), record.get("old_image_id"))),
         ("new image", image_label(record.get("new_image"), record.get("new_image_id"))),
-        ("http status", record.get("http_status")),
+        ("http status", shown(record, "http_status")),
     ]
     if record.get("current_step"):
-        fields.append(("in progress", record["current_step"]))
-    lines = [f"{name:<12} {value}" for name, value in fields if value not in (None, "")]
+        fields.append(("in progress", shown(record, "current_step")))
+    lines = [f"{name:<12} {value}" for name, value in fields if value]
     steps = record.get("steps") or []
     if steps:
         lines.append("steps")
@@ -120,13 +133,13 @@ def history_table(page: dict[str, Any]) -> list[str]:
     header = ("ID", "ACTION", "SERVICE", "OUTCOME", "STARTED (UTC)", "DURATION", "NEW IMAGE")
     rows = [
         (
-            item.get("id") or "",
-            item.get("action") or "",
-            item.get("service") or "-",
-            item.get("outcome") or "",
+            shown(item, "id"),
+            shown(item, "action"),
+            shown(item, "service", "-"),
+            shown(item, "outcome"),
             timestamp(item.get("started_at")),
             duration(item.get("duration_seconds")),
-            item.get("new_image") or item.get("image") or "-",
+            shown(item, "new_image") or shown(item, "image", "-"),
         )
         for item in items
     ]
@@ -137,7 +150,7 @@ def history_table(page: dict[str, Any]) -> list[str]:
     ]
     first = page.get("offset", 0) + 1
     last = page.get("offset", 0) + len(items)
-    lines.append(f"{first}-{last} of {page.get('total', len(items))}, newest first")
+    lines.append(f"{first}-{last} of {printable(str(page.get('total', len(items))))}, newest first")
     return lines
 
 
@@ -162,7 +175,7 @@ class Progress:
             for step in new_steps:
                 self.stream.write(step_line(step) + "\n")
             self.printed = len(steps)
-        current = record.get("current_step") if record.get("outcome") == "running" else None
+        current = (shown(record, "current_step") or None) if record.get("outcome") == "running" else None
         if current != self.current:
             self.current, self.current_since = current, self.clock()
         self.tick()

@@ -7,8 +7,11 @@ import json
 import os
 import subprocess
 import sys
+import time
+import unicodedata
 from pathlib import Path
 
+import httpx
 import pytest
 from apiserver import READ_TOKEN, SECRET, ApiServer, serving
 from conftest import fingerprint, free_port, image, image_id, service
@@ -17,6 +20,11 @@ pytestmark = pytest.mark.usefixtures("registry")
 
 DEPLOYCTL = Path(sys.executable).parent / "deployctl"
 STEPS = ["capture_state", "pull_image", "compose_up", "health_check", "cleanup"]
+# A commit message as a signer may write it: an OSC 52 clipboard write, a CSI, a carriage return, a C1 CSI, NEL and a
+# right-to-left override; and as deployctl shows it.
+HOSTILE = "Update\x1b]52;c;cm0gLXJmIH4K\x07\x1b[2J\rforged\x9b0m\x85next \u202eevil"
+HOSTILE_ESCAPED = r"Update\x1b]52;c;cm0gLXJmIH4K\x07\x1b[2J\rforged\x9b0m\x85next \u202eevil"
+BIDI_CONTROLS = "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
 
 
 @pytest.fixture
@@ -55,6 +63,15 @@ def deployctl(tmp_path):
         return completed
 
     return run
+
+
+def unprintable(text: str) -> list[str]:
+    """What a terminal acts on instead of showing, but the line break: C0, DEL, C1, separators, bidi controls."""
+    return [
+        char
+        for char in text
+        if char != "\n" and (unicodedata.category(char) in ("Cc", "Cs", "Zl", "Zp") or char in BIDI_CONTROLS)
+    ]
 
 
 def step_lines(output: str) -> list[str]:
@@ -104,7 +121,7 @@ def test_deploy_crash_history_show_then_rollback(compose_project, api_server, de
     assert f"deployment   {ok_id}\n" in shown.stdout and "outcome      succeeded\n" in shown.stdout
     assert "commit       c2\n" in shown.stdout and "message      Update\n" in shown.stdout
     assert step_lines(shown.stdout) == STEPS
-    # Without the read token, signed over the id with the webhook secret: the same record.
+    # Without the read token, signed over read: and the id with the webhook secret: the same record.
     signed = deployctl(server, "show", record["id"], "--json")
     assert signed.returncode == 0, signed.stderr
     assert json.loads(signed.stdout) == server.record(record["id"])
@@ -168,3 +185,65 @@ def test_a_second_deploy_while_one_runs_is_refused_with_exit_3(compose_project, 
     )
     assert server.follow(deployment_id)[-1]["outcome"] == "succeeded"
     assert project.container("portal")["Image"] == image_id(image("healthy", "v2"))
+
+
+def test_what_a_signer_wrote_is_recorded_as_sent_and_printed_escaped(compose_project, api_server, deployctl):
+    project = compose_project({"portal": service(image("healthy", "v1"))})
+    project.up()
+    server = api_server(project)
+
+    deployed = deployctl(server, "deploy", "portal", image("healthy", "v2"), "--message", HOSTILE, "--commit", HOSTILE)
+
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    deployment_id = deployed.stdout.splitlines()[0].rsplit(" ", 1)[-1]
+    assert server.record(deployment_id)["message"] == HOSTILE, "the API keeps the text as it was signed"
+    shown = deployctl(server, "show", deployment_id)
+    as_json = deployctl(server, "show", deployment_id, "--json")
+    history = deployctl(server, "history", "--json", read_token=READ_TOKEN)
+    for completed in (deployed, shown, as_json, history):
+        assert completed.returncode == 0, completed.stderr
+        assert unprintable(completed.stdout + completed.stderr) == []
+    assert f"message      {HOSTILE_ESCAPED}\n" in shown.stdout and f"commit       {HOSTILE_ESCAPED}\n" in shown.stdout
+    assert json.loads(as_json.stdout) == server.record(deployment_id)
+    assert json.loads(history.stdout)["items"][0]["message"] == HOSTILE
+
+
+def test_sign_makes_the_signature_the_api_checks_for_each_purpose_and_no_other(
+    compose_project, api_server, deployctl, tmp_path
+):
+    """deployctl sign --for, as a script sends what it signs with curl: each signature is accepted where it was made
+    for, and refused elsewhere with what it was made for."""
+    server = api_server(compose_project({"portal": service(image("healthy", "v1"))}))
+
+    def signed(purpose: str, payload: bytes) -> str:
+        (tmp_path / "payload").write_bytes(payload)
+        completed = deployctl(server, "sign", str(tmp_path / "payload"), "--for", purpose, "--value")
+        assert completed.returncode == 0, completed.stderr
+        return completed.stdout.strip()
+
+    def body(message: str) -> bytes:
+        # A service the inventory does not have: a signature accepted is answered 400, and nothing runs.
+        return json.dumps({"service": "ghost", "message": message, "timestamp": int(time.time())}).encode()
+
+    def post(path: str, payload: bytes, signature: str) -> httpx.Response:
+        headers = {"Content-Type": "application/json", "X-Hub-Signature-256": signature}
+        return httpx.post(f"{server.url}{path}", content=payload, headers=headers, timeout=30)
+
+    def read(deployment_id: str, signature: str) -> httpx.Response:
+        return httpx.get(f"{server.url}/deployments/{deployment_id}", headers={"X-Hub-Signature-256": signature})
+
+    rollback, deploy = body("rollback"), body("deploy")
+    unknown = "20251127T000000-00000000"
+    accepted_rollback = post("/rollback", rollback, signed("rollback", rollback))
+    refused_rollback = post("/rollback", deploy, signed("deploy", deploy))
+    accepted_read = read(unknown, signed("read", unknown.encode()))
+    refused_read = read(unknown, signed("deploy", unknown.encode()))
+
+    assert accepted_rollback.status_code == 400, accepted_rollback.text
+    assert "Service 'ghost' not allowed" in accepted_rollback.json()["detail"]
+    assert refused_rollback.status_code == 403
+    assert refused_rollback.json()["detail"] == (
+        "Invalid signature: it was made for POST /deploy, not for POST /rollback"
+    )
+    assert accepted_read.status_code == 404, accepted_read.text
+    assert refused_read.status_code == 401, refused_read.text

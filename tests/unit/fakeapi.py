@@ -1,21 +1,28 @@
 """A fake deployment API on loopback for the clients' unit tests: scripted answers, every request kept.
 
-Like the real API with DEPLOY_REQUIRE_TIMESTAMP=true, it refuses a signed body without a fresh `timestamp`, or
-one it has received before; unlike it, it also keeps each such refusal in `problems`, and a test that leaves
-one there fails: the clients must never send either."""
+Like the real API, it checks each signature for its purpose (api.signature): a body for the endpoint it was sent
+to (`rollback:` and the body for /rollback), `read:` and the id for GET /deployments/{id}; a signature made for
+another purpose is refused with the API's words. Like the real API with DEPLOY_REQUIRE_TIMESTAMP=true, it refuses
+a signed body without a fresh `timestamp`, or one it has received before; unlike it, it also keeps each such
+refusal in `problems`, and a test that leaves one there fails: the clients must never send either.
+
+It also makes records that carry terminal escapes in every text (`hostile_record`), and finds what of them reached
+a client's output (`unprintable`)."""
 
 from __future__ import annotations
 
 import json
 import threading
 import time
+import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
-from api.signature import is_valid
+from api.deps import ACTIONS
+from api.signature import is_valid, purposes_signed
 
 SECRET = "unit-secret-" + "0123456789abcdef" * 3
 READ_TOKEN = "unit-read-token-0123456789"
@@ -63,6 +70,46 @@ def record(outcome: str = "succeeded", steps: list[dict[str, Any]] = STEPS, **fi
     }
 
 
+# What a signer or a container may write into a record: an OSC 52 clipboard write, a CSI that clears the screen and
+# one that recolours, a carriage return that prints over the line, a C1 (one-byte) CSI, NEL (a C1 line break), a
+# right-to-left override.
+HOSTILE = "\x1b]52;c;cm0gLXJmIH4K\x07\x1b[2J\x1b[31mred\rforged\x9b0m\x85next \u202eevil"
+# What each of them looks like once escaped, as the clients print it.
+HOSTILE_ESCAPED = r"\x1b]52;c;cm0gLXJmIH4K\x07\x1b[2J\x1b[31mred\rforged\x9b0m\x85next \u202eevil"
+BIDI_CONTROLS = "\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069"
+
+
+def hostile_record(outcome: str = "rolled_back") -> dict[str, Any]:
+    """A record whose every text starts with HOSTILE (so that what is cut short shows it too): each field, each step's
+    name, host and detail, each log line."""
+    steps = [
+        {**step, "step": HOSTILE + step["step"], "host": HOSTILE + "web-1", "detail": HOSTILE + step["detail"]}
+        for step in STEPS
+    ]
+    plain = record(outcome)
+    texts = {name: HOSTILE + value for name, value in plain.items() if isinstance(value, str) and name != "outcome"}
+    return record(
+        outcome,
+        steps,
+        **texts,
+        error=HOSTILE + "Container is restarting",
+        logs="\n".join(f"{HOSTILE}log line {number}" for number in range(1, 4)),
+        running_image=HOSTILE + "acme/portal:1.4.1",
+        running_image_id=HOSTILE + "sha256:803b769d63c8aaaa",
+        running_state=HOSTILE + "running",
+    )
+
+
+def unprintable(text: str) -> list[str]:
+    """The characters of `text` that a terminal acts on instead of showing, but the line break: C0 and C1 controls,
+    DEL, the line and paragraph separators, bidirectional controls, lone surrogates."""
+    return [
+        char
+        for char in text
+        if char != "\n" and (unicodedata.category(char) in ("Cc", "Cs", "Zl", "Zp") or char in BIDI_CONTROLS)
+    ]
+
+
 def progressing(final: dict[str, Any]) -> list[dict[str, Any]]:
     """The records a follower sees: no step yet, then one more finished step at a time, then `final`."""
     names = [step["step"] for step in final["steps"]]
@@ -107,8 +154,9 @@ class FakeApi:
         signature = handler.headers.get("X-Hub-Signature-256")
         bearer = handler.headers.get("Authorization") == f"Bearer {READ_TOKEN}"
         if seen.method == "POST":
-            if not is_valid(SECRET.encode(), seen.body, signature):
-                return 403, {"detail": "Invalid signature"}
+            purpose = parts.path.strip("/")
+            if not is_valid(SECRET.encode(), seen.body, signature, purpose):
+                return 403, {"detail": self.invalid_signature(seen.body, signature, purpose)}
             problem = self.freshness_problem(seen.body)
             if problem is not None:
                 self.problems.append(problem)
@@ -128,14 +176,26 @@ class FakeApi:
                 return 401, {"detail": "A valid read token is required: Authorization: Bearer <DEPLOY_READ_TOKEN>"}
             return 200, self.page
         deployment_id = parts.path.removeprefix("/deployments/")
-        if not (bearer or is_valid(SECRET.encode(), deployment_id.encode(), signature)):
-            return 401, {"detail": "A valid read token, or X-Hub-Signature-256 over the deployment id, is required"}
+        if not bearer and signature is None:
+            return 401, {
+                "detail": "A valid read token, or X-Hub-Signature-256 over read: and the deployment id, is required"
+            }
+        if not bearer and not is_valid(SECRET.encode(), deployment_id.encode(), signature, "read"):
+            why = self.invalid_signature(deployment_id.encode(), signature, "read").removeprefix("Invalid signature")
+            return 401, {"detail": f"The signature over read: and the deployment id is not valid{why}"}
         if deployment_id != DEPLOYMENT_ID:
             return 404, {"detail": f"No deployment '{deployment_id}'"}
         if self.unavailable_reads:
             self.unavailable_reads -= 1
             return 502, {"detail": "Bad gateway"}
         return 200, self.timeline.pop(0) if len(self.timeline) > 1 else self.timeline[0]
+
+    def invalid_signature(self, payload: bytes, header: str | None, purpose: str) -> str:
+        """The API's 403 detail: what a signature valid for another purpose was made for."""
+        made_for = [other for other in purposes_signed({"": [SECRET.encode()]}, payload, header) if other != purpose]
+        if not made_for:
+            return "Invalid signature"
+        return f"Invalid signature: it was made for {ACTIONS[made_for[0]]}, not for {ACTIONS[purpose]}"
 
     def freshness_problem(self, body: bytes) -> str | None:
         """Why a signed body would be refused as stale or replayed; None when it is new and carries the time.

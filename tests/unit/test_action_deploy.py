@@ -5,7 +5,9 @@ from __future__ import annotations
 import ast
 import importlib.util
 import io
+import json
 import re
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -15,8 +17,21 @@ from typing import Any
 
 import pytest
 import yaml
-from fakeapi import DEPLOYMENT_ID, SECRET, STEPS, FakeApi, progressing, record, serving
+from fakeapi import (
+    DEPLOYMENT_ID,
+    HOSTILE,
+    HOSTILE_ESCAPED,
+    SECRET,
+    STEPS,
+    FakeApi,
+    hostile_record,
+    progressing,
+    record,
+    serving,
+    unprintable,
+)
 
+import api.signature
 from api.signature import is_valid
 
 REPO = Path(__file__).resolve().parents[2]
@@ -87,11 +102,12 @@ def test_a_successful_deploy_signs_starts_asynchronously_and_follows_each_step_a
         b'{"service":"portal","image":"acme/portal:1.4.2","repository":"acme/portal","commit":"abc123",'
         b'"message":"Update homepage\\n\\nWith a body.","timestamp":%d}' % start.timestamp
     )
-    assert is_valid(SECRET.encode(), start.body, start.headers["X-Hub-Signature-256"])
+    assert is_valid(SECRET.encode(), start.body, start.headers["X-Hub-Signature-256"], "deploy")
     assert start.headers["User-Agent"].startswith("deploy-action/")
     for read in fake_api.requests("GET"):
         assert read.path == f"/deployments/{DEPLOYMENT_ID}"
-        assert is_valid(SECRET.encode(), DEPLOYMENT_ID.encode(), read.headers["X-Hub-Signature-256"])
+        assert is_valid(SECRET.encode(), DEPLOYMENT_ID.encode(), read.headers["X-Hub-Signature-256"], "read")
+        assert not is_valid(SECRET.encode(), DEPLOYMENT_ID.encode(), read.headers["X-Hub-Signature-256"], "deploy")
     assert log.startswith(f"::add-mask::{SECRET}\nDeployment {DEPLOYMENT_ID} of portal started\n")
     groups = re.findall(r"^::group::(.*)$", log, flags=re.MULTILINE)
     assert groups == [
@@ -248,7 +264,7 @@ def test_a_secret_list_signs_with_its_first_entry_and_masks_every_entry(runner, 
     (start,) = fake_api.requests("POST")
     assert is_valid(SECRET.encode(), start.body, start.headers["X-Hub-Signature-256"])
     for read in fake_api.requests("GET"):
-        assert is_valid(SECRET.encode(), DEPLOYMENT_ID.encode(), read.headers["X-Hub-Signature-256"])
+        assert is_valid(SECRET.encode(), DEPLOYMENT_ID.encode(), read.headers["X-Hub-Signature-256"], "read")
 
     code, log, _ = runner(INPUT_SECRET=f"{old},{SECRET}")
     assert code == 3, "only the first entry signs"
@@ -295,15 +311,31 @@ def test_a_missing_or_malformed_input_exits_2(runner, fake_api, inputs, message)
     assert fake_api.seen == []
 
 
-def test_the_script_needs_only_the_standard_library():
-    tree = ast.parse(SCRIPT.read_text())
-    imported = {
-        alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names
-    }
-    imported |= {
-        node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module
-    }
-    assert imported <= sys.stdlib_module_names | {"__future__"}, imported - sys.stdlib_module_names
+def imported_modules(path: Path) -> set[str]:
+    """The modules a file imports, as written (`api.signature`, `json`): Python 3.9's grammar, or SyntaxError."""
+    tree = ast.parse(path.read_text(), feature_version=(3, 9))
+    imported = {alias.name for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    return imported | {node.module for node in ast.walk(tree) if isinstance(node, ast.ImportFrom) and node.module}
+
+
+def test_the_script_needs_python_3_9_s_standard_library_and_two_api_modules_that_need_nothing_more():
+    """A runner's python3 runs it: the standard library, api.signature (one signing scheme, the API's) and api.text,
+    which need nothing but the standard library themselves."""
+    standard = sys.stdlib_module_names | {"__future__"}
+    ours = {name for name in imported_modules(SCRIPT) if name.split(".")[0] not in standard}
+    assert ours == {"api.signature", "api.text"}
+    for path in (REPO / "api" / "__init__.py", REPO / "api" / "signature.py", REPO / "api" / "text.py"):
+        outside = {name for name in imported_modules(path) if name.split(".")[0] not in standard}
+        assert outside == set(), f"{path.name} imports {outside}"
+    assert action_deploy.sign is api.signature.sign
+
+
+def test_the_script_finds_the_repository_s_modules_beside_it_with_nothing_else_on_the_path(tmp_path):
+    """As a runner starts it: python3 <checkout>/action/deploy.py from another directory, no site-packages."""
+    completed = subprocess.run(
+        [sys.executable, "-I", "-S", str(SCRIPT)], cwd=tmp_path, capture_output=True, text=True, env={}
+    )
+    assert (completed.returncode, completed.stdout) == (2, "::error title=Deploy::the input 'url' is required\n")
 
 
 def test_action_yml_inputs_outputs_and_a_step_that_takes_inputs_only_from_its_environment():
@@ -347,3 +379,44 @@ def test_the_documented_workflow_builds_pushes_and_deploys_with_the_action():
     assert {"service", "image"} <= set(step["with"])
     text = (REPO / "docs" / "github-actions-deployment-api.yml").read_text()
     assert "ghcr.io" in text and "docker/build-push-action" in text and "packages: write" in text
+
+
+def test_what_the_api_and_the_containers_wrote_is_printed_escaped(runner, fake_api, tmp_path):
+    final = hostile_record()
+    fake_api.timeline = progressing(final)
+
+    code, log, outputs = runner()
+
+    assert code == 1
+    summary = (tmp_path / "summary").read_text()
+    assert unprintable(log) == [] and unprintable(summary) == [], "no control character but the line break"
+    assert unprintable("".join(outputs.values())) == []
+    groups = re.findall(r"^::group::(.*)$", log, flags=re.MULTILINE)
+    assert (
+        groups[3] == f"✓ [{HOSTILE_ESCAPED}web-1] {HOSTILE_ESCAPED}health_check: {HOSTILE_ESCAPED}Container is healthy"
+    )
+    # Each step's JSON, inside its group, reads back to the step.
+    bodies = re.findall(r"^::stop-commands::(\w+)\n(.*?)\n::\1::$", log, flags=re.MULTILINE | re.DOTALL)
+    assert [json.loads(body) for _, body in bodies[:5]] == final["steps"]
+    assert (
+        f"::error title=Deploy of {HOSTILE_ESCAPED}portal%3A rolled_back::The deploy of {HOSTILE_ESCAPED}portal failed "
+        f"and was rolled back: the service runs the previous image again in 11.8 s: {HOSTILE_ESCAPED}Container is "
+        "restarting\n"
+    ) in log
+    assert bodies[5][1].splitlines() == [f"{HOSTILE_ESCAPED}log line {number}" for number in (1, 2, 3)]
+    assert f"| {HOSTILE_ESCAPED}health_check | ✓ | {HOSTILE_ESCAPED}Container is healthy |" in summary
+    assert f"**Error:** {HOSTILE_ESCAPED}Container is restarting" in summary
+
+
+def test_refusals_and_inputs_are_printed_escaped(runner, fake_api):
+    fake_api.start_answer = (422, {"detail": [f"message: {HOSTILE}"]})
+
+    code, log, _ = runner(INPUT_SERVICE=f"portal{HOSTILE}\n::error::forged")
+
+    assert code == 3
+    assert unprintable(log) == []
+    assert (
+        f"::error title=The deployment API refused portal{HOSTILE_ESCAPED}\\n%3A%3Aerror%3A%3Aforged::422: message: "
+        f"{HOSTILE_ESCAPED}\n"
+    ) in log
+    assert not re.search(r"^::error::forged", log, flags=re.MULTILINE), "an input's line break makes no command"

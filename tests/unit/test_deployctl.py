@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 import subprocess
 import sys
 import time
@@ -11,8 +12,22 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from fakeapi import DEPLOYMENT_ID, READ_TOKEN, SECRET, STEPS, FakeApi, progressing, record, serving
+from fakeapi import (
+    DEPLOYMENT_ID,
+    HOSTILE,
+    HOSTILE_ESCAPED,
+    READ_TOKEN,
+    SECRET,
+    STEPS,
+    FakeApi,
+    hostile_record,
+    progressing,
+    record,
+    serving,
+    unprintable,
+)
 
+import deployctl.client
 import deployctl.follow
 from api.signature import is_valid, sign
 from deployctl.cli import main
@@ -83,12 +98,13 @@ def test_deploy_signs_starts_asynchronously_and_prints_each_step_once(capsys, fa
         b'{"service":"portal","image":"acme/portal:1.4.2","repository":"acme/portal","commit":"abc123",'
         b'"message":"Update homepage","timestamp":%d}' % start.timestamp
     )
-    assert is_valid(SECRET.encode(), start.body, start.headers["X-Hub-Signature-256"])
+    assert is_valid(SECRET.encode(), start.body, start.headers["X-Hub-Signature-256"], "deploy")
     reads = fake_api.requests("GET")
     assert len(reads) == 6, "polled until the outcome was final, then stopped"
     for read in reads:
         assert read.path == f"/deployments/{DEPLOYMENT_ID}"
-        assert is_valid(SECRET.encode(), DEPLOYMENT_ID.encode(), read.headers["X-Hub-Signature-256"])
+        assert is_valid(SECRET.encode(), DEPLOYMENT_ID.encode(), read.headers["X-Hub-Signature-256"], "read")
+        assert not is_valid(SECRET.encode(), DEPLOYMENT_ID.encode(), read.headers["X-Hub-Signature-256"], "deploy")
     lines = out.splitlines()
     assert lines[0] == f"deploy of portal started: deployment {DEPLOYMENT_ID}"
     assert lines[1:6] == [
@@ -163,7 +179,8 @@ def test_rollback_posts_to_rollback_and_follows(capsys, fake_api):
     (start,) = fake_api.requests("POST")
     assert (start.path, start.query) == ("/rollback", {"wait": ["false"]})
     assert start.body == b'{"service":"portal","message":"1.4.2 breaks logins","timestamp":%d}' % start.timestamp
-    assert is_valid(SECRET.encode(), start.body, start.headers["X-Hub-Signature-256"])
+    assert is_valid(SECRET.encode(), start.body, start.headers["X-Hub-Signature-256"], "rollback")
+    assert not is_valid(SECRET.encode(), start.body, start.headers["X-Hub-Signature-256"], "deploy")
     assert "✓ rollback of portal succeeded" in out
 
 
@@ -222,6 +239,27 @@ def test_too_many_requests_exits_3_with_the_detail_and_the_seconds_to_wait(capsy
     assert out == "" and len(fake_api.seen) == 1, "not tried again"
 
 
+def test_a_signature_made_for_another_purpose_is_refused_and_says_what_to_do(capsys, fake_api, monkeypatch):
+    """As a deployctl that signed everything as a deploy would be answered: the fake checks each purpose."""
+    monkeypatch.setattr(deployctl.client, "sign", lambda secret, payload, purpose: sign(secret, payload))
+
+    rolled_back = run(capsys, "rollback", "portal")
+    shown = run(capsys, "show", DEPLOYMENT_ID)
+
+    assert rolled_back[0] == 3
+    assert (
+        "refused by the API (403): Invalid signature: it was made for POST /deploy, not for POST /rollback"
+        in (rolled_back[2])
+    )
+    assert "use the deployctl of the API's version" in rolled_back[2]
+    assert "WEBHOOK_SECRET here is not the API's" not in rolled_back[2]
+    assert shown[0] == 3
+    assert (
+        "refused by the API (401): The signature over read: and the deployment id is not valid: it was made for "
+        "POST /deploy, not for GET /deployments/{id}" in shown[2]
+    )
+
+
 def test_a_wrong_secret_exits_3_and_says_which_setting(capsys, fake_api, monkeypatch):
     monkeypatch.setenv("WEBHOOK_SECRET", "not-the-secret-" + "x" * 32)
 
@@ -264,7 +302,7 @@ def test_a_secret_list_signs_with_its_first_entry(capsys, fake_api, monkeypatch,
     (start,) = fake_api.requests("POST")
     assert is_valid(SECRET.encode(), start.body, start.headers["X-Hub-Signature-256"])
     for read in fake_api.requests("GET"):
-        assert is_valid(SECRET.encode(), DEPLOYMENT_ID.encode(), read.headers["X-Hub-Signature-256"])
+        assert is_valid(SECRET.encode(), DEPLOYMENT_ID.encode(), read.headers["X-Hub-Signature-256"], "read")
     assert signed[:2] == (0, sign(SECRET.encode(), b"{}") + "\n")
     assert old not in "".join(deployed[1:] + signed[1:])
 
@@ -373,6 +411,7 @@ def test_a_url_without_scheme_exits_2(capsys, fake_api):
         ["history", "--limit", "500"],
         ["history", "--outcome", "exploded"],
         ["sign", "no-such-file"],
+        ["sign", "--for", "anything"],
     ],
 )
 def test_bad_arguments_exit_2(capsys, argv):
@@ -444,7 +483,7 @@ def test_show_reads_with_the_token_or_else_signs_the_id(capsys, fake_api, monkey
     assert (code, json.loads(out)) == (0, final)
     read = fake_api.seen[-1]
     assert "Authorization" not in read.headers
-    assert is_valid(SECRET.encode(), DEPLOYMENT_ID.encode(), read.headers["X-Hub-Signature-256"])
+    assert is_valid(SECRET.encode(), DEPLOYMENT_ID.encode(), read.headers["X-Hub-Signature-256"], "read")
 
 
 def test_show_an_unknown_id_exits_3(capsys):
@@ -466,6 +505,128 @@ def test_sign_prints_the_header_for_the_exact_bytes_of_a_file_or_stdin(capsys, m
     monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(body.rstrip())))
     code, out, _ = run(capsys, "sign", "--value")
     assert (code, out) == (0, sign(SECRET.encode(), body.rstrip()) + "\n")
+
+
+@pytest.mark.parametrize("purpose", ["deploy", "rollback", "read"])
+def test_sign_for_a_purpose_signs_what_the_api_checks_for_it_and_nothing_else(capsys, tmp_path, purpose):
+    payload = DEPLOYMENT_ID.encode() if purpose == "read" else b'{"service":"portal","timestamp":1764211152}'
+    (tmp_path / "payload").write_bytes(payload)
+
+    code, out, _ = run(capsys, "sign", "payload", "--value", *(["--for", purpose] if purpose != "deploy" else []))
+
+    assert code == 0
+    signature = out.rstrip("\n")
+    assert signature == sign(SECRET.encode(), payload, purpose)
+    for other in {"deploy", "rollback", "read"} - {purpose}:
+        assert not is_valid(SECRET.encode(), payload, signature, other), f"made for {purpose}, refused for {other}"
+
+
+def test_sign_help_shows_a_rollback_and_a_read(capsys):
+    with pytest.raises(SystemExit):
+        main(["sign", "--help"])
+    text = capsys.readouterr().out
+    assert "--for {deploy,rollback,read}" in text
+    assert "| deployctl sign --for rollback --value" in text
+    assert f"printf %s {DEPLOYMENT_ID} | deployctl sign --for read --value" in text
+
+
+def assert_printed_escaped(text: str) -> None:
+    """Nothing of HOSTILE reached the terminal raw, and its escapes are there to read."""
+    assert unprintable(text) == [], "no control character but the line break"
+    assert HOSTILE_ESCAPED in text
+
+
+def test_deploy_prints_what_the_record_holds_with_its_control_characters_escaped(capsys, fake_api):
+    fake_api.timeline = progressing(hostile_record())
+
+    code, out, err = run(capsys, "deploy", "portal", "acme/portal:1.4.2")
+
+    assert code == 1
+    assert_printed_escaped(out + err)
+    lines = out.splitlines()
+    assert f"  ✓ [{HOSTILE_ESCAPED}web-1] {HOSTILE_ESCAPED}health_check {HOSTILE_ESCAPED}Container is healthy" in lines
+    assert f"✗ {HOSTILE_ESCAPED}deploy of {HOSTILE_ESCAPED}portal failed and was rolled back" in out
+    assert f"  error     {HOSTILE_ESCAPED}Container is restarting" in lines
+    assert lines[-3:] == [f"    {HOSTILE_ESCAPED}log line {number}" for number in (1, 2, 3)], "one line each"
+
+
+def test_show_prints_every_field_with_its_control_characters_escaped(capsys, fake_api, monkeypatch):
+    final = hostile_record()
+    fake_api.timeline = [final]
+    monkeypatch.setenv("DEPLOY_READ_TOKEN", READ_TOKEN)
+
+    code, out, err = run(capsys, "show", DEPLOYMENT_ID)
+
+    assert code == 0
+    assert_printed_escaped(out + err)
+    for name, field in [("deployment", "id"), ("service", "service"), ("requested", "image"), ("commit", "commit")]:
+        assert f"{name:<12} {HOSTILE_ESCAPED}{record()[field]}\n" in out
+    for name in ("repository", "message", "source"):
+        assert f"{name:<12} {HOSTILE_ESCAPED}{record()[name]}\n" in out
+    assert f"  found     {HOSTILE_ESCAPED}acme/portal:1.4.1 (" in out and f", {HOSTILE_ESCAPED}running\n" in out
+    assert out.count(f"{HOSTILE_ESCAPED}log line") == 3
+
+
+def test_json_is_the_same_record_without_a_raw_control_character(capsys, fake_api):
+    final = hostile_record()
+    final["message"] += "\x7f\u2028\u2029\u061c\u200e\u200f\u2066\u2069 déjà vu 中文 👨‍👩‍👧"
+    fake_api.timeline = [final]
+
+    code, out, _ = run(capsys, "show", DEPLOYMENT_ID, "--json")
+
+    assert code == 0
+    assert unprintable(out) == []
+    assert json.loads(out) == final
+    assert "déjà vu 中文 👨‍👩‍👧" in out, "what prints as it is stays as it is"
+    assert "\\u001b]52;c;" in out and "\\u009b0m" in out and "\\u202eevil" in out and "\\u2028" in out
+    if shutil.which("jq"):
+        jq = subprocess.run(["jq", "-c", "."], input=out, capture_output=True, text=True, check=True)
+        assert json.loads(jq.stdout) == final, "jq reads the same values back"
+
+
+def test_a_lone_surrogate_is_printed_as_its_escape(capsys, fake_api):
+    fake_api.timeline = [record(message="half a pair: \ud83d", error="\udfff")]
+
+    text = run(capsys, "show", DEPLOYMENT_ID)
+    as_json = run(capsys, "show", DEPLOYMENT_ID, "--json")
+
+    assert "message      half a pair: \\ud83d\n" in text[1] and "  error     \\udfff\n" in text[1]
+    assert json.loads(as_json[1])["message"] == "half a pair: \ud83d"
+    assert unprintable(text[1] + as_json[1]) == []
+
+
+def test_history_cells_are_printed_escaped(capsys, fake_api, monkeypatch):
+    monkeypatch.setenv("DEPLOY_READ_TOKEN", READ_TOKEN)
+    unknown_outcome = record(HOSTILE, duration_seconds=1.0)
+    fake_api.page = {"items": [hostile_record(), unknown_outcome], "total": 2, "limit": 20, "offset": 0}
+
+    code, out, err = run(capsys, "history")
+    as_json = run(capsys, "history", "--json")
+
+    assert code == 0
+    assert_printed_escaped(out + err)
+    _, hostile, unknown, _ = out.splitlines()
+    assert hostile.split("  ")[0] == f"{HOSTILE_ESCAPED}{DEPLOYMENT_ID}"
+    assert f"  {HOSTILE_ESCAPED}acme/portal:1.4.2" in hostile
+    assert f"  {HOSTILE_ESCAPED}  " in unknown, "the outcome, whatever it is"
+    assert unprintable(as_json[1]) == [] and json.loads(as_json[1]) == fake_api.page
+
+
+def test_refusals_and_proxy_answers_are_printed_escaped(capsys, fake_api):
+    # Three bodies: the same one twice within a second would be a request the API has already received.
+    fake_api.start_answer = (422, {"detail": [f"message: {HOSTILE}", HOSTILE]})
+    refused = run(capsys, "deploy", "portal", "--message", "first")
+    fake_api.start_answer = (403, {"detail": HOSTILE})
+    forbidden = run(capsys, "deploy", "portal", "--message", "second")
+    fake_api.start_answer = (502, {"detail": HOSTILE})
+    unavailable = run(capsys, "deploy", "portal", "--message", "third")
+
+    assert (refused[0], forbidden[0], unavailable[0]) == (3, 3, 4)
+    assert refused[2].splitlines()[1:] == [f"  - message: {HOSTILE_ESCAPED}", f"  - {HOSTILE_ESCAPED}"]
+    assert forbidden[2] == f"deployctl: refused by the API (403): {HOSTILE_ESCAPED}\n"
+    assert f"answered 502: {HOSTILE_ESCAPED}\n" in unavailable[2]
+    for _, out, err in (refused, forbidden, unavailable):
+        assert unprintable(out + err) == []
 
 
 def test_the_spinner_shows_the_running_step_and_its_time_on_a_terminal():
@@ -490,3 +651,27 @@ def test_the_spinner_shows_the_running_step_and_its_time_on_a_terminal():
         "  ✓ health_check  Container is healthy\n"
         "  ✓ cleanup       Kept 1 previous image\n"
     )
+
+
+def test_the_spinner_escapes_the_running_step_and_writes_no_other_control_character():
+    screen = io.StringIO()
+    progress = Progress(screen, tty=True, clock=lambda: 100.0)
+    running = progressing(hostile_record())
+
+    for each in running:
+        progress.update(each)
+    progress.done()
+
+    own = screen.getvalue().replace("\r\x1b[K", "")
+    assert unprintable(own) == [], "the spinner's own carriage return and erase-line, nothing else"
+    assert f"⠙ {HOSTILE_ESCAPED}capture_state 0 s" in own
+
+
+def test_sign_refuses_a_deploy_body_that_starts_as_another_purpose_s_message(capsys, monkeypatch):
+    """Its signature would also be a rollback's (over the rest): deployctl never makes one."""
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b'rollback:{"service":"portal"}')))
+    code, out, err = run(capsys, "sign", "--value")
+
+    assert code == 2
+    assert out == ""
+    assert "a body for POST /deploy never starts with 'rollback:' or 'read:'" in err

@@ -8,6 +8,7 @@ import sys
 import uvicorn
 from pydantic import ValidationError
 
+from api.inventory import Inventory, InventoryError
 from api.logs import logging_config
 from api.settings import get_settings
 
@@ -19,6 +20,11 @@ def main() -> int:
         for problem in error.errors(include_input=False, include_url=False):
             name = ".".join(str(part) for part in problem["loc"]).upper()
             print(f"deploy API: refusing to start: {name}: {problem['msg']}", file=sys.stderr)
+        return 2
+    try:
+        Inventory(settings.deploy_inventory, settings.service_secrets).view()
+    except InventoryError as error:
+        print(f"deploy API: refusing to start: DEPLOY_INVENTORY: {error}", file=sys.stderr)
         return 2
     # Warnings become log lines too, so that every line has the chosen format.
     logging.captureWarnings(True)

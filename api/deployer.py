@@ -18,6 +18,7 @@ from api.history import now as history_now
 from api.models import DeployFailure, DeployRequest, DeploySuccess, HostOutcome
 from api.runner import RunResult, deploy_extravars, run_playbook, stop_leftover_run
 from api.settings import Settings
+from api.text import printable
 
 log = logging.getLogger("deploy")
 BANNER = "=" * 40
@@ -25,9 +26,12 @@ BANNER = "=" * 40
 
 @dataclass(frozen=True)
 class RunningDeploy:
+    """A deploy's claim on its service on each of its hosts: no other deploy of the service may touch them."""
+
     deployment_id: str
     service: str
     started: datetime
+    hosts: tuple[str, ...]
 
 
 class DeployConflict(Exception):
@@ -195,7 +199,7 @@ class Deployer:
         self.history = history
         self.on_finished = list(on_finished)
         self.shutting_down = threading.Event()
-        self._running: dict[str, RunningDeploy] = {}
+        self._running: dict[str, RunningDeploy] = {}  # by deployment id
         self._lock = threading.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -203,18 +207,21 @@ class Deployer:
         with self._lock:
             return list(self._running.values())
 
-    def _claim(self, service: str) -> RunningDeploy:
+    def claim(self, service: str, hosts: tuple[str, ...]) -> RunningDeploy:
+        """The service on these hosts, for one deploy; DeployConflict when a deploy of it runs on one of them
+        already. Deploys of a service to other hosts (another environment) run side by side."""
         now = datetime.now(UTC)
         with self._lock:
-            if service in self._running:
-                raise DeployConflict(self._running[service])
-            claim = RunningDeploy(new_deployment_id(now), service, now)
-            self._running[service] = claim
+            for running in self._running.values():
+                if running.service == service and set(running.hosts) & set(hosts):
+                    raise DeployConflict(running)
+            claim = RunningDeploy(new_deployment_id(now), service, now, hosts)
+            self._running[claim.deployment_id] = claim
             return claim
 
-    def _release(self, claim: RunningDeploy) -> None:
+    def release(self, claim: RunningDeploy) -> None:
         with self._lock:
-            self._running.pop(claim.service, None)
+            self._running.pop(claim.deployment_id, None)
 
     def reject(self, action: str, document: Any, source: str, status: int, detail: Any) -> str:
         """Record a signed request refused at validation (400, 403, 409, 422, 429); nothing ran."""
@@ -226,6 +233,7 @@ class Deployer:
             return value[:limit].encode("utf-8", "backslashreplace").decode() if isinstance(value, str) else None
 
         deployment_id = new_deployment_id(datetime.now(UTC))
+        error = detail if isinstance(detail, str) else "; ".join(str(item) for item in detail)
         logs.bind(deployment_id=deployment_id, service=text("service", 128))
         self.history.create(
             id=deployment_id,
@@ -238,10 +246,11 @@ class Deployer:
             message=text("message", 4096),
             source=source,
             finished_at=history_now(),
-            error=detail if isinstance(detail, str) else "; ".join(str(item) for item in detail),
+            error=error,
             http_status=status,
         )
-        log.warning("[%s] %s refused (%d): %s", deployment_id, action, status, detail)
+        # The detail quotes what the request said: escaped, so that no signer can write a log line of its own.
+        log.warning("[%s] %s refused (%d): %s", deployment_id, action, status, printable(error))
         return deployment_id
 
     async def start(
@@ -249,13 +258,15 @@ class Deployer:
         request: DeployRequest,
         source: str,
         *,
+        hosts: tuple[str, ...],
         action: str = "deploy",
         wait: bool = True,
-        limit: tuple[str, ...] | None = None,
+        claim: RunningDeploy | None = None,
     ) -> tuple[str, int, DeploySuccess | DeployFailure | None]:
-        """Start a deploy (or rollback), on the hosts of its environment or only those of `limit`. With wait, the
-        finished outcome; else (id, 202, None) at once."""
-        claim = self._claim(request.service)
+        """Start a deploy (or rollback) of the service on `hosts` (those of its environment that the request may
+        reach: the playbook runs on no other), under `claim` or a claim of its own. With wait, the finished outcome;
+        else (id, 202, None) at once."""
+        claim = claim or self.claim(request.service, hosts)
         logs.bind(deployment_id=claim.deployment_id, service=request.service)
         try:
             self.history.create(
@@ -272,10 +283,10 @@ class Deployer:
                 started_at=history_now(),
             )
         except BaseException:
-            self._release(claim)
+            self.release(claim)
             raise
         self._log_start(claim, request, action, source)
-        work = self._run(claim, request, action, limit)
+        work = self._run(claim, request, action)
         if wait:
             status, body = await work
             return claim.deployment_id, status, body
@@ -283,7 +294,7 @@ class Deployer:
         return claim.deployment_id, 202, None
 
     async def _run(
-        self, claim: RunningDeploy, request: DeployRequest, action: str, limit: tuple[str, ...] | None = None
+        self, claim: RunningDeploy, request: DeployRequest, action: str
     ) -> tuple[int, DeploySuccess | DeployFailure]:
         deployment_id = claim.deployment_id
         host_steps: dict[str, list[dict[str, Any]]] = {}
@@ -312,7 +323,7 @@ class Deployer:
                     batches=self.settings.deploy_batches,
                     rollback_updated=self.settings.deploy_rollback_updated_hosts,
                 ),
-                limit=limit,
+                limit=claim.hosts,
                 inventory=self.settings.deploy_inventory,
                 state_dir=self.settings.deploy_state_dir,
                 timeout=self.settings.deploy_timeout,
@@ -350,7 +361,7 @@ class Deployer:
             self._finished(deployment_id)
             raise
         finally:
-            self._release(claim)
+            self.release(claim)
         self._log_end(claim, status, body)
         if outcome == "interrupted" and self.shutting_down.is_set():
             # Stopped by a shutdown: the next start inspects the service, as after a crash.
@@ -442,7 +453,7 @@ class Deployer:
         log.warning("⏪ [%s] %s: rolling back to the previous image", deployment_id, reason)
         try:
             rollback_id, status, _ = await self.start(
-                request, "recovery", action="rollback", wait=True, limit=tuple(reasons)
+                request, "recovery", action="rollback", wait=True, hosts=tuple(reasons)
             )
         except DeployConflict as conflict:
             note = f"Not rolled back: {conflict}"
@@ -533,7 +544,7 @@ class Deployer:
             log.info("✅ Deployment Successful! %s -> %s", body.old_image or "(none)", body.new_image)
         else:
             rolled_back = any(step.get("step") == "rollback" and step.get("rolled_back") for step in body.steps)
-            log.error("❌ Deployment Failed: %s", body.error)
+            log.error("❌ Deployment Failed: %s", printable(body.error))
             log.error("⏪ Rolled back to the previous image" if rolled_back else "⚠️  No rollback happened")
         log.info("[%s] answered %d", claim.deployment_id, status)
         log.info(BANNER)

@@ -37,6 +37,8 @@ class SignedBody:
     # Who signed it: WEBHOOK_SECRET, or the WEBHOOK_SECRET_<NAME> of a service (see api.settings.secret_sets).
     signers: frozenset[str]
     client: str
+    # The signature as `sha256=<lower-case hex>`: a body is a new request only with a signature never seen with it.
+    signature: str
 
 
 def get_client(request: Request) -> str:
@@ -56,18 +58,33 @@ def too_many(detail: str, retry_after: int) -> HTTPException:
     )
 
 
-def check_signature(request: Request, body: bytes, client: str) -> frozenset[str]:
-    """Who signed `body`; 429 for a client that has had its invalid signatures, 403 for an invalid one."""
+def check_signature(request: Request, payload: bytes, client: str, purpose: str) -> frozenset[str]:
+    """Who signed `payload` for `purpose` (api.signature); 429 for a client that has had its refusals, 403 for an
+    invalid signature, which says so when the signature was made for another purpose."""
     rate_limits = get_rate_limits(request)
-    retry_after = rate_limits.signature_blocked(client)
+    retry_after = rate_limits.blocked(client)
     if retry_after is not None:
         raise too_many("Too many requests with an invalid signature from this address", retry_after)
     settings: Settings = request.app.state.settings
-    found = signature.signers(settings.secret_sets(), body, request.headers.get(signature.HEADER))
+    header = request.headers.get(signature.HEADER)
+    found = signature.signers(settings.secret_sets(), payload, header, purpose)
     if not found:
-        rate_limits.signature_failed(client)
-        raise HTTPException(status.HTTP_403_FORBIDDEN, detail="Invalid signature")
+        rate_limits.refused(client)
+        raise HTTPException(status.HTTP_403_FORBIDDEN, detail=_invalid(settings, payload, header, purpose))
     return found
+
+
+def _invalid(settings: Settings, payload: bytes, header: str | None, purpose: str) -> str:
+    """The reference's "Invalid signature", and what the signature was made for when it is valid for another
+    purpose (whoever sent it signed it, or saw it signed: this tells them nothing new)."""
+    others = [other for other in signature.purposes_signed(settings.secret_sets(), payload, header) if other != purpose]
+    if not others:
+        return "Invalid signature"
+    return f"Invalid signature: it was made for {ACTIONS[others[0]]}, not for {ACTIONS[purpose]}"
+
+
+# What each signature purpose is for, in a refusal's words.
+ACTIONS = {"deploy": "POST /deploy", "rollback": "POST /rollback", "read": "GET /deployments/{id}"}
 
 
 async def signed_body(request: Request) -> SignedBody:
@@ -75,7 +92,8 @@ async def signed_body(request: Request) -> SignedBody:
     client = get_client(request)
     try:
         raw = await _bounded_body(request)
-        return SignedBody(raw, check_signature(request, raw, client), client)
+        signers = check_signature(request, raw, client, endpoint(request))
+        return SignedBody(raw, signers, client, signature.normalized(request.headers[signature.HEADER]))
     except HTTPException as refusal:
         result = {
             status.HTTP_413_CONTENT_TOO_LARGE: "too_large",

@@ -7,9 +7,12 @@ migration to MIGRATIONS and older databases are brought up to date when the serv
 from __future__ import annotations
 
 import json
+import math
 import sqlite3
 import threading
-from datetime import UTC, datetime
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -97,6 +100,19 @@ _FIELDS = (
 _INTERNAL = ("to_inspect",)
 
 
+@dataclass(frozen=True)
+class Retention:
+    """How much history is kept: records younger than `days`, at most `records` of them (None: no bound). Records
+    of deploys still running, or to inspect after a crash, are always kept."""
+
+    days: int | None = None
+    records: int | None = None
+
+
+# Pruning runs at most this often, when a record is written.
+PRUNE_INTERVAL_SECONDS = 60
+
+
 def now() -> str:
     return datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
@@ -108,8 +124,10 @@ def _column(field: str) -> str:
 class History:
     """The deployment records. Thread-safe: one connection, one lock; every write is one short transaction."""
 
-    def __init__(self, path: Path):
+    def __init__(self, path: Path, retention: Retention = Retention()):
         self.path = path
+        self.retention = retention
+        self._pruned_at = -math.inf
         path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
         self._lock = threading.Lock()
         self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
@@ -158,6 +176,29 @@ class History:
                 f"INSERT INTO deployments ({columns}) VALUES ({', '.join('?' * len(fields))})",
                 values,
             )
+        if time.monotonic() - self._pruned_at >= PRUNE_INTERVAL_SECONDS:
+            self.prune()
+
+    def prune(self) -> int:
+        """Delete the finished records beyond the retention; how many went."""
+        self._pruned_at = time.monotonic()
+        conditions, parameters = [], []
+        if self.retention.days is not None:
+            cutoff = datetime.now(UTC) - timedelta(days=self.retention.days)
+            conditions.append("started_at < ?")
+            parameters.append(cutoff.isoformat(timespec="milliseconds").replace("+00:00", "Z"))
+        if self.retention.records is not None:
+            conditions.append(
+                "rowid NOT IN (SELECT rowid FROM deployments ORDER BY started_at DESC, rowid DESC LIMIT ?)"
+            )
+            parameters.append(self.retention.records)
+        if not conditions:
+            return 0
+        finished = "outcome != 'running' AND to_inspect = 0"
+        with self._lock:
+            return self._db.execute(
+                f"DELETE FROM deployments WHERE {finished} AND ({' OR '.join(conditions)})", parameters
+            ).rowcount
 
     def update(self, deployment_id: str, **changes: Any) -> None:
         unknown = set(changes) - set(_FIELDS)
@@ -212,8 +253,11 @@ class History:
             ).fetchall()
         return [_decode(row, internal=True) for row in rows]
 
-    def first_receipt(self, digest: str, expires_at: float, now: float) -> bool:
-        """Remember a signed request until `expires_at`; False when it was received before (a replay)."""
+    def first_receipt(self, digest: str, expires_at: float | None, now: float) -> bool:
+        """Remember a signed request until `expires_at` (None: for good); False when it was received before (a
+        replay). `now` is the reading of the clock the request's window was checked with, so that a record is never
+        dropped while a request carrying it could still pass the window."""
+        expires_at = math.inf if expires_at is None else expires_at
         with self._lock:
             self._db.execute("BEGIN IMMEDIATE")
             try:

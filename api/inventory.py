@@ -1,8 +1,15 @@
-"""The allow-list, read from the same Ansible inventory the playbook uses, so the two never disagree."""
+"""The allow-list, read from the same Ansible inventory the playbook uses, so the two never disagree.
+
+Every host has its own `deploy_services`; a request is allowed only if each host it reaches allows it: the service,
+the image, and the secret that signed it (an intersection over the hosts, never a union).
+"""
 
 from __future__ import annotations
 
+import logging
+import re
 import threading
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -11,31 +18,77 @@ from ansible.parsing.dataloader import DataLoader
 from ansible.template import Templar
 from ansible.vars.manager import VariableManager
 
+log = logging.getLogger("deploy")
+
+# The secret set that signs for every service whose entry names no secret_env of its own.
+DEFAULT_SIGNER = "WEBHOOK_SECRET"
+# deploy_services.<name>.secret_env names the variable that holds the service's own secret(s).
+SECRET_ENV = re.compile(r"WEBHOOK_SECRET_[A-Z0-9_]+")
+
+
+class InventoryError(ValueError):
+    """An inventory the API cannot deploy from: it names the file, host, service and setting at fault."""
+
 
 @dataclass(frozen=True)
 class ServicePolicy:
-    """Who may deploy a service, and what: from its `deploy_services` entries on every host."""
+    """Who may deploy a service on one host, and what: its `deploy_services` entry there."""
 
     # The WEBHOOK_SECRET_<NAME> variables whose secrets sign for it; empty: WEBHOOK_SECRET does.
     secret_envs: tuple[str, ...] = ()
     # The image repositories it may run; None: any (as the compose file and the request say).
     image_repositories: tuple[str, ...] | None = None
 
-    def signs(self, signers: frozenset[str]) -> bool:
+    def signs(self, signers: Collection[str]) -> bool:
         """Whether one of the secret sets that signed a request may deploy the service."""
-        return bool(signers & (set(self.secret_envs) or {"WEBHOOK_SECRET"}))
+        return bool(set(signers) & (set(self.secret_envs) or {DEFAULT_SIGNER}))
+
+    def allows_image(self, repository: str) -> bool:
+        return self.image_repositories is None or repository in self.image_repositories
 
 
 @dataclass(frozen=True)
 class Environment:
-    """The hosts of an inventory group, and the services they allow."""
+    """The hosts of an inventory group (or of the whole inventory), each with the services it allows."""
 
     hosts: tuple[str, ...]
-    services: tuple[str, ...]
-    policies: dict[str, ServicePolicy] = field(default_factory=dict)
+    # host -> service -> the policy of its entry on that host.
+    host_services: dict[str, dict[str, ServicePolicy]] = field(default_factory=dict)
 
-    def policy(self, service: str) -> ServicePolicy:
-        return self.policies.get(service, ServicePolicy())
+    @property
+    def services(self) -> tuple[str, ...]:
+        """The services every host of the environment allows: what a request can deploy there."""
+        if not self.hosts:
+            return ()
+        common = set.intersection(*(set(self.host_services.get(host, {})) for host in self.hosts))
+        return tuple(sorted(common))
+
+    def policies(self, service: str) -> dict[str, ServicePolicy]:
+        """The service's policy on each host that allows it."""
+        return {host: services[service] for host in self.hosts if service in (services := self.host_services[host])}
+
+    def signs(self, service: str, signers: Collection[str]) -> bool:
+        """Whether the signers may deploy `service` on every host of the environment that allows it (WEBHOOK_SECRET
+        alone when none does, as for any service without a secret of its own)."""
+        policies = self.policies(service).values() or [ServicePolicy()]
+        return all(policy.signs(signers) for policy in policies)
+
+    def deployable(self, service: str, signers: Collection[str]) -> bool:
+        """Every host allows the service, and the signers may deploy it on each."""
+        return service in self.services and self.signs(service, signers)
+
+    def services_for(self, signers: Collection[str]) -> tuple[str, ...]:
+        """The services the signers may deploy here: the allow-list as far as they may know it."""
+        return tuple(service for service in self.services if self.signs(service, signers))
+
+    def hosts_refusing_image(self, service: str, repository: str) -> tuple[str, ...]:
+        return tuple(host for host, policy in self.policies(service).items() if not policy.allows_image(repository))
+
+    def image_repositories(self, service: str) -> tuple[str, ...]:
+        """The repositories every host that pins the service's images allows."""
+        policies = self.policies(service).values()
+        pinned = [set(policy.image_repositories) for policy in policies if policy.image_repositories]
+        return tuple(sorted(set.intersection(*pinned))) if pinned else ()
 
 
 @dataclass(frozen=True)
@@ -48,16 +101,25 @@ class InventoryView:
 
     @property
     def services(self) -> tuple[str, ...]:
-        return self.everywhere.services
-
-    def policy(self, service: str, environment: str | None = None) -> ServicePolicy:
-        """The service's policy in an environment; across every host for None or an environment gone from the
-        inventory."""
-        return self.environments.get(environment or "", self.everywhere).policy(service)
+        """Every service some host allows."""
+        return tuple(sorted({service for services in self.everywhere.host_services.values() for service in services}))
 
     def environment(self, name: str | None) -> Environment:
         """A named environment, or every host of the inventory for None. KeyError for an unknown name."""
         return self.everywhere if name is None else self.environments[name]
+
+    def reached(self, name: str | None) -> Environment:
+        """The hosts a deploy to environment `name` reached: its group, or every host for None or a group gone
+        from the inventory since."""
+        return self.environments.get(name or "", self.everywhere)
+
+    def environments_for(self, service: str, signers: Collection[str]) -> tuple[str, ...]:
+        """The environments where the signers may deploy `service`."""
+        return tuple(name for name, group in self.environments.items() if group.deployable(service, signers))
+
+    def environments_open_to(self, signers: Collection[str]) -> tuple[str, ...]:
+        """The environments where the signers may deploy something."""
+        return tuple(name for name, environment in self.environments.items() if environment.services_for(signers))
 
 
 def _names(value: object) -> list[str]:
@@ -67,16 +129,9 @@ def _names(value: object) -> list[str]:
     return [str(item) for item in value] if isinstance(value, list | tuple) else [str(value)]
 
 
-def _policies(entries: dict[str, list[dict]]) -> dict[str, ServicePolicy]:
-    """One policy per service. Hosts that disagree: any secret one of them names signs, and the repositories
-    are those of all hosts (each host's playbook run still refuses what its own entry does not allow)."""
-    policies = {}
-    for service, host_entries in entries.items():
-        secret_envs = sorted({name for entry in host_entries for name in _names(entry.get("secret_env"))})
-        repositories = [_names(entry.get("image_repository")) for entry in host_entries]
-        pinned = None if any(not names for names in repositories) else tuple(sorted(set().union(*repositories)))
-        policies[service] = ServicePolicy(tuple(secret_envs), pinned)
-    return policies
+def _policy(entry: dict) -> ServicePolicy:
+    repositories = _names(entry.get("image_repository"))
+    return ServicePolicy(tuple(sorted(set(_names(entry.get("secret_env"))))), tuple(sorted(set(repositories))) or None)
 
 
 def _newest_change(path: Path) -> float:
@@ -84,33 +139,49 @@ def _newest_change(path: Path) -> float:
     return max((candidate.stat().st_mtime_ns for candidate in paths if candidate.exists()), default=0)
 
 
+def secret_env_problems(view: InventoryView, known: Collection[str]) -> list[str]:
+    """What is wrong with the secret_env names of the inventory: a name that is no WEBHOOK_SECRET_<NAME>, or one
+    that is not set in the API's environment (nobody could deploy the service)."""
+    problems = []
+    for host, services in view.everywhere.host_services.items():
+        for service, policy in services.items():
+            for name in policy.secret_envs:
+                if not SECRET_ENV.fullmatch(name):
+                    problems.append(
+                        f"host {host}, service {service!r}: secret_env {name!r} is not a WEBHOOK_SECRET_<NAME> "
+                        "variable (capital letters, digits and _)"
+                    )
+                elif name not in known:
+                    problems.append(
+                        f"host {host}, service {service!r}: secret_env {name} is not set in the API's environment"
+                    )
+    return problems
+
+
 def read_inventory(path: Path) -> InventoryView:
-    """Every service some host allows (its `deploy_services` keys), and every host's compose directory."""
+    """Every host's services (its `deploy_services`) with their policies, and every host's compose directory."""
     loader = DataLoader()
     inventory = InventoryManager(loader=loader, sources=[str(path)])
     variables = VariableManager(loader=loader, inventory=inventory)
-    host_entries: dict[str, dict[str, dict]] = {}
+    host_services: dict[str, dict[str, ServicePolicy]] = {}
     compose_dirs: list[str] = []
     for host in inventory.get_hosts():
         host_vars = variables.get_vars(host=host)
         services = host_vars.get("deploy_services") or {}
-        host_entries[host.name] = {
-            str(name): entry if isinstance(entry, dict) else {} for name, entry in services.items()
+        host_services[host.name] = {
+            str(name): _policy(entry if isinstance(entry, dict) else {}) for name, entry in services.items()
         }
         if "deploy_compose_dir" in host_vars:
             compose_dir = Templar(loader=loader, variables=host_vars).template(host_vars["deploy_compose_dir"])
             compose_dirs.append(str(Path(str(compose_dir)).resolve()))
 
-    def environment(hosts: list[str]) -> Environment:
-        entries: dict[str, list[dict]] = {}
-        for host in hosts:
-            for name, entry in host_entries.get(host, {}).items():
-                entries.setdefault(name, []).append(entry)
-        return Environment(tuple(hosts), tuple(sorted(entries)), _policies(entries))
+    def environment(hosts: Iterable[str]) -> Environment:
+        hosts = tuple(hosts)
+        return Environment(hosts, {host: host_services.get(host, {}) for host in hosts})
 
-    everywhere = environment(list(host_entries))
+    everywhere = environment(host_services)
     environments = {
-        name: environment([host.name for host in group.get_hosts()])
+        name: environment(host.name for host in group.get_hosts())
         for name, group in sorted(inventory.groups.items())
         if name not in ("all", "ungrouped")
     }
@@ -118,18 +189,38 @@ def read_inventory(path: Path) -> InventoryView:
 
 
 class Inventory:
-    """The inventory, read again whenever one of its files changes."""
+    """The inventory, read again whenever one of its files changes.
 
-    def __init__(self, path: Path):
+    An inventory whose secret_env names a variable the API does not hold is refused: at start (InventoryError), and
+    after a change (`problem` says why, the last good view is kept for reading, and no deploy runs until it is
+    fixed), so that a typo can neither leave a service open to WEBHOOK_SECRET nor fail silently.
+    """
+
+    def __init__(self, path: Path, secret_names: Collection[str] = ()):
         self.path = path
+        self.secret_names = frozenset(secret_names)
         self._lock = threading.Lock()
         self._stamp: float | None = None
-        self._view = InventoryView(Environment((), ()), ())
+        self._view: InventoryView | None = None
+        self.problem: str | None = None
 
     def view(self) -> InventoryView:
+        """The newest valid view; InventoryError when none was ever valid."""
         with self._lock:
             stamp = _newest_change(self.path)
             if stamp != self._stamp:
-                self._view = read_inventory(self.path)
                 self._stamp = stamp
+                self._reload()
+            if self._view is None:
+                raise InventoryError(self.problem or f"{self.path}: not read")
             return self._view
+
+    def _reload(self) -> None:
+        view = read_inventory(self.path)
+        problems = secret_env_problems(view, self.secret_names)
+        if problems:
+            self.problem = f"{self.path}: " + "; ".join(problems)
+            if self._view is not None:
+                log.error("Inventory changed and refused, no deploy runs until it is fixed: %s", self.problem)
+            return
+        self._view, self.problem = view, None

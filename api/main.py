@@ -5,7 +5,8 @@ from __future__ import annotations
 import asyncio
 import fcntl
 import os
-from collections.abc import AsyncIterator, Iterator
+import time
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
@@ -44,15 +45,19 @@ def instance_lock(state_dir: Path) -> Iterator[None]:
         os.close(descriptor)
 
 
-def create_app(settings: Settings | None = None) -> FastAPI:
+def create_app(settings: Settings | None = None, clock: Callable[[], float] = time.time) -> FastAPI:
+    """The app; `clock` is the wall clock that requests' timestamps are held against."""
+
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.settings = current = settings or get_settings()
+        app.state.clock = clock
         logs.configure(current.log_format)
-        app.state.inventory = inventory = Inventory(current.deploy_inventory)
+        app.state.inventory = inventory = Inventory(current.deploy_inventory, current.service_secrets)
         inventory.view()
         with instance_lock(current.deploy_state_dir):
-            history = History(current.history_file)
+            history = History(current.history_file, current.deploy_history_retention)
+            history.prune()
             app.state.rate_limits = RateLimits(current)
             app.state.metrics = metrics = Metrics(history, services=lambda: inventory.view().services)
             urls = current.deploy_notify_urls.get_secret_value() if current.deploy_notify_urls else None

@@ -32,6 +32,7 @@ WEBHOOK_RESULTS = (
     "too_large",
     "conflict",
     "rate_limited",
+    "inventory_invalid",
 )
 NOTIFICATION_RESULTS = ("sent", "failed", "dropped")
 # A deploy is a pull, a restart and a health check: seconds to a few minutes; DEPLOY_TIMEOUT is 900 s.

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
+from collections import Counter
 from functools import lru_cache
 from pathlib import Path
 from typing import Annotated, Literal
@@ -14,17 +16,21 @@ from dotenv import dotenv_values
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
+from api.history import Retention
+from api.inventory import SECRET_ENV
 from api.models import ENVIRONMENT_PATTERN, FINISHED_OUTCOMES, FinishedOutcome
 from api.notify import target_urls
 
 MIN_SECRET_LENGTH = 32
-# Environment variables that hold secrets: removed from the process environment once read, so
-# that no child process (ansible-runner records its environment in its artifacts) sees them.
-# Apprise URLs carry bot tokens and passwords.
+# A secret's entropy, estimated from how its characters are spread; 32 random hex digits (128 bits) measure 90 or more.
+MIN_SECRET_BITS = 80
+# Padding such as the reference's XXXX... placeholder: one character is more than this share of the secret.
+MAX_SAME_CHARACTER_SHARE = 0.4
+MAKE_ONE = "make one with: python3 -c 'import secrets; print(secrets.token_hex(32))'"
+# Environment variables that hold secrets: removed from the process environment once read, whatever their letter
+# case (settings are read case-insensitively). Apprise URLs carry bot tokens and passwords.
 SECRET_VARIABLES = ("WEBHOOK_SECRET", "DEPLOY_READ_TOKEN", "DEPLOY_METRICS_TOKEN", "DEPLOY_NOTIFY_URLS")
 MIN_READ_TOKEN_LENGTH = 16
-# Per-service secrets: an inventory entry names one (deploy_services.<name>.secret_env) by its variable.
-SERVICE_SECRET_VARIABLE = re.compile(r"WEBHOOK_SECRET_[A-Z0-9_]+")
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 
@@ -33,20 +39,45 @@ def secrets_of(value: SecretStr) -> tuple[bytes, ...]:
     return tuple(part.strip().encode() for part in value.get_secret_value().split(",") if part.strip())
 
 
+def secret_weakness(secret: bytes) -> str | None:
+    """Why a secret is too weak to sign deploys, or None. Length is not enough: "a" * 32 is long."""
+    if len(secret) < MIN_SECRET_LENGTH:
+        return f"is shorter than {MIN_SECRET_LENGTH} characters"
+    if (secret + secret).find(secret, 1) < len(secret):
+        return "repeats a shorter string"
+    counts = Counter(secret)
+    most = max(counts.values()) / len(secret)
+    if most > MAX_SAME_CHARACTER_SHARE:
+        return f"is {most:.0%} one character"
+    bits = -sum(count * math.log2(count / len(secret)) for count in counts.values())
+    if bits < MIN_SECRET_BITS:
+        return f"has about {bits:.0f} bits of entropy ({MIN_SECRET_BITS} needed)"
+    return None
+
+
 def _strong_secrets(name: str, value: SecretStr) -> SecretStr:
     found = secrets_of(value)
-    if not found or any(len(secret) < MIN_SECRET_LENGTH for secret in found):
-        raise ValueError(
-            f"{name} must hold secrets of at least {MIN_SECRET_LENGTH} characters (several: separated by commas); "
-            "make one with: python3 -c 'import secrets; print(secrets.token_hex(32))'"
-        )
+    if not found:
+        raise ValueError(f"{name} holds no secret; {MAKE_ONE}")
+    for position, secret in enumerate(found, start=1):
+        weakness = secret_weakness(secret)
+        if weakness:
+            which = f"its secret number {position}" if len(found) > 1 else "its secret"
+            raise ValueError(f"{name}: {which} {weakness}; {MAKE_ONE}")
     return value
 
 
 def service_secrets_from_environment(env_file: Path = Path(".env")) -> dict[str, SecretStr]:
-    """Every WEBHOOK_SECRET_<NAME> of `.env` and the environment (which wins)."""
+    """Every WEBHOOK_SECRET_<NAME> of `.env` and the environment (which wins), named in capitals, as the inventory's
+    secret_env names them."""
     found = {**dotenv_values(env_file), **os.environ} if env_file.is_file() else dict(os.environ)
-    return {name: SecretStr(value or "") for name, value in found.items() if SERVICE_SECRET_VARIABLE.fullmatch(name)}
+    return {name.upper(): SecretStr(value or "") for name, value in found.items() if SECRET_ENV.fullmatch(name.upper())}
+
+
+def is_secret_variable(name: str) -> bool:
+    """Whether an environment variable holds a secret setting, in whatever letter case."""
+    upper = name.upper()
+    return upper in SECRET_VARIABLES or bool(SECRET_ENV.fullmatch(upper))
 
 
 # Defaults are the project's own files, wherever the service is started from.
@@ -98,6 +129,11 @@ class Settings(BaseSettings):
     )
     deploy_max_body_bytes: int = Field(64 * 1024, ge=1024, description="Larger request bodies get 413")
     deploy_keep_runs: int = Field(100, ge=1, description="Run directories kept under DEPLOY_STATE_DIR/runs")
+    deploy_history_retention: Annotated[Retention, NoDecode] = Field(
+        Retention(days=365, records=5000),
+        description="History kept: records younger than <N>d, at most <N> of them, or both (365d,5000); "
+        "unfinished records are always kept",
+    )
     deploy_metrics_token: SecretStr | None = Field(
         None, description="Bearer token Prometheus must send to GET /metrics; unset, /metrics is open"
     )
@@ -136,7 +172,7 @@ class Settings(BaseSettings):
     @classmethod
     def service_secrets_are_strong(cls, secrets: dict[str, SecretStr]) -> dict[str, SecretStr]:
         for name, secret in secrets.items():
-            if not SERVICE_SECRET_VARIABLE.fullmatch(name):
+            if not SECRET_ENV.fullmatch(name):
                 raise ValueError(f"{name} is not a WEBHOOK_SECRET_<NAME> variable")
             _strong_secrets(name, secret)
         return secrets
@@ -192,6 +228,23 @@ class Settings(BaseSettings):
                 raise ValueError(f"'{text}' is neither a number of hosts nor a percentage from 1% to 100%")
         return tuple(batches)
 
+    @field_validator("deploy_history_retention", mode="before")
+    @classmethod
+    def retention_from_text(cls, value: object) -> object:
+        if not isinstance(value, str):
+            return value
+        days = records = None
+        for part in value.replace(",", " ").split():
+            if re.fullmatch(r"[1-9][0-9]{0,5}d", part) and days is None:
+                days = int(part[:-1])
+            elif re.fullmatch(r"[1-9][0-9]{0,8}", part) and records is None:
+                records = int(part)
+            else:
+                raise ValueError(f"'{part}' is neither a number of days (365d) nor of records (5000)")
+        if days is None and records is None:
+            raise ValueError("give a number of days (365d), of records (5000), or both (365d,5000)")
+        return Retention(days=days, records=records)
+
     @field_validator("deploy_notify_events", mode="before")
     @classmethod
     def events_from_a_list(cls, events: object) -> object:
@@ -222,6 +275,6 @@ class Settings(BaseSettings):
 @lru_cache
 def get_settings() -> Settings:
     settings = Settings()
-    for name in (*SECRET_VARIABLES, *settings.service_secrets):
+    for name in [name for name in os.environ if is_secret_variable(name)]:
         os.environ.pop(name, None)
     return settings

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import json
-import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Query, Request, status
@@ -13,7 +12,7 @@ from api import signature
 from api.deployer import DeployConflict, Deployer
 from api.deps import SignedBody, endpoint, get_deployer, get_inventory, get_metrics, get_rate_limits, signed_body
 from api.history import History
-from api.inventory import Environment, Inventory, InventoryView, ServicePolicy
+from api.inventory import Environment, Inventory, InventoryView
 from api.models import DeployFailure, DeploymentAccepted, DeployRequest, DeploySuccess
 from api.security import image_repository, request_digest, timestamp_problem
 from api.settings import Settings
@@ -27,12 +26,16 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
         "description": "Service not allowed (in the environment), an unknown environment, an image the service does "
         "not allow, or a malformed body"
     },
-    403: {"description": "Invalid signature, a secret not allowed for the service, an expired or replayed request"},
+    403: {
+        "description": "Invalid signature (or one made for another action), a secret not allowed for the service on "
+        "every host, an expired or replayed request"
+    },
     409: {"description": "A deployment of this service is already running"},
     413: {"description": "Body too large"},
     422: {"description": "A field has the wrong type or an invalid value"},
     429: {"description": "Too many invalid signatures from this address, or deploys of this service; see Retry-After"},
     500: {"model": DeployFailure, "description": "Failed, with the rollback's outcome among the steps (wait=true)"},
+    503: {"description": "The inventory changed and is refused (a secret_env the API does not hold)"},
 }
 # The routes read the raw body themselves (the signature is checked before anything is parsed), so FastAPI cannot
 # infer the body or the header: both are described here, for /docs and for clients generated from the schema.
@@ -61,76 +64,120 @@ WAIT = Query(
 
 
 class Refused(HTTPException):
-    """A refusal at validation, with the result the webhook counter gives it."""
+    """A refusal at validation, with the result the webhook counter gives it. `recorded`: whether it becomes a record
+    in the history (not for replays and stale bodies, which anyone who saw a request once could send again and again).
+    """
 
-    def __init__(self, status_code: int, detail: Any, result: str, headers: dict[str, str] | None = None):
+    def __init__(
+        self,
+        status_code: int,
+        detail: Any,
+        result: str,
+        headers: dict[str, str] | None = None,
+        *,
+        recorded: bool = True,
+    ):
         super().__init__(status_code, detail=detail, headers=headers)
         self.result = result
+        self.recorded = recorded
 
 
-def authorize(signed: SignedBody, service: str, policy: ServicePolicy) -> None:
-    """403 unless a secret that may deploy `service` signed: its own (secret_env), else WEBHOOK_SECRET."""
-    if not policy.signs(signed.signers):
-        raise Refused(
-            status.HTTP_403_FORBIDDEN, f"The secret that signed this request may not deploy '{service}'", "wrong_secret"
-        )
+SIGN_A_NEW_ONE = (
+    'sign a new request with the current Unix time in "timestamp" (deployctl and the GitHub Action do; '
+    "see SECURITY.md, Replay protection)"
+)
+# A timestamped body's record outlives its window by this much, so that the clocks of two checks never meet an edge.
+RECEIPT_MARGIN_SECONDS = 60
 
 
-def check_image(deploy_request: DeployRequest, policy: ServicePolicy) -> None:
-    """400 when the service pins its image repositories (image_repository) and the image is not from one."""
-    image, allowed = deploy_request.image, policy.image_repositories
-    if image is None or allowed is None or image_repository(image) in allowed:
-        return
-    raise Refused(
-        status.HTTP_400_BAD_REQUEST,
-        f"Image '{image}' is not allowed for service '{deploy_request.service}'. "
-        f"Allowed repositories: {', '.join(allowed)}",
-        "not_allowed",
-    )
+def timestamp_of(document: Any) -> int | None:
+    """The body's `timestamp` when it is one (an integer in DeployRequest's range), before the body is validated."""
+    timestamp = document.get("timestamp") if isinstance(document, dict) else None
+    bounds = DeployRequest.model_fields["timestamp"].metadata
+    low = next(bound.ge for bound in bounds if hasattr(bound, "ge"))
+    high = next(bound.le for bound in bounds if hasattr(bound, "le"))
+    if isinstance(timestamp, int) and not isinstance(timestamp, bool) and low <= timestamp <= high:
+        return timestamp
+    return None
 
 
-def check_fresh(deploy_request: DeployRequest, settings: Settings) -> None:
+def check_fresh(timestamp: int | None, now: float, settings: Settings) -> None:
     """403 for a timestamp outside the replay window, or a missing one when DEPLOY_REQUIRE_TIMESTAMP is set."""
-    problem = timestamp_problem(
-        deploy_request.timestamp, time.time(), settings.deploy_replay_window, settings.deploy_require_timestamp
-    )
+    problem = timestamp_problem(timestamp, now, settings.deploy_replay_window, settings.deploy_require_timestamp)
     if problem:
-        raise Refused(status.HTTP_403_FORBIDDEN, problem, "expired")
+        raise Refused(status.HTTP_403_FORBIDDEN, f"{problem}: {SIGN_A_NEW_ONE}", "expired", recorded=False)
 
 
 def check_first_receipt(
-    signed: SignedBody, deploy_request: DeployRequest, settings: Settings, history: History
+    signed: SignedBody, timestamp: int | None, now: float, settings: Settings, history: History
 ) -> None:
-    """403 for a signed body received before; remembered in the history, so across restarts."""
-    if deploy_request.timestamp is None:
-        # Nothing tells a replay from a second identical request; DEPLOY_REQUIRE_TIMESTAMP closes that door.
+    """403 for a signed body received before, remembered in the history (so across restarts): a timestamped body
+    until no request carrying it could pass the window any more, an untimestamped one for good (it is single-use)."""
+    expires_at = None if timestamp is None else timestamp + settings.deploy_replay_window + RECEIPT_MARGIN_SECONDS
+    if history.first_receipt(request_digest(signed.raw, signed.signature), expires_at, now):
         return
-    expires_at = deploy_request.timestamp + settings.deploy_replay_window
-    if not history.first_receipt(request_digest(signed.raw), expires_at, time.time()):
-        raise Refused(status.HTTP_403_FORBIDDEN, "This signed request was already received: sign a new one", "replayed")
+    once = "; a body without a timestamp is accepted once" if timestamp is None else ""
+    detail = f"This signed request was already received{once}: {SIGN_A_NEW_ONE}"
+    raise Refused(status.HTTP_403_FORBIDDEN, detail, "replayed", recorded=False)
 
 
-def find_environment(view: InventoryView, name: str | None) -> Environment:
+def find_environment(view: InventoryView, name: str | None, signers: frozenset[str]) -> Environment:
     """The hosts a request deploys to: an inventory group, or every host; 400 for a group the inventory lacks."""
     try:
         return view.environment(name)
     except KeyError:
-        known = ", ".join(view.environments) or "none: the inventory has no groups"
-        problem = f"Environment '{name}' is not in the inventory. Environments: {known}"
+        known = ", ".join(view.environments_open_to(signers)) or "none for the secret that signed this request"
+        problem = f"Environment {name!r} is not in the inventory. Environments: {known}"
         raise Refused(status.HTTP_400_BAD_REQUEST, problem, "not_allowed") from None
 
 
-def load_document(body: bytes) -> dict[str, Any]:
-    """The body as a JSON object; 400 otherwise."""
+def elsewhere(view: InventoryView, service: str, signers: frozenset[str], environment: str | None) -> str:
+    """For a request without environment that may not deploy everywhere: the environments where it may, if any."""
+    if environment is not None:
+        return ""
+    names = view.environments_for(service, signers)
+    return f'; it may in {", ".join(names)}: name one in "environment"' if names else ""
+
+
+def authorize(
+    view: InventoryView, environment: Environment, deploy_request: DeployRequest, signers: frozenset[str]
+) -> None:
+    """The service must be allowed on every host the request reaches (400), the secret that signed it must be
+    allowed to deploy it on each of them (403), and so must the image (400). Only what the signer may deploy is
+    ever listed to it."""
+    service, where = deploy_request.service, deploy_request.environment
+    if service not in environment.services:
+        allowed = ", ".join(environment.services_for(signers)) or "none for the secret that signed this request"
+        place = f" in {where}" if where else ""
+        detail = f"Service {service!r} not allowed{place}. Allowed: {allowed}"
+        if environment.signs(service, signers):
+            detail += elsewhere(view, service, signers, where)
+        raise Refused(status.HTTP_400_BAD_REQUEST, detail, "not_allowed")
+    if not environment.signs(service, signers):
+        place = f" in {where}" if where else ""
+        detail = f"The secret that signed this request may not deploy {service!r}{place}"
+        raise Refused(status.HTTP_403_FORBIDDEN, detail + elsewhere(view, service, signers, where), "wrong_secret")
+    image = deploy_request.image
+    if image is not None and environment.hosts_refusing_image(service, image_repository(image)):
+        allowed = ", ".join(environment.image_repositories(service)) or "none on every host"
+        raise Refused(
+            status.HTTP_400_BAD_REQUEST,
+            f"Image {image!r} is not allowed for service {service!r}. Allowed repositories: {allowed}",
+            "not_allowed",
+        )
+
+
+def load_document(body: bytes) -> tuple[Any, Refused | None]:
+    """The body as a JSON object, or what is wrong with it (400)."""
     try:
         document = json.loads(body)
     except (ValueError, RecursionError) as error:
         # ValueError: not UTF-8, not JSON, or an integer of more than 4300 digits; RecursionError: nested too deep.
         problem = error if isinstance(error, ValueError) else "nested too deeply"
-        raise Refused(status.HTTP_400_BAD_REQUEST, f"Body is not valid JSON: {problem}", "invalid_body") from None
+        return None, Refused(status.HTTP_400_BAD_REQUEST, f"Body is not valid JSON: {problem}", "invalid_body")
     if not isinstance(document, dict):
-        raise Refused(status.HTTP_400_BAD_REQUEST, "Body must be a JSON object", "invalid_body")
-    return document
+        return document, Refused(status.HTTP_400_BAD_REQUEST, "Body must be a JSON object", "invalid_body")
+    return document, None
 
 
 def validate(document: dict[str, Any]) -> DeployRequest:
@@ -148,47 +195,56 @@ def validate(document: dict[str, Any]) -> DeployRequest:
 async def run_action(
     action: str, request: Request, signed: SignedBody, wait: bool, inventory: Inventory, deployer: Deployer
 ) -> JSONResponse:
-    """Validate a signed body, then deploy or roll back; a refusal is recorded in the history, then raised."""
+    """Validate a signed body, then deploy or roll back. Every refusal counts against the client's address (but a 409
+    or a 429 for the service's budget); a refusal of a body received for the first time is recorded in the history.
+    """
     settings: Settings = request.app.state.settings
+    rate_limits = get_rate_limits(request)
+    # One reading of the clock for the window and the one-time check, so that no edge lies between them.
+    now = request.app.state.clock()
     source = signed.client
-    document: Any = None
+    document, malformed = load_document(signed.raw)
     try:
-        document = load_document(signed.raw)
-        deploy_request = validate(document)
-        view = await run_in_threadpool(inventory.view)
-        if deploy_request.environment is None and settings.deploy_environment is not None:
-            deploy_request = deploy_request.model_copy(update={"environment": settings.deploy_environment})
-        environment = find_environment(view, deploy_request.environment)
-        if deploy_request.service not in environment.services:
-            where = f" in {deploy_request.environment}" if deploy_request.environment else ""
-            raise Refused(
-                status.HTTP_400_BAD_REQUEST,
-                f"Service '{deploy_request.service}' not allowed{where}. Allowed: {', '.join(environment.services)}",
-                "not_allowed",
-            )
-        policy = environment.policy(deploy_request.service)
-        authorize(signed, deploy_request.service, policy)
-        check_fresh(deploy_request, settings)
-        check_image(deploy_request, policy)
-        # A replay is refused before it can spend the service's deploys.
-        await run_in_threadpool(check_first_receipt, signed, deploy_request, settings, deployer.history)
-        rate_limits = get_rate_limits(request)
-        retry_after = rate_limits.deploy(deploy_request.service)
+        try:
+            timestamp = timestamp_of(document)
+            check_fresh(timestamp, now, settings)
+            await run_in_threadpool(check_first_receipt, signed, timestamp, now, settings, deployer.history)
+            if malformed:
+                raise malformed
+            deploy_request = validate(document)
+            view = await run_in_threadpool(inventory.view)
+            if inventory.problem is not None:
+                raise Refused(status.HTTP_503_SERVICE_UNAVAILABLE, INVENTORY_REFUSED, "inventory_invalid")
+            if deploy_request.environment is None and settings.deploy_environment is not None:
+                deploy_request = deploy_request.model_copy(update={"environment": settings.deploy_environment})
+            environment = find_environment(view, deploy_request.environment, signed.signers)
+            authorize(view, environment, deploy_request, signed.signers)
+        except Refused as refusal:
+            if refusal.status_code != status.HTTP_503_SERVICE_UNAVAILABLE:
+                rate_limits.refused(source)
+            raise
+        try:
+            claim = deployer.claim(deploy_request.service, environment.hosts)
+        except DeployConflict as conflict:
+            raise Refused(status.HTTP_409_CONFLICT, str(conflict), "conflict") from None
+        # After the claim: a 409 spends nothing of the budget.
+        retry_after = rate_limits.deploy(deploy_request.service, environment.hosts)
         if retry_after is not None:
-            limit = rate_limits.deploy_limit
+            deployer.release(claim)
             raise Refused(
                 status.HTTP_429_TOO_MANY_REQUESTS,
-                f"Too many deploys of '{deploy_request.service}' ({limit}); retry in {retry_after} s",
+                f"Too many deploys of {deploy_request.service!r} ({rate_limits.deploy_limit} on each host); "
+                f"retry in {retry_after} s",
                 "rate_limited",
                 headers={"Retry-After": str(retry_after)},
             )
-        try:
-            deployment_id, code, outcome = await deployer.start(deploy_request, source, action=action, wait=wait)
-        except DeployConflict as conflict:
-            raise Refused(status.HTTP_409_CONFLICT, str(conflict), "conflict") from None
+        deployment_id, code, outcome = await deployer.start(
+            deploy_request, source, action=action, wait=wait, hosts=environment.hosts, claim=claim
+        )
     except Refused as refusal:
         get_metrics(request).webhook(endpoint(request), refusal.result)
-        await run_in_threadpool(deployer.reject, action, document, source, refusal.status_code, refusal.detail)
+        if refusal.recorded:
+            await run_in_threadpool(deployer.reject, action, document, source, refusal.status_code, refusal.detail)
         raise
     get_metrics(request).webhook(endpoint(request), "accepted")
     headers = {"X-Deployment-Id": deployment_id}
@@ -200,6 +256,11 @@ async def run_action(
     single = outcome.environment is None and len(outcome.hosts) <= 1
     body = outcome.model_dump(exclude={"environment", "hosts"} if single else None)
     return JSONResponse(body, status_code=code, headers=headers)
+
+
+INVENTORY_REFUSED = (
+    "The inventory changed and is refused: no deploy runs until it is fixed (the API's log says what is wrong)"
+)
 
 
 @router.post("/deploy", responses=RESPONSES, openapi_extra=SIGNED_REQUEST)

@@ -18,9 +18,9 @@ from api.settings import Settings
 router = APIRouter(tags=["history"])
 bearer = HTTPBearer(
     auto_error=False,
-    description="DEPLOY_READ_TOKEN. GET /deployments/{id} also accepts X-Hub-Signature-256 over the id.",
+    description="DEPLOY_READ_TOKEN. GET /deployments/{id} also accepts X-Hub-Signature-256 over `read:` and the id.",
 )
-UNAUTHORIZED = {401: {"description": "No valid read token (or signature, for one record)"}}
+UNAUTHORIZED = {401: {"description": "No valid read token (or signature over read: and the id, for one record)"}}
 
 
 def _has_read_token(request: Request, credentials: HTTPAuthorizationCredentials | None) -> bool:
@@ -69,22 +69,26 @@ def get_deployment(
     inventory: Annotated[Inventory, Depends(get_inventory)],
 ) -> DeploymentRecord:
     """One deployment, its steps as they happen. A caller holding a secret that may deploy the service may read
-    the deployment it started without the read token: X-Hub-Signature-256 over the id (as bytes) instead of a body."""
+    the deployment it started without the read token: X-Hub-Signature-256 over `read:` and the id instead of a body."""
     if _has_read_token(request, credentials):
         record = deployer.history.get(deployment_id)
     elif request.headers.get(signature.HEADER) is not None:
         try:
-            signers = check_signature(request, deployment_id.encode(), get_client(request))
+            signers = check_signature(request, deployment_id.encode(), get_client(request), "read")
         except HTTPException as refusal:
             if refusal.status_code != status.HTTP_403_FORBIDDEN:
                 raise
-            raise _unauthorized(request, "The signature over the deployment id is not valid") from None
+            # "Invalid signature", or with what the signature was made for (a body's, or one over the bare id).
+            why = str(refusal.detail).removeprefix("Invalid signature")
+            raise _unauthorized(request, f"The signature over read: and the deployment id is not valid{why}") from None
         record = deployer.history.get(deployment_id)
-        policy = inventory.view().policy(record["service"] or "", record["environment"]) if record else None
-        if policy is not None and not policy.signs(signers):
+        reached = inventory.view().reached(record["environment"]) if record else None
+        if reached is not None and not reached.signs(record["service"] or "", signers):
             raise _unauthorized(request, "The secret that signed the id may not deploy this deployment's service")
     else:
-        raise _unauthorized(request, "A valid read token, or X-Hub-Signature-256 over the deployment id, is required")
+        raise _unauthorized(
+            request, "A valid read token, or X-Hub-Signature-256 over read: and the deployment id, is required"
+        )
     if record is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"No deployment '{deployment_id}'")
     return DeploymentRecord.model_validate(record)

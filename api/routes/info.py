@@ -4,6 +4,7 @@ from datetime import datetime
 from typing import Annotated
 
 from fastapi import APIRouter, Depends
+from fastapi.responses import JSONResponse
 
 from api import __version__
 from api.deps import get_inventory
@@ -22,11 +23,13 @@ def root() -> dict:
     }
 
 
-@router.get("/health")
-def health(inventory: Annotated[Inventory, Depends(get_inventory)]) -> dict:
+@router.get("/health", responses={503: {"description": "The inventory changed and is refused: no deploy runs"}})
+def health(inventory: Annotated[Inventory, Depends(get_inventory)]) -> JSONResponse:
     compose_dirs = inventory.view().compose_dirs
-    return {
-        "status": "healthy",
+    body = {
+        # Unhealthy while the inventory is refused (api.inventory.Inventory): the API could deploy nothing.
+        "status": "healthy" if inventory.problem is None else "unhealthy",
         "timestamp": datetime.now().isoformat(),
         "compose_dir": compose_dirs[0] if len(compose_dirs) == 1 else list(compose_dirs),
     }
+    return JSONResponse(body, status_code=200 if inventory.problem is None else 503)

@@ -66,7 +66,8 @@ class ApiServer:
         raw = body if isinstance(body, bytes) else json.dumps(body).encode()
         headers = {"Content-Type": "application/json"}
         if signature == "sign":
-            signature = sign(SECRET.encode(), raw)
+            # Signed for the action of the path: /deploy or /rollback.
+            signature = sign(SECRET.encode(), raw, path.strip("/").split("?")[0])
         if signature is not None:
             headers["X-Hub-Signature-256"] = signature
         return httpx.post(f"{self.url}{path}", content=raw, headers=headers, timeout=timeout)

@@ -211,7 +211,7 @@ def test_wait_false_answers_202_at_once_and_the_record_follows_each_step(compose
     # CI holds only the webhook secret: it follows its own deploy with a signature over the id.
     signed = httpx.get(
         f"{server.url}{response.headers['Location']}",
-        headers={"X-Hub-Signature-256": sign(SECRET.encode(), deployment_id.encode())},
+        headers={"X-Hub-Signature-256": sign(SECRET.encode(), deployment_id.encode(), "read")},
         timeout=10,
     )
     assert signed.status_code == 200

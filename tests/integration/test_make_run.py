@@ -1,4 +1,5 @@
-"""`make run` from a fresh copy of the repository: a secret in .env, the API up, and the printed curl deploys."""
+"""`make run` from a fresh copy of the repository: a secret in .env, the API up, and the printed deployctl and curl
+commands deploy (each signs when it runs: nothing printed is a signature)."""
 
 from __future__ import annotations
 
@@ -34,7 +35,7 @@ def fresh_copy(target: Path, project: str, example_port: int) -> None:
     group_vars.write_text(group_vars.read_text().replace("8089", str(example_port)))
 
 
-def test_make_run_writes_a_secret_starts_the_api_and_the_printed_curl_deploys(tmp_path, docker_engine):
+def test_make_run_writes_a_secret_starts_the_api_and_the_printed_commands_deploy(tmp_path, docker_engine):
     project = f"dt-run-{uuid.uuid4().hex[:8]}"
     checkout = tmp_path / "checkout"
     fresh_copy(checkout, project, free_port())
@@ -65,12 +66,16 @@ def test_make_run_writes_a_secret_starts_the_api_and_the_printed_curl_deploys(tm
         env_file = checkout / ".env"
         assert re.fullmatch(r"WEBHOOK_SECRET=[0-9a-f]{64}\nDEPLOY_READ_TOKEN=[0-9a-f]{64}\n", env_file.read_text())
         assert env_file.stat().st_mode & 0o777 == 0o600
-        curl = re.search(r"^curl -X POST .*?-d '[^']*'$", printed, flags=re.MULTILINE | re.DOTALL).group(0)
-        assert f"http://127.0.0.1:{port}/deploy" in curl
+        assert "sha256=" not in printed, "no signature is printed: it would stay valid for every copy of its body"
         secret, token = (line.split("=", 1)[1] for line in env_file.read_text().splitlines())
         assert secret not in printed and token not in printed, "secrets are never printed"
+        deployctl_line = re.search(r"^  (\S+/deployctl deploy hello-world --url \S+)$", printed, re.MULTILINE).group(1)
+        assert f"--url http://127.0.0.1:{port}" in deployctl_line
+        curl = re.search(r'^  BODY=.*?-d "\$BODY"$', printed, flags=re.MULTILINE | re.DOTALL).group(0)
 
-        answer = subprocess.run(["bash", "-c", curl + " -s"], capture_output=True, text=True, timeout=180)
+        deployed = subprocess.run(["bash", "-c", deployctl_line], cwd=checkout, capture_output=True, text=True)
+        assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+        answer = subprocess.run(["bash", "-c", curl + " -s"], cwd=checkout, capture_output=True, text=True, timeout=180)
 
         body = json.loads(answer.stdout)
         assert body["success"] is True, body
@@ -88,7 +93,11 @@ def test_make_run_writes_a_secret_starts_the_api_and_the_printed_curl_deploys(tm
         assert state["Image"] == docker("image", "inspect", "--format", "{{.Id}}", "homeserver/hello-world:latest")
         history = httpx.get(f"http://127.0.0.1:{port}/deployments", headers={"Authorization": f"Bearer {token}"})
         records = [(item["service"], item["outcome"]) for item in history.json()["items"]]
-        assert records == [("hello-world", "succeeded")], "the read token make run wrote opens the history"
+        assert records == [("hello-world", "succeeded")] * 2, "the read token make run wrote opens the history"
+
+        # The curl signs when it runs: pasted again (the deploy took seconds), it is a new request, not a replay.
+        again = subprocess.run(["bash", "-c", curl + " -s"], cwd=checkout, capture_output=True, text=True, timeout=180)
+        assert json.loads(again.stdout)["success"] is True, again.stdout
 
         secret_before = env_file.read_text()
         again = subprocess.run(

@@ -70,7 +70,7 @@ def test_rotation_service_secrets_pins_and_replays_across_a_restart(compose_proj
     replayed = server.post(raw, signature=signature)
     expired_raw, expired_signature = signed({"timestamp": now - 3600, "service": "portal"}, PORTAL_SECRET)
     expired = server.post(expired_raw, signature=expired_signature)
-    assert replayed.json() == {"detail": "This signed request was already received: sign a new one"}
+    assert replayed.json()["detail"].startswith("This signed request was already received: sign a new request")
     assert (replayed.status_code, expired.status_code) == (403, 403)
     assert "s old; requests are accepted for 300 s" in expired.json()["detail"]
     server.stop()
@@ -78,11 +78,11 @@ def test_rotation_service_secrets_pins_and_replays_across_a_restart(compose_proj
     restarted = api_server(project, state_dir=server.state_dir, **settings)
     after_restart = restarted.post(raw, signature=signature)
     assert after_restart.status_code == 403
-    assert after_restart.json()["detail"] == "This signed request was already received: sign a new one"
+    assert after_restart.json()["detail"] == replayed.json()["detail"]
     assert project.container("portal")["Image"] == image_id(image("healthy", "v2"))
     refused = restarted.get("/deployments", outcome="rejected").json()["items"]
-    # Newest first: the replay after the restart, the expired one, the replay, then the secrets and the pin.
-    assert [record["http_status"] for record in refused] == [403, 403, 403, 403, 400, 403]
+    # Newest first: the secrets and the pin. Replays and the expired body leave no record.
+    assert [record["http_status"] for record in refused] == [403, 400, 403]
 
 
 def test_bad_signatures_get_429_and_forwarded_addresses_count_only_from_a_trusted_proxy(compose_project, api_server):

@@ -8,7 +8,8 @@ from api.runner import RunResult
 
 
 class FakeRunner:
-    """Stands in for run_playbook: records calls, reports each step of its canned result, can hold a deploy open."""
+    """Stands in for run_playbook: records calls, reports each step of its canned result, can hold a deploy open (of
+    a service, or to an environment, named in `hold`)."""
 
     def __init__(self) -> None:
         self.calls: list[dict] = []
@@ -21,7 +22,8 @@ class FakeRunner:
 
     def __call__(self, **kwargs) -> RunResult:
         self.calls.append(kwargs)
-        if kwargs["extravars"]["service"] in self.hold:
+        extravars = kwargs["extravars"]
+        if extravars["service"] in self.hold or extravars.get("deploy_environment") in self.hold:
             self.entered.set()
             assert self.release.wait(10)
         result = self.by_playbook.get(kwargs["playbook"].name, self.result)

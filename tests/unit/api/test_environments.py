@@ -6,6 +6,8 @@ import json
 from pathlib import Path
 
 import pytest
+import yaml
+from ansible.parsing.dataloader import DataLoader
 from fakerunner import FakeRunner, success_result
 from fastapi.testclient import TestClient
 from pydantic import SecretStr, ValidationError
@@ -24,11 +26,13 @@ PRODUCTION_SECRET = "production-secret-production-secret-0123456789"
 
 def make_client(tmp_path: Path, **settings) -> TestClient:
     settings = Settings(
-        webhook_secret=SECRET,
-        service_secrets={"WEBHOOK_SECRET_PRODUCTION": SecretStr(PRODUCTION_SECRET)},
-        deploy_inventory=REPO / "examples" / "fleet" / "inventory.yml",
-        deploy_state_dir=tmp_path / "var",
-        **settings,
+        **{
+            "webhook_secret": SECRET,
+            "service_secrets": {"WEBHOOK_SECRET_PRODUCTION": SecretStr(PRODUCTION_SECRET)},
+            "deploy_inventory": REPO / "examples" / "fleet" / "inventory.yml",
+            "deploy_state_dir": tmp_path / "var",
+            **settings,
+        }
     )
     return TestClient(create_app(settings))
 
@@ -51,13 +55,29 @@ def test_the_example_fleet_has_two_environments_each_with_its_services_and_polic
     assert view.environment("production").hosts == ("web1", "web2", "media")
     assert view.environment("production").services == ("portal",)
     assert view.environment("staging").services == ("portal", "portal-preview")
-    assert view.policy("portal", "production").secret_envs == ("WEBHOOK_SECRET_PRODUCTION",)
-    assert view.policy("portal", "staging").secret_envs == ()
-    # Without an environment, every host: a secret any of them names signs.
-    assert view.environment(None).hosts == ("staging-box", "web1", "web2", "media")
-    assert view.policy("portal").secret_envs == ("WEBHOOK_SECRET_PRODUCTION",)
+    production = view.environment("production").policies("portal")
+    assert {host: policy.secret_envs for host, policy in production.items()} == dict.fromkeys(
+        ("web1", "web2", "media"), ("WEBHOOK_SECRET_PRODUCTION",)
+    )
+    assert view.environment("staging").policies("portal")["staging-box"].secret_envs == ()
     with pytest.raises(KeyError):
         view.environment("qa")
+
+
+def test_a_secret_may_deploy_only_where_every_host_it_reaches_allows_it():
+    """An intersection over the hosts, never a union: without an environment a request reaches every host, and
+    neither staging's secret (WEBHOOK_SECRET) nor production's may deploy portal on all of them."""
+    view = read_inventory(REPO / "examples" / "fleet" / "inventory.yml")
+    everywhere = view.environment(None)
+
+    assert everywhere.hosts == ("staging-box", "web1", "web2", "media")
+    assert not everywhere.signs("portal", {"WEBHOOK_SECRET"})
+    assert not everywhere.signs("portal", {"WEBHOOK_SECRET_PRODUCTION"})
+    assert everywhere.signs("portal", {"WEBHOOK_SECRET", "WEBHOOK_SECRET_PRODUCTION"})
+    assert everywhere.services == ("portal",), "portal-preview runs in staging only"
+    assert view.environments_for("portal", {"WEBHOOK_SECRET"}) == ("staging",)
+    assert view.environments_for("portal", {"WEBHOOK_SECRET_PRODUCTION"}) == ("production",)
+    assert view.environment("production").services_for({"WEBHOOK_SECRET"}) == ()
 
 
 def test_a_request_deploys_to_its_environment_with_the_rollout_settings(client, fake_runner):
@@ -68,36 +88,72 @@ def test_a_request_deploys_to_its_environment_with_the_rollout_settings(client, 
     assert call["extravars"]["deploy_environment"] == "staging"
     assert call["extravars"]["deploy_batches"] == [1, "100%"]
     assert call["extravars"]["deploy_rollback_updated"] is True
-    # Settings are written as plain YAML values, request fields as data (!unsafe).
+    # Settings are written as plain YAML values, strings as data: quoted, in a mapping tagged !unsafe.
     written = unsafe_extravars(call["extravars"])
-    assert 'deploy_environment": !unsafe "staging"' in written
-    assert '"deploy_batches": [1, !unsafe "100%"]' in written
-    assert '"deploy_rollback_updated": true' in written
+    document = yaml.compose(written, Loader=yaml.SafeLoader)
+    assert document.tag == "!unsafe"
+    nodes = {key.value: value for key, value in document.value}
+    assert (nodes["deploy_environment"].tag, nodes["deploy_environment"].style) == ("tag:yaml.org,2002:str", '"')
+    assert [(node.tag, node.value) for node in nodes["deploy_batches"].value] == [
+        ("tag:yaml.org,2002:int", "1"),
+        ("tag:yaml.org,2002:str", "100%"),
+    ]
+    assert nodes["deploy_rollback_updated"].tag == "tag:yaml.org,2002:bool"
+    loaded = DataLoader().load(written)
+    assert loaded["deploy_environment"] == "staging"
+    assert loaded["deploy_batches"] == [1, "100%"]
+    assert loaded["deploy_rollback_updated"] is True
     record = client.get(f"/deployments/{response.headers['X-Deployment-Id']}", headers=read_headers(response))
     assert record.json()["environment"] == "staging"
 
 
 def read_headers(response) -> dict[str, str]:
     deployment_id = response.headers["X-Deployment-Id"]
-    return {"X-Hub-Signature-256": sign(SECRET.encode(), deployment_id.encode())}
+    return {"X-Hub-Signature-256": sign(SECRET.encode(), deployment_id.encode(), "read")}
 
 
 @pytest.mark.parametrize(
-    ("body", "detail"),
+    ("body", "secret", "detail"),
     [
-        ({"service": "portal", "environment": "qa"}, "Environment 'qa' is not in the inventory. Environments: "),
+        (
+            {"service": "portal", "environment": "qa"},
+            SECRET,
+            "Environment 'qa' is not in the inventory. Environments: ",
+        ),
         (
             {"service": "portal-preview", "environment": "production"},
+            PRODUCTION_SECRET,
             "Service 'portal-preview' not allowed in production. Allowed: portal",
+        ),
+        # The allow-list is not listed to a secret that may deploy nothing there.
+        (
+            {"service": "portal-preview", "environment": "production"},
+            SECRET,
+            "Service 'portal-preview' not allowed in production. Allowed: none for the secret that signed this request",
+        ),
+        # Without an environment, every host: portal-preview is not on production's, and staging is named.
+        (
+            {"service": "portal-preview"},
+            SECRET,
+            "Service 'portal-preview' not allowed. Allowed: none for the secret that signed this request; "
+            'it may in staging: name one in "environment"',
         ),
     ],
 )
-def test_an_unknown_environment_or_a_service_it_does_not_allow_is_refused(client, fake_runner, body, detail):
-    response = post(client, body)
+def test_an_unknown_environment_or_a_service_it_does_not_allow_is_refused(client, fake_runner, body, secret, detail):
+    response = post(client, body, secret)
 
     assert response.status_code == 400
     assert response.json()["detail"].startswith(detail)
     assert fake_runner.calls == []
+
+
+def test_the_environments_listed_are_those_the_signer_may_deploy_to(client, fake_runner):
+    staging = post(client, {"service": "portal", "environment": "qa"})
+    production = post(client, {"service": "portal", "environment": "qa"}, PRODUCTION_SECRET)
+
+    assert staging.json()["detail"] == "Environment 'qa' is not in the inventory. Environments: staging"
+    assert production.json()["detail"] == "Environment 'qa' is not in the inventory. Environments: production"
 
 
 def test_an_environment_that_is_no_group_name_is_a_422(client, fake_runner):
@@ -110,9 +166,32 @@ def test_an_environment_that_is_no_group_name_is_a_422(client, fake_runner):
 def test_production_takes_only_its_own_secret(client, fake_runner):
     assert post(client, {"service": "portal", "environment": "production"}).status_code == 403
     assert post(client, {"service": "portal", "environment": "staging", "commit": "a"}).status_code == 200
+    # The same body again, now signed by the secret that may deploy it: a new request, not a replay.
     granted = post(client, {"service": "portal", "environment": "production"}, PRODUCTION_SECRET)
     assert granted.status_code == 200, granted.text
     assert [call["extravars"]["deploy_environment"] for call in fake_runner.calls] == ["staging", "production"]
+    assert [call["limit"] for call in fake_runner.calls] == [("staging-box",), ("web1", "web2", "media")]
+
+
+@pytest.mark.parametrize("environment", [None, "production"])
+def test_staging_secret_gets_nothing_on_production_and_the_playbook_never_runs(client, fake_runner, environment):
+    body = {"service": "portal", **({"environment": environment} if environment else {})}
+    refused = post(client, body)
+
+    assert refused.status_code == 403
+    where = " in production" if environment else ""
+    hint = "" if environment else '; it may in staging: name one in "environment"'
+    assert refused.json() == {"detail": f"The secret that signed this request may not deploy 'portal'{where}{hint}"}
+    assert fake_runner.calls == []
+
+
+def test_production_secret_without_environment_is_refused_too(client, fake_runner):
+    """Production's secret may not deploy on the staging box, which every-host requests reach."""
+    refused = post(client, {"service": "portal"}, PRODUCTION_SECRET)
+
+    assert refused.status_code == 403
+    assert refused.json()["detail"].endswith('it may in production: name one in "environment"')
+    assert fake_runner.calls == []
 
 
 def test_deploy_environment_is_the_default_and_deploy_batches_is_passed_on(tmp_path, fake_runner):
@@ -165,11 +244,12 @@ def test_each_host_has_its_outcome_and_the_error_names_the_host(client, fake_run
 
 def read_headers_production(response) -> dict[str, str]:
     deployment_id = response.headers["X-Deployment-Id"]
-    return {"X-Hub-Signature-256": sign(PRODUCTION_SECRET.encode(), deployment_id.encode())}
+    return {"X-Hub-Signature-256": sign(PRODUCTION_SECRET.encode(), deployment_id.encode(), "read")}
 
 
-def test_a_single_host_keeps_the_reference_body(client, fake_runner):
-    response = post(client, {"service": "portal-preview"})
+def test_a_single_host_keeps_the_reference_body(tmp_path, fake_runner):
+    with make_client(tmp_path, deploy_inventory=REPO / "inventory") as client:
+        response = post(client, {"service": "hello-world"})
 
     assert response.status_code == 200
     assert set(response.json()) == {"success", "service", "message", "old_image", "new_image", "steps"}

@@ -135,11 +135,13 @@ def test_one_record_opens_with_a_signature_over_its_id(client):
     other_id = post(client, {"service": "hello-world"}).headers["X-Deployment-Id"]
     path = f"/deployments/{deployment_id}"
 
-    signed = client.get(path, headers={"X-Hub-Signature-256": sign(SECRET.encode(), deployment_id.encode())})
+    signed = client.get(path, headers={"X-Hub-Signature-256": sign(SECRET.encode(), deployment_id.encode(), "read")})
     assert signed.status_code == 200
     assert signed.json()["id"] == deployment_id
-    other_signature = {"X-Hub-Signature-256": sign(SECRET.encode(), other_id.encode())}
+    other_signature = {"X-Hub-Signature-256": sign(SECRET.encode(), other_id.encode(), "read")}
     assert client.get(path, headers=other_signature).status_code == 401
+    bare_id = {"X-Hub-Signature-256": sign(SECRET.encode(), deployment_id.encode())}
+    assert client.get(path, headers=bare_id).status_code == 401, "a read is signed over read: and the id"
     assert client.get(path).status_code == 401
     assert read(client, "/deployments/20260101T000000-00000000").status_code == 404
 
@@ -183,7 +185,7 @@ def test_a_conflict_is_recorded_as_rejected(client, fake_runner):
     fake_runner.hold.add("portal")
     started = signed_post(client, "/deploy?wait=false", {"service": "portal"})
     assert fake_runner.entered.wait(10)
-    conflict = post(client, {"service": "portal"})
+    conflict = post(client, {"service": "portal", "commit": "while it runs"})
     fake_runner.release.set()
 
     assert conflict.status_code == 409
@@ -196,8 +198,10 @@ def test_a_conflict_is_recorded_as_rejected(client, fake_runner):
 
 
 def signed_post(client: TestClient, path: str, body: dict):
+    """POST a body to /deploy or /rollback, signed for that action."""
     raw = json.dumps(body).encode()
-    return client.post(path, content=raw, headers={"X-Hub-Signature-256": sign(SECRET.encode(), raw)})
+    purpose = "rollback" if path.startswith("/rollback") else "deploy"
+    return client.post(path, content=raw, headers={"X-Hub-Signature-256": sign(SECRET.encode(), raw, purpose)})
 
 
 def test_wait_false_answers_202_and_the_record_shows_progress(client, fake_runner):

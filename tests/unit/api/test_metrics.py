@@ -65,7 +65,7 @@ def test_deploys_rollbacks_and_refusals_are_counted_by_what_became_of_them(clien
     succeeded = post(client, {"service": "portal"})
     rolled_back = {**success_result(), "success": False, "outcome": "rolled_back", "error": "boom"}
     fake_runner.result = RunResult(status="failed", rc=2, results={"localhost": rolled_back})
-    failed = post(client, {"service": "portal"})
+    failed = post(client, {"service": "portal", "commit": "second"})
     fake_runner.result = RunResult(status="successful", rc=0, results={"localhost": success_result()})
     manual = signed_post(client, "/rollback", {"service": "portal"})
     refused = [
@@ -119,7 +119,7 @@ def test_a_conflict_is_counted_and_a_running_deploy_is_in_progress(client, fake_
     started = signed_post(client, "/deploy?wait=false", {"service": "portal"})
     assert fake_runner.entered.wait(10)
 
-    conflict = post(client, {"service": "portal"})
+    conflict = post(client, {"service": "portal", "commit": "while it runs"})
     during = scrape(client)
     fake_runner.release.set()
     wait_for(client, started.json()["deployment_id"], lambda record: record["outcome"] != "running")
@@ -187,7 +187,7 @@ def test_finished_deploys_are_notified_and_a_hanging_target_holds_nothing_up(tmp
             failed = {**success_result(), "success": False, "outcome": "failed", "error": "pull failed"}
             for result in (failed, rolled_back):
                 fake_runner.result = RunResult(status="failed", rc=2, results={"localhost": result})
-                assert post(client, {"service": "portal"}).status_code == 500
+                assert post(client, {"service": "portal", "commit": result["outcome"]}).status_code == 500
             messages = receiver.wait_for(lambda messages: len(messages) == 2, timeout=10)
             black_hole.wait_for_a_connection()
             samples = scrape(client)

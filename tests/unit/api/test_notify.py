@@ -22,7 +22,7 @@ from api.models import FINISHED_OUTCOMES
 from api.notify import TITLES, Notifier, Target, message_for
 from api.settings import Settings, get_settings
 
-STRONG = "k" * 40
+STRONG = "6f1c0e9a4b7d2f8e3a5c1b9d7e2f4a6c8b0d1e3f"
 NEW_IMAGE_ID = "sha256:0123456789ab" + "f" * 52
 OLD_IMAGE_ID = "sha256:a1b2c3d4e5f6" + "0" * 52
 # The black hole's attempts give up after a second instead of Apprise's default four.

@@ -58,10 +58,18 @@ def client(tmp_path, fake_runner):
         yield test_client
 
 
-def send(client: TestClient, body: dict | bytes, secret: str = SECRET, path: str = "/deploy", **headers: str) -> object:
+def send(
+    client: TestClient,
+    body: dict | bytes,
+    secret: str = SECRET,
+    path: str = "/deploy",
+    signature: str | None = None,
+    **headers: str,
+) -> object:
+    """POST a body, signed with `secret` for the action of `path` (or with `signature` as given)."""
     raw = body if isinstance(body, bytes) else json.dumps(body).encode()
-    signature = {"X-Hub-Signature-256": sign(secret.encode(), raw)} if secret else {}
-    return client.post(path, content=raw, headers={**signature, **headers})
+    signature = signature or sign(secret.encode(), raw, path.strip("/").split("?")[0])
+    return client.post(path, content=raw, headers={"X-Hub-Signature-256": signature, **headers})
 
 
 COMMITS = itertools.count()
@@ -106,7 +114,7 @@ def test_a_record_opens_only_to_a_secret_that_may_deploy_its_service(client):
 
     def read(secret: str):
         return client.get(
-            f"/deployments/{portal}", headers={"X-Hub-Signature-256": sign(secret.encode(), portal.encode())}
+            f"/deployments/{portal}", headers={"X-Hub-Signature-256": sign(secret.encode(), portal.encode(), "read")}
         )
 
     assert read(PORTAL_SECRET).status_code == 200
@@ -115,9 +123,11 @@ def test_a_record_opens_only_to_a_secret_that_may_deploy_its_service(client):
 
 
 def test_a_service_secret_variable_must_be_strong(tmp_path):
-    with pytest.raises(ValueError, match="WEBHOOK_SECRET_PORTAL must hold secrets of at least 32 characters"):
+    with pytest.raises(ValueError, match="WEBHOOK_SECRET_PORTAL: its secret is shorter than 32 characters"):
         make_settings(tmp_path, service_secrets={"WEBHOOK_SECRET_PORTAL": "short"})
-    with pytest.raises(ValueError, match="WEBHOOK_SECRET must hold"):
+    with pytest.raises(ValueError, match="WEBHOOK_SECRET_PORTAL: its secret repeats a shorter string"):
+        make_settings(tmp_path, service_secrets={"WEBHOOK_SECRET_PORTAL": "a" * 32})
+    with pytest.raises(ValueError, match="WEBHOOK_SECRET: its secret number 2 is shorter"):
         make_settings(tmp_path, webhook_secret=f"{NEW_SECRET},short")
 
 
@@ -125,7 +135,7 @@ def test_service_secrets_come_from_the_environment_and_dot_env_then_leave(tmp_pa
     from api.settings import get_settings
 
     monkeypatch.chdir(tmp_path)
-    (tmp_path / ".env").write_text(f"WEBHOOK_SECRET={SECRET}\nWEBHOOK_SECRET_GRAFANA={'g' * 40}\n")
+    (tmp_path / ".env").write_text(f"WEBHOOK_SECRET={SECRET}\nWEBHOOK_SECRET_GRAFANA={PORTAL_SECRET[::-1]}\n")
     monkeypatch.setenv("WEBHOOK_SECRET_PORTAL", PORTAL_SECRET)
     get_settings.cache_clear()
     try:
@@ -140,28 +150,38 @@ def test_service_secrets_come_from_the_environment_and_dot_env_then_leave(tmp_pa
 # Replay protection.
 
 
+HOW_TO_SIGN = (
+    'sign a new request with the current Unix time in "timestamp" (deployctl and the GitHub Action do; '
+    "see SECURITY.md, Replay protection)"
+)
+
+
+def history_total(client: TestClient) -> int:
+    return client.app.state.deployer.history.list(limit=1)[1]
+
+
 def test_an_expired_a_future_and_a_replayed_request_are_refused_also_after_a_restart(tmp_path, fake_runner):
     settings = make_settings(tmp_path)
     body = json.dumps(fresh(service="jellyfin")).encode()
     with TestClient(create_app(settings)) as client:
         first = send(client, body)
         replayed = send(client, body)
+        respelled = send(client, body, signature=sign(SECRET.encode(), body).upper().replace("SHA256=", "sha256="))
         expired = send(client, {"service": "jellyfin", "timestamp": int(time.time()) - 301})
         future = send(client, {"service": "jellyfin", "timestamp": int(time.time()) + 400})
+        recorded = history_total(client)
     with TestClient(create_app(settings)) as client:
         after_restart = send(client, body)
-        rejected = client.get(
-            "/deployments/" + after_restart.headers.get("X-Deployment-Id", "none"),
-        )
 
     assert first.status_code == 200
-    assert replayed.status_code == after_restart.status_code == 403
-    assert replayed.json() == {"detail": "This signed request was already received: sign a new one"}
+    assert replayed.status_code == respelled.status_code == after_restart.status_code == 403
+    assert replayed.json() == {"detail": f"This signed request was already received: {HOW_TO_SIGN}"}
+    assert respelled.json() == replayed.json(), "the same signature spelled in capitals is the same request"
     assert expired.json()["detail"].startswith("Request timestamp is 30")
-    assert expired.json()["detail"].endswith("s old; requests are accepted for 300 s")
+    assert expired.json()["detail"].endswith(f"s old; requests are accepted for 300 s: {HOW_TO_SIGN}")
     assert "in the future" in future.json()["detail"]
     assert len(fake_runner.calls) == 1
-    assert rejected.status_code == 401
+    assert recorded == 1, "replays and stale bodies leave no record"
 
 
 def test_a_required_timestamp_refuses_a_request_without_one(tmp_path, fake_runner):
@@ -170,14 +190,84 @@ def test_a_required_timestamp_refuses_a_request_without_one(tmp_path, fake_runne
         with_one = send(client, fresh(service="jellyfin"))
 
     assert without.status_code == 403
-    assert without.json() == {"detail": "Request has no timestamp, and this server requires one"}
+    assert without.json() == {"detail": f"Request has no timestamp, and this server requires one: {HOW_TO_SIGN}"}
     assert with_one.status_code == 200
 
 
-def test_without_a_timestamp_the_same_request_may_come_again(client, fake_runner):
-    """The reference's clients send no timestamp; a second identical redeploy is legitimate then."""
-    assert send(client, {"service": "jellyfin"}).status_code == 200
-    assert send(client, {"service": "jellyfin"}).status_code == 200
+def test_a_body_without_a_timestamp_deploys_once_even_across_a_restart(tmp_path, fake_runner):
+    """The reference's curl sends no timestamp: it works the first time. A captured copy never deploys again."""
+    settings = make_settings(tmp_path)
+    with TestClient(create_app(settings)) as client:
+        first = send(client, {"service": "jellyfin"})
+        again = send(client, {"service": "jellyfin"})
+        other = send(client, {"service": "jellyfin", "commit": "another"})
+    with TestClient(create_app(settings)) as client:
+        after_restart = send(client, {"service": "jellyfin"})
+
+    assert (first.status_code, other.status_code) == (200, 200)
+    assert again.status_code == after_restart.status_code == 403
+    assert again.json() == {
+        "detail": f"This signed request was already received; a body without a timestamp is accepted once: "
+        f"{HOW_TO_SIGN}"
+    }
+    assert len(fake_runner.calls) == 2
+
+
+class SteppingClock:
+    """A wall clock that moves on by `step` seconds at every reading, as time does between two checks."""
+
+    def __init__(self, now: float, step: float = 0.6):
+        self.now, self.step = now, step
+
+    def __call__(self) -> float:
+        self.now += self.step
+        return self.now - self.step
+
+
+def test_a_replay_just_inside_the_window_is_refused_even_when_the_clock_moves_between_the_checks(tmp_path, fake_runner):
+    """The window check and the one-time check read the clock once; the record outlives the window."""
+    signed_at = 1_800_000_000
+    clock = SteppingClock(signed_at)
+    body = json.dumps({"service": "jellyfin", "timestamp": signed_at}).encode()
+    with TestClient(create_app(make_settings(tmp_path), clock=clock)) as client:
+        first = send(client, body)
+        clock.now = signed_at + 300  # the last moment the window lets the body in
+        replayed = send(client, body)
+        clock.now = signed_at + 300.5
+        late = send(client, body)
+        received = client.app.state.deployer.history
+        clock.now = signed_at + 300 + 61
+        send(client, {"service": "jellyfin", "timestamp": int(clock.now), "commit": "later"})
+        kept = received._db.execute("SELECT count(*) FROM received_requests").fetchone()[0]
+
+    assert first.status_code == 200
+    assert replayed.status_code == 403
+    assert replayed.json()["detail"].startswith("This signed request was already received")
+    assert late.json()["detail"].startswith("Request timestamp is 300 s old"), "then the window refuses it"
+    assert [call["extravars"]["deploy_request"]["commit"] for call in fake_runner.calls] == [None, "later"]
+    assert kept == 1, "a body's record goes once no request carrying it can pass the window"
+
+
+def test_a_signature_is_bound_to_its_action(client, fake_runner):
+    """A body signed for /deploy is refused by /rollback and the other way round; a signed read is never a body's
+    signature."""
+    raw = json.dumps(fresh(service="jellyfin")).encode()
+    deploy_signature = {"X-Hub-Signature-256": sign(SECRET.encode(), raw)}
+    rollback_signature = {"X-Hub-Signature-256": sign(SECRET.encode(), raw, "rollback")}
+    as_rollback = client.post("/rollback", content=raw, headers=deploy_signature)
+    as_deploy = client.post("/deploy", content=raw, headers=rollback_signature)
+    # A read's signature over an id is an HMAC over read: and the id: sent as that body, it is no deploy's.
+    read_message = b"read:20260101T000000-00000000"
+    read_signature = sign(SECRET.encode(), b"20260101T000000-00000000", "read")
+    read_as_body = client.post("/deploy", content=read_message, headers={"X-Hub-Signature-256": read_signature})
+    rolled_back = client.post("/rollback", content=raw, headers=rollback_signature)
+
+    assert as_rollback.status_code == as_deploy.status_code == read_as_body.status_code == 403
+    assert as_rollback.json() == {"detail": "Invalid signature: it was made for POST /deploy, not for POST /rollback"}
+    assert as_deploy.json() == {"detail": "Invalid signature: it was made for POST /rollback, not for POST /deploy"}
+    assert read_as_body.json() == {"detail": "Invalid signature"}
+    assert rolled_back.status_code == 200
+    assert [call["playbook"].name for call in fake_runner.calls] == ["rollback.yml"]
 
 
 @pytest.mark.parametrize(
@@ -258,7 +348,8 @@ def test_deploys_beyond_the_service_limit_get_429(tmp_path, fake_runner):
         other = send(client, fresh(service="grafana"))
 
     assert [answer.status_code for answer in answers] == [200, 200, 429]
-    assert answers[-1].json()["detail"].startswith("Too many deploys of 'jellyfin' (2 per 1 hour); retry in ")
+    detail = answers[-1].json()["detail"]
+    assert detail.startswith("Too many deploys of 'jellyfin' (2 per 1 hour on each host); retry in ")
     assert int(answers[-1].headers["Retry-After"]) > 3000
     assert other.status_code == 200, "the limit is per service"
 

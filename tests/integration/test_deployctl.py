@@ -206,6 +206,9 @@ def test_what_a_signer_wrote_is_recorded_as_sent_and_printed_escaped(compose_pro
     assert f"message      {HOSTILE_ESCAPED}\n" in shown.stdout and f"commit       {HOSTILE_ESCAPED}\n" in shown.stdout
     assert json.loads(as_json.stdout) == server.record(deployment_id)
     assert json.loads(history.stdout)["items"][0]["message"] == HOSTILE
+    # As the help's `deployctl show ID --json | jq` reads it (the rig installs jq).
+    jq = subprocess.run(["jq", "-c", "."], input=as_json.stdout, capture_output=True, text=True, check=True)
+    assert json.loads(jq.stdout) == server.record(deployment_id), "jq reads the same values back"
 
 
 def test_sign_makes_the_signature_the_api_checks_for_each_purpose_and_no_other(

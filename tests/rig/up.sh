@@ -88,6 +88,8 @@ build_images() {
 ensure_engine
 ensure_compose
 ensure_registry
+# deployctl's --json is read with jq in its help, and so in the integration tests.
+command -v jq >/dev/null || { log "installing jq"; apt_install jq; }
 images_stamp="$state/images.sha"
 images_sum="$(cat "$here"/images/Dockerfile.* | sha256sum | cut -c1-16)-$registry"
 if [ "$(cat "$images_stamp" 2>/dev/null)" != "$images_sum" ] || \

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import shutil
-import subprocess
 import sys
 import unicodedata
 
@@ -97,12 +95,3 @@ def test_json_reads_back_the_same_with_no_raw_control_character(indent):
     assert "déjà vu 中文 👨‍👩‍👧" in text
     assert r"\u001b]52;c;" in text and r"\u009b0m\u0085 \u202eevil\u007f\u2028\u2029" in text
     assert r'"\ud800"' in text
-
-
-@pytest.mark.skipif(shutil.which("jq") is None, reason="jq is not installed")
-def test_jq_reads_the_json_back_to_the_same_values():
-    readable = {name: value for name, value in DOCUMENT.items() if name != "lone"}  # jq makes a lone surrogate U+FFFD
-
-    completed = subprocess.run(["jq", "-c", "."], input=printable_json(readable), capture_output=True, text=True)
-
-    assert json.loads(completed.stdout) == readable

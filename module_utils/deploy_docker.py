@@ -16,7 +16,7 @@ from ansible.module_utils.common.process import get_bin_path
 
 
 class StepError(Exception):
-    """A step failed: `msg` in the words its module has always failed with, `extra` the keys its fail_json adds."""
+    """A step failed: `msg` says why, `extra` holds the keys its module's fail_json adds (rc, stderr...)."""
 
     def __init__(self, msg: str, **extra: object):
         super().__init__(msg)
@@ -43,7 +43,7 @@ class Docker:
 
     @property
     def binary(self) -> str:
-        # Looked up when first needed, where each module has always looked it up.
+        # Looked up when first needed, so that a missing CLI fails the step that needs it, with a StepError.
         if not self._binary:
             try:
                 self._binary = get_bin_path("docker")

@@ -79,7 +79,7 @@ def capture_state(
     config_args = ["compose", "-f", compose_file, "config", "--format", "json"]
     rc, stdout, stderr = docker.run(*config_args, cwd=os.path.expanduser(os.path.expandvars(project_dir)))
     if rc != 0:
-        # As ansible.builtin.command reports it, which this step used to be.
+        # With the keys of ansible.builtin.command's failures (rc, stdout, stderr, cmd), which callers read.
         raise StepError("non-zero return code", rc=rc, stdout=stdout, stderr=stderr, cmd=["docker", *config_args])
     project = json.loads(stdout)
     if service not in (project.get("services") or {}):

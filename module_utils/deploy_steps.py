@@ -1,5 +1,5 @@
 """compose_deploy's work: the deploy's steps in one round trip, in the playbook's order, each exactly as its role
-does it, and the record of each step in the words the playbook has always kept.
+does it, and the record of each step in the shape the playbook keeps and the API reads.
 """
 
 from __future__ import annotations
@@ -89,7 +89,7 @@ def later_stamp(stamp: str, elapsed: float) -> str:
     return later.strftime(STAMP_FORMAT)
 
 
-# The records of the steps, as the playbook's `Record <step>` tasks have always built them.
+# The records of the steps, in the shape the playbook keeps and the API reads.
 def capture_record(capture: dict) -> dict:
     return {
         "step": "capture_state",

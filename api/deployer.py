@@ -15,7 +15,7 @@ from typing import Any
 from api import logs
 from api.history import History
 from api.history import now as history_now
-from api.models import DeployFailure, DeployRequest, DeploySuccess, HostOutcome
+from api.models import DeployFailure, DeployRequest, DeploySuccess, HostOutcome, escape_surrogates
 from api.runner import RunResult, deploy_extravars, run_playbook, stop_leftover_run
 from api.settings import Settings
 from api.text import printable
@@ -229,8 +229,7 @@ class Deployer:
 
         def text(name: str, limit: int) -> str | None:
             value = fields.get(name)
-            # A lone surrogate (JSON "\ud800") is valid JSON but no UTF-8: it is recorded escaped.
-            return value[:limit].encode("utf-8", "backslashreplace").decode() if isinstance(value, str) else None
+            return escape_surrogates(value[:limit]) if isinstance(value, str) else None
 
         deployment_id = new_deployment_id(datetime.now(UTC))
         error = detail if isinstance(detail, str) else "; ".join(str(item) for item in detail)

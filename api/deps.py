@@ -66,18 +66,19 @@ def check_signature(request: Request, payload: bytes, client: str, purpose: str)
     if retry_after is not None:
         raise too_many("Too many requests with an invalid signature from this address", retry_after)
     settings: Settings = request.app.state.settings
+    secret_sets = settings.secret_sets()
     header = request.headers.get(signature.HEADER)
-    found = signature.signers(settings.secret_sets(), payload, header, purpose)
+    found = signature.signers(secret_sets, payload, header, purpose)
     if not found:
         rate_limits.refused(client)
-        raise HTTPException(status.HTTP_403_FORBIDDEN, detail=_invalid(settings, payload, header, purpose))
+        raise HTTPException(status.HTTP_403_FORBIDDEN, detail=_invalid(secret_sets, payload, header, purpose))
     return found
 
 
-def _invalid(settings: Settings, payload: bytes, header: str | None, purpose: str) -> str:
+def _invalid(secret_sets: dict[str, tuple[bytes, ...]], payload: bytes, header: str | None, purpose: str) -> str:
     """The reference's "Invalid signature", and what the signature was made for when it is valid for another
     purpose (whoever sent it signed it, or saw it signed: this tells them nothing new)."""
-    others = [other for other in signature.purposes_signed(settings.secret_sets(), payload, header) if other != purpose]
+    others = signature.purposes_signed(secret_sets, payload, header, besides=purpose)
     if not others:
         return "Invalid signature"
     return f"Invalid signature: it was made for {ACTIONS[others[0]]}, not for {ACTIONS[purpose]}"

@@ -7,7 +7,6 @@ the image, and the secret that signed it (an intersection over the hosts, never 
 from __future__ import annotations
 
 import logging
-import re
 import threading
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
@@ -18,12 +17,9 @@ from ansible.parsing.dataloader import DataLoader
 from ansible.template import Templar
 from ansible.vars.manager import VariableManager
 
-log = logging.getLogger("deploy")
+from api.settings import DEFAULT_SIGNER, SECRET_ENV
 
-# The secret set that signs for every service whose entry names no secret_env of its own.
-DEFAULT_SIGNER = "WEBHOOK_SECRET"
-# deploy_services.<name>.secret_env names the variable that holds the service's own secret(s).
-SECRET_ENV = re.compile(r"WEBHOOK_SECRET_[A-Z0-9_]+")
+log = logging.getLogger("deploy")
 
 
 class InventoryError(ValueError):

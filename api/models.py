@@ -17,6 +17,9 @@ IMAGE_REFERENCE = re.compile(
     rf"^(?=.{{1,255}}$)(?:{_DOMAIN}/)?{_PATH}(?:/{_PATH})*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})?(?:@sha256:[a-f0-9]{{64}})?$"
 )
 
+# 9999-12-31T23:59:59Z: the latest `timestamp`, so that no arithmetic ever meets an integer of a thousand digits.
+TIMESTAMP_MAX = 253_402_300_799
+
 # An environment is an inventory group, named as Ansible names groups.
 ENVIRONMENT_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,63}$"
 
@@ -56,8 +59,7 @@ class DeployRequest(BaseModel):
     timestamp: int | None = Field(
         None,
         ge=0,
-        # 9999-12-31: a bound, so that no arithmetic ever meets an integer of a thousand digits.
-        le=253_402_300_799,
+        le=TIMESTAMP_MAX,
         description="Unix seconds when the request was signed: refused outside the replay window",
     )
 

@@ -130,7 +130,7 @@ class RateLimits:
     def deploy(self, service: str, hosts: Sequence[str]) -> int | None:
         """Count a deploy of `service` on each of `hosts`; when one of them has had its deploys, count nothing and
         say how many seconds until it may deploy again."""
-        keys = [(service, host) for host in hosts] or [(service, "")]
+        keys = [(service, host) for host in hosts]
         waits = [wait for key in keys if (wait := self.deploys.retry_after(key)) is not None]
         if waits:
             return max(waits)

@@ -17,7 +17,6 @@ from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 from api.history import Retention
-from api.inventory import SECRET_ENV
 from api.models import ENVIRONMENT_PATTERN, FINISHED_OUTCOMES, FinishedOutcome
 from api.notify import target_urls
 
@@ -32,6 +31,10 @@ MAKE_ONE = "make one with: python3 -c 'import secrets; print(secrets.token_hex(3
 SECRET_VARIABLES = ("WEBHOOK_SECRET", "DEPLOY_READ_TOKEN", "DEPLOY_METRICS_TOKEN", "DEPLOY_NOTIFY_URLS")
 MIN_READ_TOKEN_LENGTH = 16
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
+# The secret set that signs for every service whose inventory entry names no secret_env of its own.
+DEFAULT_SIGNER = "WEBHOOK_SECRET"
+# deploy_services.<name>.secret_env names the variable that holds the service's own secret(s).
+SECRET_ENV = re.compile(r"WEBHOOK_SECRET_[A-Z0-9_]+")
 
 
 def secrets_of(value: SecretStr) -> tuple[bytes, ...]:
@@ -265,9 +268,9 @@ class Settings(BaseSettings):
         return self.deploy_state_dir / "deployments.sqlite3"
 
     def secret_sets(self) -> dict[str, tuple[bytes, ...]]:
-        """The secrets that may sign, by who holds them: "WEBHOOK_SECRET" for every service without its own."""
+        """The secrets that may sign, by who holds them: DEFAULT_SIGNER for every service without its own."""
         return {
-            "WEBHOOK_SECRET": secrets_of(self.webhook_secret),
+            DEFAULT_SIGNER: secrets_of(self.webhook_secret),
             **{name: secrets_of(secret) for name, secret in self.service_secrets.items()},
         }
 

@@ -72,6 +72,9 @@ def signers(
     return frozenset(matched)
 
 
-def purposes_signed(secret_sets: Mapping[str, Sequence[bytes]], payload: bytes, header: str | None) -> list[str]:
-    """For a signature refused for its purpose: the purposes it is valid for, to say what it was made for."""
-    return [purpose for purpose in PURPOSES if signers(secret_sets, payload, header, purpose)]
+def purposes_signed(
+    secret_sets: Mapping[str, Sequence[bytes]], payload: bytes, header: str | None, besides: str | None = None
+) -> list[str]:
+    """For a signature refused for its purpose (`besides`, not tried again): the other purposes it is valid for, to
+    say what it was made for."""
+    return [purpose for purpose in PURPOSES if purpose != besides and signers(secret_sets, payload, header, purpose)]

@@ -13,7 +13,7 @@ from api.deployer import DeployConflict, Deployer
 from api.deps import SignedBody, endpoint, get_deployer, get_inventory, get_metrics, get_rate_limits, signed_body
 from api.history import History
 from api.inventory import Environment, Inventory, InventoryView
-from api.models import DeployFailure, DeploymentAccepted, DeployRequest, DeploySuccess
+from api.models import TIMESTAMP_MAX, DeployFailure, DeploymentAccepted, DeployRequest, DeploySuccess
 from api.security import image_repository, request_digest, timestamp_problem
 from api.settings import Settings
 
@@ -93,10 +93,7 @@ RECEIPT_MARGIN_SECONDS = 60
 def timestamp_of(document: Any) -> int | None:
     """The body's `timestamp` when it is one (an integer in DeployRequest's range), before the body is validated."""
     timestamp = document.get("timestamp") if isinstance(document, dict) else None
-    bounds = DeployRequest.model_fields["timestamp"].metadata
-    low = next(bound.ge for bound in bounds if hasattr(bound, "ge"))
-    high = next(bound.le for bound in bounds if hasattr(bound, "le"))
-    if isinstance(timestamp, int) and not isinstance(timestamp, bool) and low <= timestamp <= high:
+    if isinstance(timestamp, int) and not isinstance(timestamp, bool) and 0 <= timestamp <= TIMESTAMP_MAX:
         return timestamp
     return None
 

@@ -192,7 +192,7 @@ class FakeApi:
 
     def invalid_signature(self, payload: bytes, header: str | None, purpose: str) -> str:
         """The API's 403 detail: what a signature valid for another purpose was made for."""
-        made_for = [other for other in purposes_signed({"": [SECRET.encode()]}, payload, header) if other != purpose]
+        made_for = purposes_signed({"": [SECRET.encode()]}, payload, header, besides=purpose)
         if not made_for:
             return "Invalid signature"
         return f"Invalid signature: it was made for {ACTIONS[made_for[0]]}, not for {ACTIONS[purpose]}"

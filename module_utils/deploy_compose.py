@@ -1,9 +1,12 @@
-"""The compose_up step: pin one service's image in an override file, and start or remove only that service.
+"""The compose_up step: pin one service's image in an override file, and start or remove only that service; and
+how a project's compose file is found when none is named.
 
 The override file holds only `services.<name>.image` entries, so the operator's compose file is never rewritten. It
 is JSON (valid YAML, readable by compose), written under an exclusive lock on its directory and replaced atomically,
-so deploys of different services in the same project never lose each other's pins. Compose's changes and errors are
-read from its JSON events as community.docker's docker_compose_v2 reads them.
+so deploys of different services in the same project never lose each other's pins.
+
+Whether compose changed anything is read from the engine, not from compose's progress output: the service's
+container before and after `up`.
 """
 
 from __future__ import annotations
@@ -11,10 +14,12 @@ from __future__ import annotations
 import fcntl
 import json
 import os
-import shlex
+import re
 import tempfile
+from typing import Any, TypedDict
 
-from ansible.module_utils.deploy_docker import Docker, StepError, service_container
+from ansible.module_utils.deploy_docker import Docker, StepError, cli_error, logrus_record, service_container
+from ansible.module_utils.deploy_image import image_id
 
 HEADER_KEY = "x-deploy"
 HEADER = (
@@ -22,15 +27,97 @@ HEADER = (
     "Use it with: docker compose -f <compose file> -f <this file> up -d"
 )
 
-# docker compose --progress json: statuses that mean something was done (pulls and builds excepted),
-# and the progress of a layer being pulled.
-WORKING = frozenset(("Creating", "Starting", "Restarting", "Stopping", "Killing", "Removing", "Recreate"))
-LAYER_WORKING = frozenset(("Pulling fs layer", "Waiting", "Downloading", "Verifying Checksum", "Extracting", "Working"))
-LAYER_DONE = frozenset(("Already exists", "Download complete", "Pull complete"))
-DONE = frozenset(
-    ("Started", "Healthy", "Exited", "Restarted", "Running", "Created", "Stopped", "Killed", "Removed", "Recreated")
+
+# The names `docker compose` looks for when no file is named, in its order (compose v2.40 takes docker-compose.yml
+# before docker-compose.yaml), and the override files it then adds from the same directory.
+COMPOSE_FILE_NAMES = ("compose.yaml", "compose.yml", "docker-compose.yml", "docker-compose.yaml")
+OVERRIDE_FILE_NAMES = (
+    "compose.override.yml",
+    "compose.override.yaml",
+    "docker-compose.override.yml",
+    "docker-compose.override.yaml",
 )
-KNOWN_STATUS = WORKING | DONE | frozenset(("Pulled", "Pulling", "Built", "Building", "Error", "Warning", "Waiting"))
+# A container in one of these states is up; a crash-looping one moves between them without anyone touching it.
+UP_STATES = ("running", "restarting")
+
+
+class PinDiff(TypedDict):
+    """The pin file before and after, as Ansible's diff shows it; empty for a file that is not there."""
+
+    before: str
+    after: str
+
+
+class PinFile(TypedDict):
+    """The pin file after compose_service: whether it exists, its pins by service, and its diff."""
+
+    exists: bool
+    pins: dict[str, str]
+    diff: PinDiff
+
+
+class ComposeResult(PinFile):
+    """What compose_service returns."""
+
+    changed: bool
+    container_id: str
+
+
+def find_compose_file(project_dir: str) -> str:
+    """The compose file `docker compose` reads when run in `project_dir` without `-f`, relative to `project_dir`.
+
+    As compose does: the first of compose.yaml, compose.yml, docker-compose.yml, docker-compose.yaml that exists in
+    the directory (with several, compose warns and takes the first); with none, the same search in the parent
+    directory, and so on up to the root, so the file may be `../compose.yaml`. Compose then counts that file's
+    directory as the project directory, as it does when run with `-f <that file>` in `project_dir`.
+    """
+    start = os.path.abspath(project_dir)
+    if not os.path.isdir(start):
+        raise StepError(f"Project directory {start} is not a directory")
+    directory = start
+    while True:
+        for name in COMPOSE_FILE_NAMES:
+            # Existence, not the type: compose takes a directory of that name too, and then fails to read it.
+            if os.path.exists(os.path.join(directory, name)):
+                return os.path.relpath(os.path.join(directory, name), start)
+        parent = os.path.dirname(directory)
+        if parent == directory:
+            raise StepError(
+                f"No compose file in {start} nor in a directory above it: looked for {', '.join(COMPOSE_FILE_NAMES)}"
+            )
+        directory = parent
+
+
+def unread_override(project_dir: str, compose_file: str) -> str:
+    """The override file `docker compose` would add to a compose file it found itself (compose.override.yml and the
+    like, beside it), relative to `project_dir`; empty when there is none. The deploy names its compose file to
+    compose, and compose reads no override file then."""
+    directory = os.path.dirname(compose_file)
+    return next(
+        (
+            os.path.join(directory, name)
+            for name in OVERRIDE_FILE_NAMES
+            if os.path.exists(os.path.join(project_dir, directory, name))
+        ),
+        "",
+    )
+
+
+def discover_compose_file(docker: Docker, project_dir: str) -> str:
+    """find_compose_file, with a warning when compose, run without `-f`, would read an override file beside it."""
+    found = find_compose_file(project_dir)
+    override = unread_override(project_dir, found)
+    if override:
+        docker.warn(
+            f"{override} is not read: the deploy reads only {found} and its pin file, as "
+            f"`docker compose -f {found}` does. Name the compose file to read it, or merge the override into it."
+        )
+    return found
+
+
+def pin_file_for(compose_file: str) -> str:
+    """The pin file beside a compose file: its name without .yml or .yaml, plus `.deploy.yml`."""
+    return re.sub(r"\.ya?ml$", "", compose_file) + ".deploy.yml"
 
 
 def read_pins(path: str) -> dict[str, str]:
@@ -66,7 +153,9 @@ def write_atomically(path: str, content: str) -> None:
         raise
 
 
-def update_pin(path: str, service: str, image: str | None, check_mode: bool = False) -> tuple[dict, dict, bool]:
+def update_pin(
+    path: str, service: str, image: str | None, check_mode: bool = False
+) -> tuple[dict[str, str], dict[str, str], bool]:
     """Pin `service` to `image` (None removes its pin); returns the pins before, after, and whether the file existed."""
     lock = os.open(os.path.dirname(path) or ".", os.O_RDONLY)
     try:
@@ -85,79 +174,62 @@ def update_pin(path: str, service: str, image: str | None, check_mode: bool = Fa
         os.close(lock)
 
 
-RESOURCE_TYPES = {
-    "Network": "network",
-    "Image": "image",
-    "Volume": "volume",
-    "Container": "container",
-    "Service": "service",
-}
+def compose_command(docker: Docker, files: list[str]) -> list[str]:
+    """`docker compose` with these files, its progress as plain text (read only for warnings and a failure's cause).
+
+    No --project-directory: compose takes the first file's directory, as it does for an operator who runs
+    `docker compose -f <compose file> -f <pin file> up -d` in the project directory (the pin file's header says so),
+    and as capture_state's `docker compose config` does.
+    """
+    file_arguments = [argument for name in files for argument in ("--file", name)]
+    return [docker.binary, "compose", "--ansi", "never", "--progress", "plain", *file_arguments]
 
 
-def parse_events(stderr: str) -> list[dict]:
-    """The events of `docker compose --progress json` (one JSON object a line on stderr), read as
-    community.docker's docker_compose_v2 reads them: `type` (container, network, ..., image-layer, unknown), `id`,
-    `status` and `msg`."""
-    events = []
-    for line in stderr.splitlines():
-        line = line.strip()
-        if not (line.startswith("{") and line.endswith("}")):
-            if line.startswith("Warning: "):
-                events.append({"type": "unknown", "id": None, "status": "Warning", "msg": line[len("Warning: ") :]})
-            continue
-        try:
-            data = json.loads(line)
-        except ValueError:
-            continue
-        if data.get("tail"):
-            text = data.get("text")
-            warning = isinstance(text, str) and text.lower().startswith("warning:")
-            status, text = ("Warning", text[len("warning:") :].lstrip()) if warning else ("Error", text)
-            events.append({"type": "unknown", "id": None, "status": status, "msg": text})
-            continue
-        if data.get("error"):
-            events.append({"type": "unknown", "id": data.get("id"), "status": "Error", "msg": data.get("message")})
-            continue
-        kind, resource, status, text = "unknown", data.get("id"), data.get("status"), data.get("text")
-        parent = data.get("parent_id")
-        if status in ("Working", "Done") and isinstance(parent, str) and parent.startswith("Image "):
-            kind, resource = "image-layer", parent[len("Image ") :]
-        elif isinstance(resource, str) and " " in resource:
-            type_name, resource = resource.split(" ", 1)
-            kind = RESOURCE_TYPES.get(type_name, "unknown")
-        elif text in ("Pulled", "Pulling"):
-            kind, status, text = "image", text, status
-        elif text in LAYER_DONE or text in LAYER_WORKING:
-            kind, status, text = "image-layer", text, status
-        elif status is None and isinstance(text, str) and text.startswith("Skipped - "):
-            status, text = text.split(" - ", 1)
-        elif data.get("level") in ("warning", "error") and "msg" in data:
-            status, text = data["level"].capitalize(), data["msg"]
-        if status not in KNOWN_STATUS and text in KNOWN_STATUS:
-            status, text = text, status
-        events.append({"type": kind, "id": resource, "status": status, "msg": text})
-    return events
+def compose_output(docker: Docker, command: list[str], cwd: str, what: str, **extra: object) -> str:
+    """Run a compose command, pass its warnings on, and return its stdout; a failure is `<what>: <cause>`."""
+    rc, stdout, stderr = docker.run_argv(command, cwd=cwd)
+    for level, message in map(logrus_record, stderr.splitlines()):
+        if level.startswith("warn"):
+            docker.warn(f"Docker compose: {message}")
+    if rc != 0:
+        raise cli_error(what, command, rc, stderr, stdout=stdout, **extra)
+    return stdout
 
 
-def has_changes(events: list[dict]) -> bool:
-    """Whether compose did something (pulls and builds do not count): created, started, stopped, removed..."""
-    return any(event["status"] in (LAYER_WORKING if event["type"] == "image-layer" else WORKING) for event in events)
+def is_up(container: dict[str, Any]) -> bool:
+    return container.get("State") in UP_STATES
 
 
-def error_message(events: list[dict], rc: int) -> str:
-    """What went wrong, in the words docker_compose_v2 used for it."""
-    errors = []
-    for event in events:
-        if event["status"] != "Error":
-            continue
-        if not event["id"]:
-            prefix = "General error: "
-        elif event["type"] == "unknown":
-            prefix = f"Error when processing {event['id']}: "
-        else:
-            prefix = f"Error when processing {event['type']} {event['id']}: "
-        errors.append(prefix + (event["status"] if event["msg"] is None else str(event["msg"])))
-    return "\n".join(errors) or f"Return code {rc} is non-zero"
+def container_changed(before: dict[str, Any], after: dict[str, Any]) -> bool:
+    """Whether `up` did something to the service's container (`docker ps` rows, {} for none): created or
+    recreated (another ID), started or stopped. Running and restarting both count as up, so a container that
+    restarts by its restart policy between the two reads is no change."""
+    return before.get("ID") != after.get("ID") or is_up(before) != is_up(after)
+
+
+def would_change(
+    docker: Docker,
+    compose: list[str],
+    cwd: str,
+    service: str,
+    container: dict[str, Any],
+    reference: str,
+    failure: str,
+) -> bool:
+    """Whether `up` with these files would create, recreate or start the service's container, decided as compose
+    decides it: no container, or one not up, or one whose config hash label differs from `docker compose config
+    --hash` (the service's configuration was edited), or whose image ID is not the one the host's image of the
+    configured `reference` has now (a tag that moved, or an image not on the host yet). `failure` begins the error
+    of a compose command that fails."""
+    if not container or not is_up(container):
+        return True
+    hashes = compose_output(docker, [*compose, "config", "--hash", service], cwd, failure)
+    configured_hash = dict(line.split(maxsplit=1) for line in hashes.splitlines() if line.strip()).get(service)
+    template = '{{.Image}} {{index .Config.Labels "com.docker.compose.config-hash"}}'
+    inspect = ["inspect", "--type", "container", "--format", template, container["ID"]]
+    inspected = docker.output(*inspect, what=f"Inspecting container {container['ID']}")
+    running_image, _, running_hash = inspected.strip().partition(" ")
+    return running_hash != configured_hash or not reference or running_image != image_id(docker, reference)
 
 
 def compose_service(
@@ -172,66 +244,74 @@ def compose_service(
     state: str,
     check_mode: bool,
     project: str = "",
-) -> dict:
+) -> ComposeResult:
     """Pin `image` (or drop the pin: an empty `image`, `file_image`, or state absent) and run
-    `docker compose up --detach --no-deps --pull missing -- <service>` and `ps`, or `down -- <service>`.
+    `docker compose up --detach --no-deps --pull missing -- <service>`, or `down -- <service>`.
 
-    `project_dir` is expanded already (an Ansible `path`). Under check mode no pin is written and compose runs with
-    `--dry-run`. Returns `changed`, `container_id` (empty with state absent), `exists` (the pin file), `pins` and
-    `diff` (the pin file before and after). With the compose `project`'s name (a capture knows it), the container
-    is found by its labels with `docker ps`, a fifth of the time `docker compose ps` takes to read the project.
+    `project_dir` is expanded already (an Ansible `path`). An empty `compose_file` is found as compose finds it
+    (discover_compose_file), and an empty `pin_file` is the one beside the compose file (pin_file_for). Returns
+    `changed`, `container_id` (empty with state absent), `exists` (the pin file), `pins` and `diff` (the pin file
+    before and after).
+
+    `changed` is read from the engine, not from compose's output: the pin file changed, or the service's container
+    (found by compose's labels with `docker ps`) differs before and after `up` in its ID (created, recreated) or in
+    being up (started, stopped). With state absent: the pin changed, or a container existed before. The compose
+    `project`'s name (a capture knows it) saves the `docker compose config` that reads it.
+
+    Under check mode no pin is written and compose runs with `--dry-run`, which checks the files and the request.
+    `changed` then says what `up` would do (would_change), unless the pin would change, which is a change already.
+    With state absent: the pin would change, or a container exists.
     """
     project_dir = os.path.abspath(project_dir)
-    pin_path = os.path.join(project_dir, pin_file)
     if not os.path.isdir(project_dir):
-        raise StepError(f'"{project_dir}" is not a directory')
+        raise StepError(f"Project directory {project_dir} is not a directory")
+    compose_file = compose_file or discover_compose_file(docker, project_dir)
+    compose_path = os.path.normpath(os.path.join(project_dir, compose_file))
+    if not os.path.exists(compose_path):
+        raise StepError(f"Compose file {compose_path} does not exist")
+    pin_file = pin_file or pin_file_for(compose_file)
+    pin_path = os.path.normpath(os.path.join(project_dir, pin_file))
 
     pinned = state == "present" and image and image != file_image
     try:
-        before, after, existed = update_pin(pin_path, service, image if pinned else None, check_mode)
+        pins_before, pins_after, existed = update_pin(pin_path, service, image if pinned else None, check_mode)
     except (OSError, ValueError) as error:
-        raise StepError(f"cannot update image pins in {pin_path}: {error}") from None
-    pin_changed = after != before
+        raise StepError(f"Cannot update the image pins in {pin_path}: {error}") from None
+    pin_changed = pins_after != pins_before
     exists = os.path.exists(pin_path)
-    result = {
+    result: PinFile = {
         "exists": exists,
-        "pins": after,
-        "diff": {"before": render(before) if existed else "", "after": render(after) if existed or pin_changed else ""},
+        "pins": pins_after,
+        "diff": {
+            "before": render(pins_before) if existed else "",
+            "after": render(pins_after) if existed or pin_changed else "",
+        },
     }
 
-    files = [compose_file, *([pin_file] if exists else [])]
-    for name in files:
-        if not os.path.exists(os.path.join(project_dir, name)):
-            raise StepError(f'Cannot find Compose file "{name}" relative to project directory "{project_dir}"')
-    compose = [docker.binary, "compose", "--ansi", "never", "--progress", "json", "--project-directory", project_dir]
-    compose += [argument for name in files for argument in ("--file", name)]
+    where = f"service {service} of {compose_path}"
+    compose = compose_command(docker, [compose_file, *([pin_file] if exists else [])])
+    config: dict[str, Any] = {}
+    config_failure = f"docker compose config failed for {where}"
+    if not project or (check_mode and state == "present" and not pin_changed):
+        command = [*compose, "config", "--format", "json"]
+        config = json.loads(compose_output(docker, command, project_dir, config_failure, **result))
+        project = project or config["name"]
+    before = service_container(docker, project, service)
+
     timeout = ["--timeout", str(stop_timeout)]
     dry_run = ["--dry-run"] if check_mode else []
     if state == "present":
-        up = ["up", "--detach", "--no-color", "--quiet-pull", "--pull", "missing", "--no-deps"]
-        command = [*compose, *up, *timeout, *dry_run, "--", service]
+        action = ["up", "--detach", "--no-color", "--quiet-pull", "--pull", "missing", "--no-deps"]
     else:
-        command = [*compose, "down", *timeout, *dry_run, "--", service]
-    rc, stdout, stderr = docker.run_argv(command, cwd=project_dir)
-    events = parse_events(stderr)
-    for event in events:
-        if event["status"] == "Warning" or (event["status"] is None and event["msg"] is not None):
-            docker.warn(f"Docker compose: {event['type']} {event['id']}: {event['msg']}")
-    if rc != 0:
-        raise StepError(
-            error_message(events, rc), cmd=shlex.join(command), rc=rc, stdout=stdout, stderr=stderr, **result
-        )
-    changed = pin_changed or has_changes(events)
+        action = ["down"]
+    command = [*compose, *action, *timeout, *dry_run, "--", service]
+    compose_output(docker, command, project_dir, f"docker compose {action[0]} failed for {where}", **result)
 
-    container_id = ""
-    if state == "present" and project:
-        container_id = service_container(docker, project, service).get("ID", "")
-    elif state == "present":
-        rc, stdout, stderr = docker.run_argv(
-            [*compose, "ps", "--format", "json", "--all", "--no-trunc"], cwd=project_dir
-        )
-        if rc != 0:
-            raise StepError(error_message(parse_events(stderr), rc), rc=rc, stdout=stdout, stderr=stderr)
-        containers = [json.loads(line) for line in stdout.splitlines() if line.strip()]
-        container_id = next((entry["ID"] for entry in containers if entry.get("Service") == service), "")
-    return {"changed": changed, "container_id": container_id, **result}
+    if state == "absent":
+        return {"changed": pin_changed or bool(before), "container_id": "", **result}
+    if check_mode:
+        reference = ((config.get("services") or {}).get(service) or {}).get("image", "")
+        changed = pin_changed or would_change(docker, compose, project_dir, service, before, reference, config_failure)
+        return {"changed": changed, "container_id": before.get("ID", ""), **result}
+    after = service_container(docker, project, service)
+    return {"changed": pin_changed or container_changed(before, after), "container_id": after.get("ID", ""), **result}

@@ -1,18 +1,22 @@
 """What every deploy step shares: its error, the docker CLI (with the module's environment, DOCKER_HOST included),
 and the CLI's JSON lines and times.
 
-A step is a function that takes a `Docker` and plain values, returns a plain dict and raises `StepError` when it
-fails, so that one module can run one step (the roles' modules) or several in one round trip (compose_deploy).
+The Docker work of a step is a function that takes a `Docker` and plain values, returns a plain dict and raises
+`StepError` when it fails, so that the deploy module (compose_deploy) can run several steps in one round trip.
 """
 
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
+import re
+from collections.abc import Sequence
 from datetime import datetime
+from typing import TYPE_CHECKING, Any
 
-from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.common.process import get_bin_path
+
+if TYPE_CHECKING:
+    from ansible.module_utils.basic import AnsibleModule
 
 
 class StepError(Exception):
@@ -24,7 +28,55 @@ class StepError(Exception):
         self.extra = extra
 
 
-def json_lines(output: str) -> list[dict]:
+# Colours and cursor movements (CSI sequences) and window titles (OSC) a CLI may write even when not on a terminal.
+ANSI_ESCAPE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b\\)?)")
+# A logrus line, as compose writes its warnings and errors: time="..." level=warning msg="...".
+LOGRUS_LINE = re.compile(r'^time="[^"]*" level=(?P<level>\w+) msg="(?P<msg>(?:[^"\\]|\\.)*)"')
+CAUSE_LIMIT = 300
+
+
+def logrus_record(line: str) -> tuple[str, str]:
+    """The level and message of a logrus line (`warning`, `error`...); ("", line) for any other line."""
+    match = LOGRUS_LINE.match(line.strip())
+    if not match:
+        return "", line
+    return match["level"], match["msg"].replace('\\"', '"')
+
+
+def cli_cause(stderr: str, rc: int | None = None) -> str:
+    """What a failed docker CLI command said about its cause, in one line of at most CAUSE_LIMIT characters.
+
+    The last line that reports an error (it starts with "Error" or "error", or is a logrus line of level error or
+    fatal), else the last line that is not a warning, else the last line at all; colours stripped, white space
+    squeezed. A daemon that does not answer ("Cannot connect to the Docker daemon at unix:///...") is such a last
+    line, kept as it is. Without any words on stderr, the exit code.
+    """
+    errors: list[str] = []
+    others: list[str] = []
+    warnings: list[str] = []
+    for raw in stderr.splitlines():
+        level, text = logrus_record(ANSI_ESCAPE.sub("", raw))
+        line = " ".join(text.split())
+        if not line:
+            continue
+        if level in ("error", "fatal", "panic") or line.lower().startswith("error"):
+            errors.append(line)
+        elif level.startswith("warn") or line.lower().startswith("warn"):
+            warnings.append(line)
+        else:
+            others.append(line)
+    cause = next((lines[-1] for lines in (errors, others, warnings) if lines), "")
+    if not cause:
+        return f"exit code {rc}, nothing on stderr" if rc is not None else "nothing on stderr"
+    return cause if len(cause) <= CAUSE_LIMIT else cause[: CAUSE_LIMIT - 3] + "..."
+
+
+def cli_error(what: str, cmd: Sequence[str], rc: int, stderr: str, **extra: object) -> StepError:
+    """The error of a docker command that failed: `<what>: <cause>` in one line, with rc, stderr and cmd."""
+    return StepError(f"{what}: {cli_cause(stderr, rc)}", rc=rc, stderr=stderr, cmd=list(cmd), **extra)
+
+
+def json_lines(output: str) -> list[dict[str, Any]]:
     """The objects of `--format '{{json .}}'` output, one a line."""
     return [json.loads(line) for line in output.splitlines() if line.strip()]
 
@@ -37,7 +89,7 @@ def cli_time(text: str) -> int:
 class Docker:
     """The docker CLI, run through an AnsibleModule's run_command: argument lists, never a shell."""
 
-    def __init__(self, module):
+    def __init__(self, module: AnsibleModule) -> None:
         self.module = module
         self._binary = ""
 
@@ -52,29 +104,33 @@ class Docker:
         return self._binary
 
     def run(self, *args: str, cwd: str | None = None) -> tuple[int, str, str]:
-        return self.module.run_command([self.binary, *args], cwd=cwd)
+        result: tuple[int, str, str] = self.module.run_command([self.binary, *args], cwd=cwd)
+        return result
 
     def run_argv(self, argv: list[str], cwd: str | None = None) -> tuple[int, str, str]:
         """A command whose first word is the binary already (compose_service builds and reports whole commands)."""
-        return self.module.run_command(argv, cwd=cwd)
+        result: tuple[int, str, str] = self.module.run_command(argv, cwd=cwd)
+        return result
 
-    def output(self, *args: str) -> str:
-        """The command's stdout; a non-zero exit fails the step, named by the command's first two words."""
+    def output(self, *args: str, what: str = "") -> str:
+        """The command's stdout; a non-zero exit fails the step with `<what> failed: <cause>` (by default, what is
+        the command's first two words)."""
         rc, stdout, stderr = self.run(*args)
         if rc != 0:
-            raise StepError(f"docker {' '.join(args[:2])} failed: {stderr.strip()}", rc=rc, stderr=stderr)
+            what = what or "docker " + " ".join(args[:2])
+            raise cli_error(f"{what} failed", [self.binary, *args], rc, stderr)
         return stdout
 
     def warn(self, text: str) -> None:
         self.module.warn(text)
 
 
-def newest_container(rows: list[dict]) -> dict:
+def newest_container(rows: list[dict[str, Any]]) -> dict[str, Any]:
     """The container created last; among containers of the same second, the one the engine lists last."""
     return sorted(rows, key=lambda row: cli_time(row["CreatedAt"]))[-1] if rows else {}
 
 
-def service_container(docker: Docker, project: str, service: str) -> dict:
+def service_container(docker: Docker, project: str, service: str) -> dict[str, Any]:
     """The newest container of a compose service (also a stopped one), found by compose's labels: its `docker ps` row.
 
     Not a one-off container of `docker compose run`, which carries the service's labels too.
@@ -92,18 +148,7 @@ def service_container(docker: Docker, project: str, service: str) -> dict:
             "label=com.docker.compose.oneoff=False",
             "--format",
             "{{json .}}",
+            what=f"Listing the containers of service {service} in compose project {project}",
         )
     )
     return newest_container(rows)
-
-
-def run_step_module(argument_spec: dict, step: Callable[..., dict], renamed: dict[str, str] | None = None) -> None:
-    """A role's module: check its options, run its step with them (as keyword arguments, `renamed` where the step calls
-    an option otherwise), and exit with the step's result, or fail with its error and the keys that error carries."""
-    module = AnsibleModule(argument_spec=argument_spec, supports_check_mode=True)
-    arguments = {(renamed or {}).get(name, name): value for name, value in module.params.items()}
-    try:
-        result = step(Docker(module), check_mode=module.check_mode, **arguments)
-    except StepError as error:
-        module.fail_json(msg=error.msg, **error.extra)
-    module.exit_json(**result)

@@ -1,6 +1,6 @@
 """The health_check step: wait until a container is healthy, settled or down, probe a URL, keep a failure's logs.
 
-Nothing waits a fixed time: the container is polled every 0.25 s (a `docker inspect` is cheap), the URL every
+Nothing waits a fixed time: the container is polled every 0.1 s (a `docker inspect` is cheap), the URL every
 `interval` seconds, both bounded by the timeout.
 """
 
@@ -12,8 +12,9 @@ import time
 import urllib.error
 import urllib.request
 from datetime import datetime, timezone
+from typing import Any, TypedDict
 
-from ansible.module_utils.deploy_docker import Docker, StepError
+from ansible.module_utils.deploy_docker import Docker, cli_error
 
 # A `docker inspect` costs about 10 ms: polling every 0.1 s notices a healthy container within a tenth of a second,
 # as a shell loop would, for about a tenth of a core while it waits.
@@ -22,14 +23,31 @@ DOWN = ("exited", "dead", "restarting", "removing")
 OK_STATUS = range(200, 300)
 
 
-def uptime(state: dict) -> float:
-    """Seconds since the container last started, its StartedAt read to the second as the role always read it."""
+class Verdict(TypedDict):
+    """The verdict on a container: healthy or not, a status (`healthy`, `running`, `unhealthy`, `url_failed`...),
+    and one sentence for people."""
+
+    healthy: bool
+    status: str
+    detail: str
+
+
+class HealthResult(TypedDict):
+    """What container_health returns."""
+
+    changed: bool
+    verdict: Verdict
+    logs: str
+
+
+def uptime(state: dict[str, Any]) -> float:
+    """Seconds since the container last started, its StartedAt read to the second."""
     started = datetime.strptime((state.get("StartedAt") or "1970-01-01T00:00:00")[:19], "%Y-%m-%dT%H:%M:%S")
     # timezone.utc, not datetime.UTC: the target host's Python may be older than 3.11.
     return (datetime.now(timezone.utc).replace(tzinfo=None) - started).total_seconds()  # noqa: UP017
 
 
-def settled(start: dict, poll: dict | None, settle: int) -> bool:
+def settled(start: dict[str, Any], poll: dict[str, Any] | None, settle: int) -> bool:
     """Whether polling can stop: the container is gone, down, restarted, judged by its HEALTHCHECK, or settled."""
     if poll is None:
         return True
@@ -42,7 +60,9 @@ def settled(start: dict, poll: dict | None, settle: int) -> bool:
     return bool(state["Running"]) and uptime(state) >= settle
 
 
-def judge(container: str, start: dict | None, poll: dict | None, settle: int, timeout: int) -> dict:
+def judge(
+    container: str, start: dict[str, Any] | None, poll: dict[str, Any] | None, settle: int, timeout: int
+) -> Verdict:
     """The verdict on the last poll: healthy or not, a status, and one sentence for people."""
     if start is None or poll is None:
         return {"healthy": False, "status": "missing", "detail": f"Container {container} does not exist"}
@@ -126,13 +146,15 @@ def merge_logs(stdout: str, stderr: str) -> str:
     return "\n".join(text for _, _, text in sorted(entries)).rstrip("\r\n")
 
 
-def inspect_container(docker: Docker, container: str) -> dict | None:
-    rc, stdout, stderr = docker.run("container", "inspect", container)
+def inspect_container(docker: Docker, container: str) -> dict[str, Any] | None:
+    args = ("container", "inspect", container)
+    rc, stdout, stderr = docker.run(*args)
     if rc == 0:
-        return json.loads(stdout)[0]
+        found: list[dict[str, Any]] = json.loads(stdout)
+        return found[0]
     if "No such container" in stderr:
         return None
-    raise StepError(f"Error inspecting container {container}: {stderr.strip()}", rc=rc, stderr=stderr)
+    raise cli_error(f"Inspecting container {container} failed", [docker.binary, *args], rc, stderr)
 
 
 def container_logs(docker: Docker, container: str, lines: int) -> str:
@@ -151,7 +173,7 @@ def container_health(
     interval: int,
     log_lines: int,
     check_mode: bool,
-) -> dict:
+) -> HealthResult:
     """Poll the container until its verdict is known, then probe `url` (not under check mode).
 
     Returns `changed` (never), `verdict` (`healthy`, `status`, `detail`) and `logs` (the last `log_lines` lines of a

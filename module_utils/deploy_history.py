@@ -11,10 +11,69 @@ from __future__ import annotations
 import json
 import os
 import re
+from typing import Any, TypedDict
 
-from ansible.module_utils.deploy_docker import Docker, StepError, cli_time, json_lines, service_container
+from ansible.module_utils.deploy_compose import discover_compose_file
+from ansible.module_utils.deploy_docker import (
+    Docker,
+    StepError,
+    cli_cause,
+    cli_error,
+    cli_time,
+    json_lines,
+    service_container,
+)
 
 STAMPED_TAG = re.compile(r"^([0-9]{8}T[0-9]{12})-[0-9a-f]{12}$")
+
+
+class HistoryEntry(TypedDict):
+    """One image of a service's history: its ID, `stamp` (empty for a tag without one), `ref` (its newest tag) and
+    `created` (epoch seconds)."""
+
+    id: str
+    stamp: str
+    ref: str
+    created: int
+
+
+class ListedEntry(HistoryEntry):
+    """A history entry as cleanup reads it: every tag it has in the history, and whether a deploy replaced it."""
+
+    refs: list[str]
+    replaced: bool
+
+
+class Capture(TypedDict):
+    """What capture_state found: the compose project and file, the service's container and the image it runs, and
+    the service's history."""
+
+    project: str
+    project_dir: str
+    compose_file: str
+    file_image: str
+    container_id: str
+    container_state: str
+    image_id: str
+    image: str
+    history_repository: str
+    history_ref: str
+    history: list[HistoryEntry]
+
+
+class CaptureResult(TypedDict):
+    """What capture_state returns."""
+
+    changed: bool
+    capture: Capture
+
+
+class CleanupResult(TypedDict):
+    """What cleanup returns: image IDs removed and kept."""
+
+    changed: bool
+    removed: list[str]
+    kept: list[str]
 
 
 def history_repository(prefix: str, project: str, service: str) -> str:
@@ -23,7 +82,7 @@ def history_repository(prefix: str, project: str, service: str) -> str:
     return f"{prefix}/{project}/{component}"
 
 
-def read_history(rows: list[dict], repository: str, previous_image_id: str = "") -> list[dict]:
+def read_history(rows: list[dict[str, Any]], repository: str, previous_image_id: str = "") -> list[ListedEntry]:
     """One entry per image, newest first, from `docker images --format json` rows (one per tag).
 
     A tag `<stamp>-<short id>` says when the image last became current for this service; an image's newest tag
@@ -32,14 +91,14 @@ def read_history(rows: list[dict], repository: str, previous_image_id: str = "")
 
     Each entry: `id`, `stamp`, `ref` (the newest tag), `created`, and for cleanup `refs` (every tag) and `replaced`.
     """
-    images: dict[str, dict] = {}
+    images: dict[str, dict[str, Any]] = {}
     for row in rows:
         if row.get("Tag") in (None, "", "<none>") or row.get("Repository") != repository:
             continue
         image = images.setdefault(row["ID"], {"id": row["ID"], "created": cli_time(row["CreatedAt"]), "tags": []})
         match = STAMPED_TAG.match(row["Tag"])
         image["tags"].append({"ref": f"{repository}:{row['Tag']}", "stamp": match.group(1) if match else ""})
-    history = []
+    history: list[ListedEntry] = []
     for image in images.values():
         newest = max(image["tags"], key=lambda tag: (tag["stamp"], tag["ref"]))
         history.append(
@@ -55,9 +114,12 @@ def read_history(rows: list[dict], repository: str, previous_image_id: str = "")
     return sorted(history, key=lambda entry: (entry["stamp"], entry["replaced"], entry["created"]), reverse=True)
 
 
-def list_history(docker: Docker, repository: str, previous_image_id: str = "") -> list[dict]:
+def list_history(docker: Docker, repository: str, previous_image_id: str = "") -> list[ListedEntry]:
+    listing = docker.output(
+        "images", "--no-trunc", "--format", "{{json .}}", repository, what=f"Listing the images of {repository}"
+    )
     return read_history(
-        json_lines(docker.output("images", "--no-trunc", "--format", "{{json .}}", repository)),
+        json_lines(listing),
         repository,
         previous_image_id,
     )
@@ -71,26 +133,49 @@ def capture_state(
     history_prefix: str,
     stamp: str,
     check_mode: bool,
-) -> dict:
+) -> CaptureResult:
     """What the service runs, its history, and a protecting tag for a running image the history lacks.
 
-    Returns `changed` and `capture` (the capture_state role's `capture_state_result`).
+    `project_dir` may hold `~` and `$VAR`, expanded here. An empty `compose_file` is found as `docker compose` finds
+    it (deploy_compose.find_compose_file: the first of compose.yaml, compose.yml, docker-compose.yml,
+    docker-compose.yaml in the directory, else in the nearest directory above it that has one). An override file
+    compose would add to a file it found (compose.override.yml...) is not read, with a warning: compose_up names the
+    file it found, and compose reads no override then.
+
+    Returns `changed` and `capture` (what the later steps read of it), which names the compose file
+    read (`compose_file`, relative to `project_dir`) and `project_dir` (expanded, absolute).
     """
+    project_dir = os.path.abspath(os.path.expanduser(os.path.expandvars(project_dir)))
+    if not os.path.isdir(project_dir):
+        raise StepError(f"Project directory {project_dir} is not a directory")
+    compose_file = compose_file or discover_compose_file(docker, project_dir)
+    compose_path = os.path.normpath(os.path.join(project_dir, compose_file))
+    if not os.path.exists(compose_path):
+        raise StepError(f"Compose file {compose_path} does not exist")
     config_args = ["compose", "-f", compose_file, "config", "--format", "json"]
-    rc, stdout, stderr = docker.run(*config_args, cwd=os.path.expanduser(os.path.expandvars(project_dir)))
+    rc, stdout, stderr = docker.run(*config_args, cwd=project_dir)
     if rc != 0:
         # With the keys of ansible.builtin.command's failures (rc, stdout, stderr, cmd), which callers read.
-        raise StepError("non-zero return code", rc=rc, stdout=stdout, stderr=stderr, cmd=["docker", *config_args])
+        what = f"docker compose config failed for {compose_path}"
+        raise cli_error(what, [docker.binary, *config_args], rc, stderr, stdout=stdout)
     project = json.loads(stdout)
     if service not in (project.get("services") or {}):
-        raise StepError(f"Service '{service}' is not defined in {project_dir}/{compose_file}")
+        raise StepError(f"Service '{service}' is not defined in {compose_path}")
 
     repository = history_repository(history_prefix, project["name"], service)
     history = list_history(docker, repository)
 
     container = service_container(docker, project["name"], service)
     image_id = (
-        docker.output("inspect", "--type", "container", "--format", "{{.Image}}", container["ID"]).strip()
+        docker.output(
+            "inspect",
+            "--type",
+            "container",
+            "--format",
+            "{{.Image}}",
+            container["ID"],
+            what=f"Inspecting container {container['ID']}",
+        ).strip()
         if container
         else ""
     )
@@ -105,12 +190,14 @@ def capture_state(
     # The running image's tag in the history when it has one; else the tag that protects it from now on.
     changed = bool(image_id) and entry is None
     if changed and not check_mode:
-        docker.output("tag", image_id, history_ref)
+        docker.output("tag", image_id, history_ref, what=f"Tagging {image_id} as {history_ref}")
 
     return {
         "changed": changed,
         "capture": {
             "project": project["name"],
+            "project_dir": project_dir,
+            "compose_file": compose_file,
             "file_image": project["services"][service].get("image", ""),
             "container_id": container.get("ID", ""),
             "container_state": container.get("State", "absent"),
@@ -128,7 +215,9 @@ def capture_state(
     }
 
 
-def plan(history: list[dict], current_image_id: str, keep_images: int, in_use: set[str]) -> tuple[bool, list[str]]:
+def plan(
+    history: list[ListedEntry], current_image_id: str, keep_images: int, in_use: set[str]
+) -> tuple[bool, list[str]]:
     """Whether the running image needs a new stamp, and the previous images that go (beyond those kept, unused)."""
     current = next((entry for entry in history if entry["id"] == current_image_id), None)
     previous = [entry for entry in history if entry["id"] != current_image_id]
@@ -140,11 +229,11 @@ def plan(history: list[dict], current_image_id: str, keep_images: int, in_use: s
 
 
 def removals(
-    history: list[dict],
+    history: list[ListedEntry],
     current_image_id: str,
     restamp: bool,
     going: list[str],
-    going_images: list[dict],
+    going_images: list[dict[str, Any]],
     in_use_refs: set[str],
     repository: str,
 ) -> list[tuple[str, bool]]:
@@ -178,9 +267,15 @@ def inspect_existing(docker: Docker, kind: str, names: list[str], template: str)
     """`docker inspect` of what still exists: a container or image removed since it was listed is left out."""
     if not names:
         return ""
-    rc, stdout, stderr = docker.run("inspect", "--type", kind, "--format", template, *names)
-    if rc != 0 and any(line and "No such" not in line for line in stderr.splitlines()):
-        raise StepError(f"docker inspect failed: {stderr.strip()}", rc=rc, stderr=stderr)
+    args = ("inspect", "--type", kind, "--format", template, *names)
+    rc, stdout, stderr = docker.run(*args)
+    # The cause is read from the other lines: one of them says why the whole command failed.
+    other_errors = "\n".join(line for line in stderr.splitlines() if line.strip() and "No such" not in line)
+    if rc != 0 and other_errors:
+        cause = cli_cause(other_errors, rc)
+        raise StepError(
+            f"Inspecting {len(names)} {kind}(s) failed: {cause}", rc=rc, stderr=stderr, cmd=[docker.binary, *args]
+        )
     return stdout
 
 
@@ -193,12 +288,13 @@ def containers_in_use(docker: Docker) -> tuple[set[str], set[str]]:
 
 def remove_image(docker: Docker, name: str, force: bool) -> bool:
     """Remove an image or a tag; whether there was one to remove."""
-    rc, _, stderr = docker.run("rmi", *(["--force"] if force else []), name)
+    args = ("rmi", *(["--force"] if force else []), name)
+    rc, _, stderr = docker.run(*args)
     if rc == 0:
         return True
     if "No such image" in stderr:
         return False
-    raise StepError(f"Error removing image {name} - {stderr.strip()}", rc=rc, stderr=stderr)
+    raise cli_error(f"Removing image {name} failed", [docker.binary, *args], rc, stderr)
 
 
 def cleanup(
@@ -209,7 +305,7 @@ def cleanup(
     keep_images: int,
     stamp: str,
     check_mode: bool,
-) -> dict:
+) -> CleanupResult:
     """Stamp the running image as the newest of the history, keep `keep_images` previous images, remove the rest.
 
     Returns `changed`, `removed` and `kept` (image IDs).

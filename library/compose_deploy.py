@@ -1,73 +1,75 @@
 #!/usr/bin/python
-"""Deploy one compose service in one round trip: capture, pull, up, health check and cleanup, as the roles do them."""
+"""The deploy's module: the steps of one round trip of a deploy, a rollback or a status read of one compose service."""
 
 from __future__ import annotations
 
 DOCUMENTATION = r"""
 module: compose_deploy
-short_description: Run the steps of a deploy of one compose service in one module round trip
+short_description: Run steps of a deploy of one compose service in one module round trip
 description:
-  - Runs the requested O(steps) in the canonical order C(capture_state), C(pull_image), C(compose_up), C(health_check),
-    C(cleanup), each exactly as the role of that name does it with its own module (compose_capture, image_pull,
-    compose_service, container_health, history_cleanup), with the same options, checks, messages and C(changed).
-  - C(capture_state) records the service's container, image ID and reference and its history, and tags a running
-    image the history lacks C(<history_prefix>/<project>/<service>:<stamp>-<short id>).
-  - C(pull_image) pulls the target image, O(image) or else the image the compose file names (the capture's
-    C(file_image)), always asking the registry; with O(pull=false) it only finds the image on the host.
-  - C(compose_up) pins the target image in O(pin_file) (or drops the pin when it is the compose file's) and runs
-    C(docker compose up --detach --no-deps --pull missing -- <service>).
-  - C(health_check) waits until the new container is healthy, settled or down, then probes O(health_url); a container
-    that is not healthy fails the step with the verdict's detail and its last log lines in RV(logs).
+  - The one implementation of each step of a deploy (module_utils/deploy_steps.py), run by the deploy role. Runs the
+    requested O(steps) in the deploy's order C(capture_state), C(choose_image), C(pull_image), C(compose_up),
+    C(health_check), C(cleanup), C(rollback); or C(status) alone.
+  - C(capture_state) records the service's container, image ID and reference, its compose file (found as
+    C(docker compose) finds it when O(compose_file) is empty) and its history, and tags a running image the history
+    lacks C(<history_prefix>/<project>/<service>:<stamp>-<short id>).
+  - C(choose_image) (a rollback) chooses the image to bring back, O(image) or else the newest previous image of the
+    history, under the best name it has; an image the host has is not pulled.
+  - C(pull_image) pulls the target image, O(image) or the chosen one or else the image the compose file names,
+    always asking the registry; with O(pull=false) it only finds the image on the host.
+  - C(compose_up) pins the target image in the pin file beside the compose file (C(<name>.deploy.yml); the pin is
+    dropped when it is the compose file's image) and runs C(docker compose up --detach --no-deps -- <service>).
+  - C(health_check) waits until the new container is healthy, settled or down, then probes O(health_url).
   - C(cleanup) stamps the pulled image as the newest of the service's history, keeps O(keep_images) previous images
-    and removes the older ones. Its stamp is O(stamp) plus the time elapsed on the host since the module started
-    (at least a microsecond), so it is strictly later than the capture's, which is O(stamp) itself.
-  - What a step reads comes from an earlier step of the same call, or from an earlier call's result passed in
-    (O(captured), O(pulled), O(started)). C(compose_up) reads the capture (and C(pull_image) does without O(image)),
-    C(health_check) the container C(compose_up) started, C(cleanup) the capture and the image pulled. Steps that lack
-    what they read are refused before anything runs.
+    and removes the older ones. Its stamp is O(stamp) plus the time elapsed on the host since the module started.
+  - C(rollback) brings back the captured image (points its reference at it again, compose up, health check, checks the
+    container runs the captured image ID), or removes what a first deploy half-started. With O(stopped_at) (the
+    rollout stopped on other hosts) the restored image also becomes the newest of the history again. Its outcome is
+    in its record and RV(state); a rollback that fails does not fail the module.
+  - C(status) reads what the service runs and the container's state, and changes nothing.
+  - What a step reads comes from an earlier step of the same call or from O(state), the RV(state) of an earlier
+    call. Steps that lack what they read are refused before anything runs.
   - With O(finish_unchanged), a call whose steps end with C(pull_image) also runs C(compose_up), C(health_check) and
     C(cleanup) when the service runs the pulled image already, so that a redeploy that changes nothing is one round
-    trip (RV(finished) says so).
-  - The first step that fails ends the run, and the result says which (RV(failed_step)) with everything the earlier
-    steps found.
+    trip.
+  - The first step that fails ends the run; RV(failed_step) says which.
   - Runs the C(docker) CLI, which honours C(DOCKER_HOST) from the environment.
 options:
+  action:
+    description: What the steps are part of; a rollback chooses its image, and its round trips differ.
+    type: str
+    choices: [deploy, rollback]
+    default: deploy
   steps:
-    description: The steps to run; they run in the canonical order whatever the order given.
+    description: The steps to run; they run in the deploy's order whatever the order given.
     type: list
     elements: str
-    choices: [capture_state, pull_image, compose_up, health_check, cleanup]
+    choices: [capture_state, choose_image, pull_image, compose_up, health_check, cleanup, rollback, status]
     required: true
   project_dir:
     description: Directory that holds the compose file (C(~) and variables are expanded).
     type: str
     required: true
   compose_file:
-    description: Compose file, relative to O(project_dir).
-    type: str
-    default: docker-compose.yml
-  pin_file:
-    description: Override file with the pins, relative to O(project_dir); required with C(compose_up).
+    description: Compose file, relative to O(project_dir); empty to find it as C(docker compose) does.
     type: str
     default: ""
   service:
     description: The compose service.
     type: str
     required: true
+  host:
+    description: The host's name in the inventory, for the messages that name it.
+    type: str
+    default: the host
   image:
-    description: >-
-      The image to deploy; empty for the image an earlier call pulled (O(pulled)'s C(image)), else the image the
-      compose file names (the capture's C(file_image)).
+    description: The image to deploy (or to roll back to); empty for the compose file's (or the newest previous one).
     type: str
     default: ""
   pull:
-    description: Whether to pull the image now; V(false) only finds it on the host, where it must be.
+    description: Whether to pull the image; V(false) only finds it on the host, where it must be.
     type: bool
     default: true
-  not_pulled_reason:
-    description: The words the C(pull_image) step's detail gives in parentheses when O(pull=false).
-    type: str
-    default: "pull: false"
   platform:
     description: Platform to pull, for example C(linux/arm64); empty for the engine's own.
     type: str
@@ -77,38 +79,21 @@ options:
     type: str
     default: deploy-history
   stamp:
-    description:
-      - The controller's UTC clock as C(%Y%m%dT%H%M%S%f), as the roles pass C(now(utc=true, fmt=...)).
-      - The capture's new history tag takes it as it is; the cleanup's takes it plus the time elapsed on the host.
+    description: The controller's UTC clock as C(%Y%m%dT%H%M%S%f), as C(now(utc=true, fmt=...)) gives it.
     type: str
     required: true
-  captured:
-    description:
-      - A capture from an earlier call (its RV(capture)) or the capture_state role's C(capture_state_result).
-      - Required when C(capture_state) is not in O(steps) and a later step reads the capture (C(compose_up),
-        C(cleanup), or C(pull_image) without O(image)); ignored when C(capture_state) runs.
-    type: dict
-    default: {}
-  pulled:
-    description:
-      - A pull from an earlier call (its RV(pull)). Required when C(cleanup) runs without C(pull_image) in O(steps);
-        replaced when C(pull_image) runs.
-    type: dict
-    default: {}
-  started:
-    description:
-      - A start from an earlier call (its RV(up)). Required when C(health_check) runs without C(compose_up) in
-        O(steps); replaced when C(compose_up) runs.
+  state:
+    description: The RV(state) of the call before this one; empty for the first.
     type: dict
     default: {}
   finish_unchanged:
-    description:
-      - When O(steps) end with C(pull_image) and the service runs the pulled image already (its captured container is
-        running that image ID, and the pull brought nothing new), also run C(compose_up), C(health_check) and
-        C(cleanup) in this call. C(compose_up) still sees to the rest (a changed pin or compose file recreates the
-        container). Under check mode a pull always counts as new, so nothing is added.
+    description: Finish a redeploy that changes nothing in this call (see the description).
     type: bool
     default: false
+  stopped_at:
+    description: For C(rollback), the hosts where the rollout stopped, when this host had succeeded.
+    type: str
+    default: ""
   health_timeout:
     description: Seconds to wait for the container, and again for O(health_url).
     type: int
@@ -122,7 +107,7 @@ options:
     type: int
     default: 5
   health_interval:
-    description: Seconds between two probes of O(health_url); the container itself is polled every 0.25 s.
+    description: Seconds between two probes of O(health_url); the container itself is polled every 0.1 s.
     type: int
     default: 1
   health_log_lines:
@@ -149,83 +134,61 @@ attributes:
 """
 
 EXAMPLES = r"""
-- name: Deploy the service in one round trip
+- name: Capture the running state and pull the image
   compose_deploy:
-    steps: [capture_state, pull_image, compose_up, health_check, cleanup]
+    steps: [capture_state, pull_image]
     project_dir: /homeserver
-    pin_file: docker-compose.deploy.yml
     service: portal
     image: ghcr.io/acme/portal:v2
+    finish_unchanged: true
     stamp: "{{ now(utc=true, fmt='%Y%m%dT%H%M%S%f') }}"
-  register: __deploy_run
+  register: __deploy_prepare
 
-- name: Later steps, with the capture of an earlier call
+- name: Start the service
   compose_deploy:
-    steps: [pull_image, compose_up, health_check, cleanup]
+    steps: [compose_up]
     project_dir: /homeserver
-    pin_file: docker-compose.deploy.yml
     service: portal
-    image: "{{ rollback_choice.image }}"
-    pull: "{{ rollback_choice.pull }}"
-    not_pulled_reason: on the host already
-    captured: "{{ __capture_run.capture }}"
+    image: ghcr.io/acme/portal:v2
+    state: "{{ __deploy_prepare.state }}"
     stamp: "{{ now(utc=true, fmt='%Y%m%dT%H%M%S%f') }}"
 """
 
 RETURN = r"""
-capture:
-  description: >-
-    The capture (C(project), C(file_image), C(container_id), C(container_state), C(image_id), C(image),
-    C(history_repository), C(history_ref), C(history)), as compose_capture returns it; O(captured) when
-    C(capture_state) did not run; empty when neither.
+state:
+  description:
+    - O(state) with this call's work added - C(capture), C(choice), C(pull) (C(image), C(image_id), C(changed),
+      C(pulled)), C(up) (C(container_id), C(changed)), C(health), C(cleanup), C(rollback) (C(success),
+      C(rolled_back), C(image), C(image_id), C(detail)), C(logs), and C(steps), one record per finished step
+      (C(step), C(success), C(detail), C(seconds), and C(image), C(image_id), C(container_id), C(running) or
+      C(rolled_back) by step; a failed step's record comes last) - and after a failure C(failed_step) and C(error).
+    - The deploy role publishes the host's record made from it (module_utils/deploy_rules.py, host_record).
   type: dict
   returned: always
-pull:
-  description: >-
-    C(image) (the target), C(image_id), C(changed), C(pulled) (O(pull)); O(pulled) when C(pull_image) did not run.
-  type: dict
-  returned: always
-up:
-  description: >-
-    C(container_id) (the service's container after C(up)), C(changed); O(started) when C(compose_up) did not run.
-  type: dict
-  returned: always
-health:
-  description: >-
-    The container_health verdict, C(healthy), C(status) and C(detail); empty when C(health_check) did not run or was
-    skipped (check mode).
-  type: dict
+next_steps:
+  description: The steps of the next round trip (C([rollback]) after a failure that changed the host); empty when
+    nothing follows.
+  type: list
+  elements: str
   returned: always
 finished:
-  description: >-
-    Whether this call ran the deploy's last step, C(cleanup) (skipped under check mode counts), by O(steps) or by
-    O(finish_unchanged); false on failure.
+  description: Whether this call ran the deploy's last step, C(cleanup); false on failure.
   type: bool
   returned: always
-logs:
-  description: The failing container's last log lines when the health check failed, else empty.
-  type: str
-  returned: always
-cleanup:
-  description: C(removed) and C(kept), lists of image IDs; empty when C(cleanup) did not run or was skipped.
+status:
+  description: C(service), C(container_id), C(image), C(image_id) and C(state) of what runs.
   type: dict
-  returned: always
-steps:
-  description:
-    - One record per finished step, as the deploy playbook records them (C(step), C(success), C(detail), and
-      C(image), C(image_id), C(container_id) or C(running) by step).
-    - When a step failed, its record C({step, success=false, detail=msg}) comes last.
-  type: list
-  elements: dict
+  returned: when C(status) ran
+logs:
+  description: The failing container's last log lines when a health check failed, else empty.
+  type: str
   returned: always
 failed_step:
   description: The step that failed; null when the options were refused before any step ran.
   type: str
   returned: failure
 msg:
-  description: >-
-    Why it failed, in the words of the step's module (for C(health_check), the verdict's detail, as the health_check
-    role fails with it).
+  description: Why it failed, in one line.
   type: str
   returned: failure
 timings:
@@ -240,24 +203,23 @@ diff:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.deploy_docker import Docker
-from ansible.module_utils.deploy_steps import STEPS, run_steps
+from ansible.module_utils.deploy_steps import MODULE_STEPS, run_steps
 
 ARGUMENT_SPEC = {
-    "steps": {"type": "list", "elements": "str", "choices": list(STEPS), "required": True},
+    "action": {"type": "str", "choices": ["deploy", "rollback"], "default": "deploy"},
+    "steps": {"type": "list", "elements": "str", "choices": list(MODULE_STEPS), "required": True},
     "project_dir": {"type": "str", "required": True},
-    "compose_file": {"type": "str", "default": "docker-compose.yml"},
-    "pin_file": {"type": "str", "default": ""},
+    "compose_file": {"type": "str", "default": ""},
     "service": {"type": "str", "required": True},
+    "host": {"type": "str", "default": "the host"},
     "image": {"type": "str", "default": ""},
     "pull": {"type": "bool", "default": True},
-    "not_pulled_reason": {"type": "str", "default": "pull: false"},
     "platform": {"type": "str", "default": ""},
     "history_prefix": {"type": "str", "default": "deploy-history"},
     "stamp": {"type": "str", "required": True},
-    "captured": {"type": "dict", "default": {}},
-    "pulled": {"type": "dict", "default": {}},
-    "started": {"type": "dict", "default": {}},
+    "state": {"type": "dict", "default": {}},
     "finish_unchanged": {"type": "bool", "default": False},
+    "stopped_at": {"type": "str", "default": ""},
     "health_timeout": {"type": "int", "default": 60},
     "health_url": {"type": "str", "default": ""},
     "health_settle": {"type": "int", "default": 5},

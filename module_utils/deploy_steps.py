@@ -1,5 +1,9 @@
-"""compose_deploy's work: the deploy's steps in one round trip, in the playbook's order, each exactly as its role
-does it, and the record of each step in the shape the playbook keeps and the API reads.
+"""The deploy module's work (library/compose_deploy.py): the steps of one round trip, in the deploy's order, each the
+one implementation of its step, and the record of each step in the shape the API reads.
+
+A round trip takes the `state` the one before it returned (what was captured, chosen, pulled and started, and every
+step's record so far) and returns it with its own steps added; the deploy role passes it on, and publishes the host's
+record made from the last one (deploy_rules.host_record).
 """
 
 from __future__ import annotations
@@ -10,61 +14,124 @@ import time
 import traceback
 from collections.abc import Callable
 from datetime import datetime, timedelta
+from typing import Any, TypedDict
 
-from ansible.module_utils.deploy_compose import compose_service
+from ansible.module_utils.deploy_compose import ComposeResult, compose_service, pin_file_for
 from ansible.module_utils.deploy_docker import Docker, StepError
-from ansible.module_utils.deploy_health import container_health
-from ansible.module_utils.deploy_history import capture_state, cleanup
-from ansible.module_utils.deploy_image import pull_image
+from ansible.module_utils.deploy_health import HealthResult, Verdict, container_health
+from ansible.module_utils.deploy_history import Capture, CleanupResult, capture_state, cleanup
+from ansible.module_utils.deploy_image import inspect, pull_image, rollback_image
+from ansible.module_utils.deploy_rules import ROUND_TRIPS, STEPS, next_steps, ranked_names
 
-STEPS = ("capture_state", "pull_image", "compose_up", "health_check", "cleanup")
+# The module's steps: the deploy's, and `status`, which only reads what the service runs.
+MODULE_STEPS = (*STEPS, "status")
 STAMP_FORMAT = "%Y%m%dT%H%M%S%f"
 STAMP = re.compile(r"^[0-9]{8}T[0-9]{12}$")
-# What later steps read of a capture, a pull and a start, from this call or passed in from an earlier one.
+# What later steps read of a capture, a pull and a start, from this call or from the state of an earlier one.
 CAPTURE_KEYS = ("file_image", "container_id", "image_id", "image", "history_repository")
 PULL_KEYS = ("image", "image_id")
 UP_KEYS = ("container_id",)
 SKIPPED = "Skipped in check mode"
 # What finish_unchanged adds when the steps end with pull_image and the service runs the pulled image already.
 FINISH = ("compose_up", "health_check", "cleanup")
+NO_PREVIOUS_CONTAINER = "Nothing to roll back to (no previous container); the half-started container was removed"
 
 
-def lacking(given: dict, keys: tuple[str, ...]) -> list[str]:
+# What the steps keep in the state besides the capture (deploy_history.Capture) and the verdict of the health check
+# (deploy_health.Verdict).
+class Choice(TypedDict):
+    """The image choose_image chose; `pull` when pull_image is to pull it (the host lacks it)."""
+
+    image: str
+    image_id: str
+    pull: bool
+    detail: str
+
+
+class Pull(TypedDict):
+    """The image pull_image pulled or found; `pulled` when it asked the registry."""
+
+    image: str
+    image_id: str
+    changed: bool
+    pulled: bool
+
+
+class Up(TypedDict):
+    """The container compose_up left."""
+
+    container_id: str
+    changed: bool
+
+
+class Rollback(TypedDict):
+    """The rollback's outcome; `rolled_back` when the captured image runs again."""
+
+    success: bool
+    rolled_back: bool
+    image: str
+    image_id: str
+    detail: str
+
+
+# The keys every record has, as a base class: typing.Required does not exist on the target host's Python 3.9.
+class _StepRecordKeys(TypedDict):
+    step: str
+    success: bool
+    detail: str
+
+
+class StepRecord(_StepRecordKeys, total=False):
+    """A step's record in the state's `steps`: `step`, `success` and `detail` always, the seconds the step took on
+    the host, and by step the image, container or rollback it is about."""
+
+    seconds: float
+    image: str | None
+    image_id: str | None
+    container_id: str
+    running: bool
+    rolled_back: bool
+
+
+def lacking(given: dict[str, Any], keys: tuple[str, ...]) -> list[str]:
     return [key for key in keys if key not in given]
 
 
-def ordered_steps(requested: list[str], image: str, captured: dict, pulled: dict, started: dict) -> list[str]:
-    """The requested steps in the canonical order, refused when a step lacks what it reads.
+def ordered_steps(requested: list[str], image: str, state: dict[str, Any]) -> list[str]:
+    """The requested steps in the deploy's order, refused when a step lacks what it reads.
 
-    What a step reads comes from an earlier step of the same call or from an earlier call (`captured`, `pulled`,
-    `started`, that call's `capture`, `pull` and `up`): compose_up reads the capture (and pull_image does, without an
-    `image`), health_check the container compose_up started, cleanup the capture and the image pulled.
+    What a step reads comes from an earlier step of the same call or from the `state` of an earlier call:
+    choose_image, compose_up, cleanup and rollback read the capture (and pull_image does, without an `image`),
+    health_check the container compose_up started, cleanup the image pulled. `status` runs alone.
     """
     repeated = sorted({step for step in requested if requested.count(step) > 1})
     if repeated:
         raise StepError(f"Steps may be named once each: {', '.join(repeated)} is repeated")
-    ordered = [step for step in STEPS if step in requested]
+    if "status" in requested and len(requested) > 1:
+        raise StepError("Step status runs alone")
+    ordered = [step for step in MODULE_STEPS if step in requested]
+    captured, pulled, started = state.get("capture") or {}, state.get("pull") or {}, state.get("up") or {}
     for step in ordered:
-        reads_capture = step in ("compose_up", "cleanup") or (step == "pull_image" and not image)
+        reads_capture = step in ("choose_image", "compose_up", "cleanup", "rollback") or (
+            step == "pull_image" and not image and "choose_image" not in ordered and not state.get("choice")
+        )
         if reads_capture and "capture_state" not in ordered and lacking(captured, CAPTURE_KEYS):
             raise StepError(
-                f"Step {step} needs a capture: add capture_state to the steps, or pass captured "
-                f"(the capture of an earlier call; it lacks {', '.join(lacking(captured, CAPTURE_KEYS))})"
+                f"Step {step} needs a capture: add capture_state to the steps, or pass the state of an earlier call "
+                f"(its capture lacks {', '.join(lacking(captured, CAPTURE_KEYS))})"
             )
         if step == "health_check" and "compose_up" not in ordered and lacking(started, UP_KEYS):
             raise StepError(
-                "Step health_check needs compose_up in the same call, or started (the up of an earlier call; "
-                "it lacks container_id)"
+                "Step health_check needs compose_up in the same call, or the state of an earlier call that ran it"
             )
         if step == "cleanup" and "pull_image" not in ordered and lacking(pulled, PULL_KEYS):
             raise StepError(
-                f"Step cleanup needs pull_image in the same call, or pulled (the pull of an earlier call; "
-                f"it lacks {', '.join(lacking(pulled, PULL_KEYS))})"
+                "Step cleanup needs pull_image in the same call, or the state of an earlier call that ran it"
             )
     return ordered
 
 
-def runs_pulled_image(capture: dict, pull: dict) -> bool:
+def runs_pulled_image(capture: Capture, pull: Pull) -> bool:
     """Whether the service runs the pulled image already: its container is running that image ID, and the pull
     brought nothing new (under check mode a pull always counts as new: only the registry knows)."""
     return (
@@ -90,7 +157,7 @@ def later_stamp(stamp: str, elapsed: float) -> str:
 
 
 # The records of the steps, in the shape the playbook keeps and the API reads.
-def capture_record(capture: dict) -> dict:
+def capture_record(capture: Capture) -> StepRecord:
     return {
         "step": "capture_state",
         "success": True,
@@ -102,7 +169,7 @@ def capture_record(capture: dict) -> dict:
     }
 
 
-def pull_record(pull: dict, not_pulled_reason: str) -> dict:
+def pull_record(pull: Pull, not_pulled_reason: str) -> StepRecord:
     if pull["pulled"]:
         done = f"Pulled {pull['image']}: " + ("new image " if pull["changed"] else "already up to date ")
     else:
@@ -116,7 +183,7 @@ def pull_record(pull: dict, not_pulled_reason: str) -> dict:
     }
 
 
-def up_record(up: dict, captured_container_id: str) -> dict:
+def up_record(up: Up, captured_container_id: str) -> StepRecord:
     if up["changed"]:
         detail = "Container recreated" if captured_container_id else "Container created"
     else:
@@ -124,13 +191,13 @@ def up_record(up: dict, captured_container_id: str) -> dict:
     return {"step": "compose_up", "success": True, "container_id": up["container_id"][:12], "detail": detail}
 
 
-def health_record(verdict: dict | None) -> dict:
+def health_record(verdict: Verdict | None) -> StepRecord:
     """The health check's record; `verdict` None when it was skipped (check mode)."""
     detail = verdict["detail"] if verdict is not None else SKIPPED
     return {"step": "health_check", "success": True, "running": True, "detail": detail}
 
 
-def cleanup_record(cleaned: dict | None) -> dict:
+def cleanup_record(cleaned: CleanupResult | None) -> StepRecord:
     """The cleanup's record; `cleaned` None when it was skipped (check mode)."""
     detail = (
         f"Removed {len(cleaned['removed'])} previous image(s), kept {len(cleaned['kept'])}"
@@ -140,34 +207,97 @@ def cleanup_record(cleaned: dict | None) -> dict:
     return {"step": "cleanup", "success": True, "detail": detail}
 
 
-def failure_record(step: str, msg: str) -> dict:
+def failure_record(step: str, msg: str) -> StepRecord:
     return {"step": step, "success": False, "detail": msg}
 
 
-def run_steps(docker: Docker, params: dict, check_mode: bool, clock: Callable[[], float] = time.monotonic) -> dict:
-    """Run the requested steps and return compose_deploy's result; on failure it has `failed_step` and `msg`.
-
-    `params` are compose_deploy's options. A step that fails ends the run: later steps do not start.
-    """
-    started = clock()
-    result: dict = {
-        "changed": False,
-        "finished": False,
-        "capture": dict(params["captured"]),
-        "pull": dict(params["pulled"]),
-        "up": dict(params["started"]),
-        "health": {},
-        "logs": "",
-        "cleanup": {},
-        "steps": [],
-        "timings": {},
+def choose_record(choice: Choice) -> StepRecord:
+    return {
+        "step": "choose_image",
+        "success": True,
+        "image": choice["image"],
+        "image_id": choice["image_id"] or None,
+        "detail": choice["detail"],
     }
 
-    def target() -> str:
-        """The image this deploy runs: the one asked for, else the one pulled before, else the compose file's."""
-        return params["image"] or result["pull"].get("image") or result["capture"].get("file_image", "")
 
-    def capture_step() -> dict:
+def rollback_record(rollback: Rollback) -> StepRecord:
+    return {
+        "step": "rollback",
+        "success": rollback["success"],
+        "rolled_back": rollback["rolled_back"],
+        "image": rollback["image"] or None,
+        "detail": rollback["detail"],
+    }
+
+
+def container_state(docker: Docker, container_id: str) -> str:
+    """`running`, `running, healthy`, `exited`... of a container; `absent` without one."""
+    if not container_id:
+        return "absent"
+    found = inspect(docker, "container", container_id)
+    if found is None:
+        return "absent"
+    health = (found["State"].get("Health") or {}).get("Status")
+    status: str = found["State"]["Status"]
+    return status + (f", {health}" if health else "")
+
+
+def run_steps(
+    docker: Docker, params: dict[str, Any], check_mode: bool, clock: Callable[[], float] = time.monotonic
+) -> dict[str, Any]:
+    """Run the requested steps and return the module's result; on failure it has `failed_step` and `msg`.
+
+    `params` are compose_deploy's options. A step that fails ends the run: later steps do not start. The result's
+    `state` is the state given with this call's work added; `next_steps` the steps of the next round trip (the
+    rollback after a failure that changed the host), empty when there is none.
+    """
+    started = clock()
+    state: dict[str, Any] = {"steps": [], **params["state"]}
+    state["steps"] = list(state["steps"])
+    if params["image"]:
+        # What a failure before the pull still names as the image it was to deploy.
+        state.setdefault("target", params["image"])
+    action = params["action"]
+    result: dict[str, Any] = {"changed": False, "finished": False, "state": state, "logs": "", "timings": {}}
+
+    def target() -> str:
+        """The image this run deploys: the one asked for, else the one chosen or pulled before, else the compose
+        file's."""
+        chosen = (state.get("choice") or {}).get("image") or (state.get("pull") or {}).get("image")
+        image: str = params["image"] or chosen or state["capture"].get("file_image", "")
+        return image
+
+    def compose(**given: str) -> ComposeResult:
+        """compose_service on the captured project, its compose file and the pin file beside it."""
+        capture = state["capture"]
+        compose_file = capture.get("compose_file") or params["compose_file"]
+        return compose_service(
+            docker,
+            project_dir=capture.get("project_dir") or os.path.expanduser(os.path.expandvars(params["project_dir"])),
+            compose_file=compose_file,
+            pin_file=pin_file_for(compose_file),
+            service=params["service"],
+            file_image=capture["file_image"],
+            stop_timeout=params["stop_timeout"],
+            check_mode=check_mode,
+            project=capture.get("project", ""),
+            **given,
+        )
+
+    def health(container_id: str) -> HealthResult:
+        return container_health(
+            docker,
+            container=container_id,
+            timeout=params["health_timeout"],
+            url=params["health_url"],
+            settle=params["health_settle"],
+            interval=params["health_interval"],
+            log_lines=params["health_log_lines"],
+            check_mode=check_mode,
+        )
+
+    def capture_step() -> StepRecord:
         done = capture_state(
             docker,
             project_dir=params["project_dir"],
@@ -177,128 +307,211 @@ def run_steps(docker: Docker, params: dict, check_mode: bool, clock: Callable[[]
             stamp=params["stamp"],
             check_mode=check_mode,
         )
-        result["capture"] = done["capture"]
+        state["capture"] = done["capture"]
         result["changed"] |= done["changed"]
         return capture_record(done["capture"])
 
-    def pull_step() -> dict:
-        image = target()
-        done = pull_image(docker, name=image, pull=params["pull"], platform=params["platform"], check_mode=check_mode)
-        result["pull"] = {
+    def choose_step() -> StepRecord:
+        """The image a rollback brings back: the one asked for, else the newest previous one of the history, under
+        its best name (deploy_rules.ranked_names). An image the host has is never pulled: a tag such as `latest`
+        may name another image in the registry now."""
+        capture, requested = state["capture"], params["image"]
+        previous = [entry for entry in capture["history"] if entry["id"] != capture["image_id"]]
+        if not requested and not previous:
+            raise StepError(f"No previous image of {params['service']} is kept on {params['host']}")
+        found = inspect(docker, "image", requested or previous[0]["id"])
+        names = ranked_names((found or {}).get("RepoTags") or [], params["history_prefix"], capture["file_image"])
+        image = requested or (names[0] if names else previous[0]["ref"])
+        detail = f"Requested {requested}" if requested else f"The newest previous image: {image}"
+        if found:
+            detail += f" ({found['Id'][7:19]}, on the host)"
+        else:
+            detail += ", not on the host" + (": pulling it" if params["pull"] else " and pulling is off")
+        state["choice"] = {
             "image": image,
-            "image_id": done["image_id"],
-            "changed": done["changed"],
-            "pulled": params["pull"],
+            "image_id": (found or {}).get("Id", ""),
+            "pull": params["pull"] and not found,
+            "detail": detail,
         }
-        result["changed"] |= done["changed"]
-        return pull_record(result["pull"], params["not_pulled_reason"])
+        return choose_record(state["choice"])
 
-    def up_step() -> dict:
-        done = compose_service(
-            docker,
-            # As an Ansible `path` is expanded; capture_state expands the option itself, as compose_capture does.
-            project_dir=os.path.expanduser(os.path.expandvars(params["project_dir"])),
-            compose_file=params["compose_file"],
-            pin_file=params["pin_file"],
-            service=params["service"],
-            image=target(),
-            file_image=result["capture"]["file_image"],
-            stop_timeout=params["stop_timeout"],
-            state="present",
-            check_mode=check_mode,
-            project=result["capture"].get("project", ""),
-        )
-        result["up"] = {"container_id": done["container_id"], "changed": done["changed"]}
+    def pull_step() -> StepRecord:
+        image = target()
+        choice = state.get("choice")
+        pull = choice["pull"] if choice else params["pull"]
+        done = pull_image(docker, name=image, pull=pull, platform=params["platform"], check_mode=check_mode)
+        state["pull"] = {"image": image, "image_id": done["image_id"], "changed": done["changed"], "pulled": pull}
+        result["changed"] |= done["changed"]
+        reason = "on the host already" if choice else "pull: false"
+        return pull_record(state["pull"], reason)
+
+    def up_step() -> StepRecord:
+        done = compose(image=target(), state="present")
+        state["up"] = {"container_id": done["container_id"], "changed": done["changed"]}
         result["diff"] = done["diff"]
         result["changed"] |= done["changed"]
-        return up_record(result["up"], result["capture"]["container_id"])
+        return up_record(state["up"], state["capture"]["container_id"])
 
-    def health_step() -> dict:
+    def health_step() -> StepRecord:
         if check_mode:
             return health_record(None)
-        done = container_health(
-            docker,
-            container=result["up"]["container_id"],
-            timeout=params["health_timeout"],
-            url=params["health_url"],
-            settle=params["health_settle"],
-            interval=params["health_interval"],
-            log_lines=params["health_log_lines"],
-            check_mode=check_mode,
-        )
-        result["health"] = done["verdict"]
+        done = health(state["up"]["container_id"])
+        state["health"] = done["verdict"]
         if not done["verdict"]["healthy"]:
-            result["logs"] = done["logs"]
-            # The health_check role's assert fails with the verdict's detail.
+            state["logs"] = result["logs"] = done["logs"]
             raise StepError(done["verdict"]["detail"])
         return health_record(done["verdict"])
 
-    def cleanup_step() -> dict:
+    def cleanup_step() -> StepRecord:
         if check_mode:
             return cleanup_record(None)
         done = cleanup(
             docker,
-            repository=result["capture"]["history_repository"],
-            current_image_id=result["pull"]["image_id"],
-            previous_image_id=result["capture"]["image_id"],
+            repository=state["capture"]["history_repository"],
+            current_image_id=state["pull"]["image_id"],
+            previous_image_id=state["capture"]["image_id"],
             keep_images=params["keep_images"],
             stamp=later_stamp(params["stamp"], clock() - started),
             check_mode=check_mode,
         )
-        result["cleanup"] = {"removed": done["removed"], "kept": done["kept"]}
+        state["cleanup"] = {"removed": done["removed"], "kept": done["kept"]}
         result["changed"] |= done["changed"]
         return cleanup_record(done)
 
+    def restore(capture: Capture) -> Rollback:
+        """Bring back the captured image and check it; the rollback's outcome (never raises a step's error)."""
+        if not capture["container_id"]:
+            done = compose(image="", state="absent")
+            result["changed"] |= done["changed"]
+            return {"success": True, "rolled_back": False, "image": "", "image_id": "", "detail": NO_PREVIOUS_CONTAINER}
+        image, image_id = capture["image"], capture["image_id"]
+        # A reference that is an ID or a digest cannot be tagged; the history tag then names the image.
+        retaggable = bool(image) and "@" not in image and not image.startswith("sha256:")
+        restored = image if retaggable or "@" in image else capture["history_ref"]
+        try:
+            if retaggable:
+                result["changed"] |= rollback_image(docker, image_id, image, "", check_mode)["changed"]
+            up = compose(image=restored, state="present")
+            result["changed"] |= up["changed"]
+            verdict: Verdict | dict[str, str] = {"detail": SKIPPED}
+            if not check_mode:
+                checked = health(up["container_id"])
+                verdict = checked["verdict"]
+                if not verdict["healthy"]:
+                    state["logs"] = result["logs"] = checked["logs"]
+                    raise StepError(verdict["detail"])
+                runs = rollback_image(docker, image_id, "", up["container_id"], check_mode)["container_image_id"]
+                if runs != image_id:
+                    raise StepError(
+                        f"the restored container runs {runs[7:19] or 'no image'}, not the captured {image_id[7:19]}"
+                    )
+            if params["stopped_at"] and not check_mode:
+                # The image that runs again becomes the newest of the service's history again.
+                cleanup(
+                    docker,
+                    repository=capture["history_repository"],
+                    current_image_id=image_id,
+                    previous_image_id=(state.get("pull") or {}).get("image_id", ""),
+                    keep_images=params["keep_images"],
+                    stamp=later_stamp(params["stamp"], clock() - started),
+                    check_mode=check_mode,
+                )
+        except StepError as error:
+            detail = f"Rollback to {restored} failed: {error.msg}"
+            return {"success": False, "rolled_back": False, "image": restored, "image_id": image_id, "detail": detail}
+        detail = f"Rolled back to {restored} ({image_id[7:19]}): {verdict['detail']}"
+        return {"success": True, "rolled_back": True, "image": restored, "image_id": image_id, "detail": detail}
+
+    def rollback_step() -> StepRecord:
+        rollback = restore(state["capture"])
+        if params["stopped_at"]:
+            rollback["detail"] = f"Rollout stopped at {params['stopped_at']}: {rollback['detail']}"
+            state.update(
+                stopped_at=params["stopped_at"],
+                error=f"Rolled back because the rollout stopped at {params['stopped_at']}",
+            )
+        state["rollback"] = rollback
+        return rollback_record(rollback)
+
+    def status_step() -> StepRecord:
+        done = capture_state(
+            docker,
+            project_dir=params["project_dir"],
+            compose_file=params["compose_file"],
+            service=params["service"],
+            history_prefix=params["history_prefix"],
+            stamp=params["stamp"],
+            check_mode=True,
+        )
+        capture = done["capture"]
+        result["status"] = {
+            "service": params["service"],
+            "container_id": capture["container_id"][:12] or None,
+            "image": capture["image"] or None,
+            "image_id": capture["image_id"] or None,
+            "state": container_state(docker, capture["container_id"]),
+        }
+        return {"step": "status", "success": True, "detail": result["status"]["state"]}
+
     work = {
         "capture_state": capture_step,
+        "choose_image": choose_step,
         "pull_image": pull_step,
         "compose_up": up_step,
         "health_check": health_step,
         "cleanup": cleanup_step,
+        "rollback": rollback_step,
+        "status": status_step,
     }
 
-    def run(step: str) -> dict | None:
+    def run(step: str) -> dict[str, Any] | None:
         """Run one step and keep its record; what failed, or None."""
         began = clock()
-        failed = None
+        failed: dict[str, Any] | None = None
         try:
-            result["steps"].append(work[step]())
+            record = work[step]()
+            if step != "status":
+                state["steps"].append(record)
         except StepError as error:
-            # The step's module's extra keys (rc, stderr, cmd...), where they do not shadow the result's own.
+            # The step's extra keys (rc, stderr, cmd...), where they do not shadow the result's own.
             failed = {"msg": error.msg, **{key: value for key, value in error.extra.items() if key not in result}}
         except Exception as error:
             # Not a failure the step knows: its words, and the traceback for -vvv, keeping the result's keys.
             failed = {"msg": str(error) or type(error).__name__, "exception": traceback.format_exc()}
         result["timings"][step] = round(clock() - began, 3)
         if failed:
-            result["steps"].append(failure_record(step, failed["msg"]))
+            state["steps"].append(failure_record(step, failed["msg"]))
+            state.update(failed_step=step, error=failed["msg"])
         # How long the step took on the host, in its record: what a person reading the deploy sees.
-        result["steps"][-1]["seconds"] = result["timings"][step]
+        if step != "status" or failed:
+            state["steps"][-1]["seconds"] = result["timings"][step]
         return {**failed, "failed_step": step} if failed else None
+
+    def finish(failed: dict[str, Any] | None = None) -> dict[str, Any]:
+        result["next_steps"] = [] if "status" in result["timings"] else next_steps(state, action)
+        # The deploy's last step is done: the playbook needs no further round trip.
+        result["finished"] = not failed and "cleanup" in {record["step"] for record in state["steps"]}
+        return {**result, **failed} if failed else result
 
     try:
         check_stamp(params["stamp"])
-        ordered = ordered_steps(
-            params["steps"], params["image"], params["captured"], params["pulled"], params["started"]
-        )
-        if ("compose_up" in ordered or params["finish_unchanged"]) and not params["pin_file"]:
-            raise StepError("Step compose_up needs pin_file")
+        if action not in ROUND_TRIPS:
+            raise StepError(f"action must be one of {', '.join(ROUND_TRIPS)}, not {action!r}")
+        ordered = ordered_steps(params["steps"], params["image"], state)
     except StepError as error:
-        return {**result, "failed_step": None, "msg": error.msg}
+        return {**result, "next_steps": [], "failed_step": None, "msg": error.msg}
 
     for step in ordered:
         failed = run(step)
         if failed:
-            return {**result, **failed}
+            return finish(failed)
     if (
         params["finish_unchanged"]
         and ordered[-1:] == ["pull_image"]
-        and runs_pulled_image(result["capture"], result["pull"])
+        and runs_pulled_image(state["capture"], state["pull"])
     ):
         for step in FINISH:
             failed = run(step)
             if failed:
-                return {**result, **failed}
-    # The deploy's last step is done: the playbook needs no further round trip.
-    result["finished"] = "cleanup" in result["timings"]
-    return result
+                return finish(failed)
+    return finish()

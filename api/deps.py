@@ -15,15 +15,18 @@ from api.settings import Settings
 
 
 def get_inventory(request: Request) -> Inventory:
-    return request.app.state.inventory
+    inventory: Inventory = request.app.state.inventory
+    return inventory
 
 
 def get_deployer(request: Request) -> Deployer:
-    return request.app.state.deployer
+    deployer: Deployer = request.app.state.deployer
+    return deployer
 
 
 def get_metrics(request: Request) -> Metrics:
-    return request.app.state.metrics
+    metrics: Metrics = request.app.state.metrics
+    return metrics
 
 
 def endpoint(request: Request) -> str:
@@ -47,7 +50,8 @@ def get_client(request: Request) -> str:
 
 
 def get_rate_limits(request: Request) -> RateLimits:
-    return request.app.state.rate_limits
+    rate_limits: RateLimits = request.app.state.rate_limits
+    return rate_limits
 
 
 def too_many(detail: str, retry_after: int) -> HTTPException:

@@ -6,6 +6,7 @@ migration to MIGRATIONS and older databases are brought up to date when the serv
 
 from __future__ import annotations
 
+import builtins
 import json
 import math
 import sqlite3
@@ -14,7 +15,7 @@ import time
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import Any, TypedDict, Unpack, cast
 
 # Migration N brings a database from user_version N to N + 1. Never edit one that has shipped.
 MIGRATIONS: tuple[str, ...] = (
@@ -63,6 +64,12 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE deployments ADD COLUMN hosts TEXT NOT NULL DEFAULT '{}';
     CREATE INDEX deployments_by_environment ON deployments (environment, started_at DESC);
     """,
+    # 5: what crash recovery found and did, in fields of their own beside the deploy's error.
+    """
+    ALTER TABLE deployments ADD COLUMN recovery TEXT;
+    ALTER TABLE deployments ADD COLUMN recovery_action TEXT;
+    ALTER TABLE deployments ADD COLUMN recovered_by TEXT;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -94,10 +101,54 @@ _FIELDS = (
     "running_image",
     "running_image_id",
     "running_state",
+    "recovery",
+    "recovery_action",
+    "recovered_by",
     "to_inspect",
 )
 # Kept for the service's own use, not part of a record's public form.
 _INTERNAL = ("to_inspect",)
+
+
+class RecordFields(TypedDict, total=False):
+    """The fields of a deployment record, as create() and update() take them (api/models.py, DeploymentRecord, is its
+    public form)."""
+
+    id: str
+    action: str
+    service: str | None
+    image: str | None
+    outcome: str
+    environment: str | None
+    hosts: dict[str, dict[str, Any]]
+    old_image: str | None
+    old_image_id: str | None
+    new_image: str | None
+    new_image_id: str | None
+    repository: str | None
+    commit: str | None
+    message: str | None
+    source: str | None
+    started_at: str
+    finished_at: str | None
+    current_step: str | None
+    steps: builtins.list[dict[str, Any]]
+    error: str | None
+    logs: str | None
+    http_status: int | None
+    running_image: str | None
+    running_image_id: str | None
+    running_state: str | None
+    recovery: str | None
+    recovery_action: str | None
+    recovered_by: str | None
+    to_inspect: int
+
+
+class Record(RecordFields, total=False):
+    """A record as get(), list() and unfinished() return it."""
+
+    duration_seconds: float | None
 
 
 @dataclass(frozen=True)
@@ -159,17 +210,17 @@ class History:
 
     def schema_version(self) -> int:
         with self._lock:
-            return self._db.execute("PRAGMA user_version").fetchone()[0]
+            return int(self._db.execute("PRAGMA user_version").fetchone()[0])
 
     def close(self) -> None:
         with self._lock:
             self._db.close()
 
-    def create(self, **record: Any) -> None:
+    def create(self, **record: Unpack[RecordFields]) -> None:
         record.setdefault("started_at", now())
         record.setdefault("steps", [])
         fields = [field for field in _FIELDS if field in record]
-        values = [_encode(field, record[field]) for field in fields]
+        values = [_encode(field, record[field]) for field in fields]  # type: ignore[literal-required]
         columns = ", ".join(_column(field) for field in fields)
         with self._lock:
             self._db.execute(
@@ -182,7 +233,8 @@ class History:
     def prune(self) -> int:
         """Delete the finished records beyond the retention; how many went."""
         self._pruned_at = time.monotonic()
-        conditions, parameters = [], []
+        conditions: builtins.list[str] = []
+        parameters: builtins.list[str | int] = []
         if self.retention.days is not None:
             cutoff = datetime.now(UTC) - timedelta(days=self.retention.days)
             conditions.append("started_at < ?")
@@ -200,7 +252,7 @@ class History:
                 f"DELETE FROM deployments WHERE {finished} AND ({' OR '.join(conditions)})", parameters
             ).rowcount
 
-    def update(self, deployment_id: str, **changes: Any) -> None:
+    def update(self, deployment_id: str, **changes: Unpack[RecordFields]) -> None:
         unknown = set(changes) - set(_FIELDS)
         if unknown:
             raise ValueError(f"unknown record fields: {sorted(unknown)}")
@@ -211,7 +263,7 @@ class History:
         with self._lock:
             self._db.execute(f"UPDATE deployments SET {assignments} WHERE id = ?", [*values, deployment_id])
 
-    def get(self, deployment_id: str) -> dict[str, Any] | None:
+    def get(self, deployment_id: str) -> Record | None:
         with self._lock:
             row = self._db.execute("SELECT * FROM deployments WHERE id = ?", (deployment_id,)).fetchone()
         return _decode(row) if row else None
@@ -224,9 +276,10 @@ class History:
         environment: str | None = None,
         limit: int = 20,
         offset: int = 0,
-    ) -> tuple[list[dict[str, Any]], int]:
+    ) -> tuple[builtins.list[Record], int]:
         """Records newest first, and how many match in all."""
-        conditions, parameters = [], []
+        conditions: builtins.list[str] = []
+        parameters: builtins.list[str] = []
         if environment is not None:
             conditions.append("environment = ?")
             parameters.append(environment)
@@ -245,7 +298,7 @@ class History:
             ).fetchall()
         return [_decode(row) for row in rows], total
 
-    def unfinished(self) -> list[dict[str, Any]]:
+    def unfinished(self) -> builtins.list[Record]:
         """Records a stopped process left behind: still running, or interrupted and not yet inspected."""
         with self._lock:
             rows = self._db.execute(
@@ -297,10 +350,10 @@ def _encode(field: str, value: Any) -> Any:
     return value
 
 
-def _decode(row: sqlite3.Row, internal: bool = False) -> dict[str, Any]:
-    record = {field: row[_column(field)] for field in _FIELDS if internal or field not in _INTERNAL}
-    record["steps"] = json.loads(record["steps"] or "[]")
-    record["hosts"] = json.loads(record["hosts"] or "{}")
+def _decode(row: sqlite3.Row, internal: bool = False) -> Record:
+    record = cast(Record, {field: row[_column(field)] for field in _FIELDS if internal or field not in _INTERNAL})
+    record["steps"] = json.loads(row["steps"] or "[]")
+    record["hosts"] = json.loads(row["hosts"] or "{}")
     record["duration_seconds"] = _duration(record["started_at"], record["finished_at"])
     return record
 

@@ -11,6 +11,7 @@ import threading
 from collections.abc import Collection, Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from ansible.inventory.manager import InventoryManager
 from ansible.parsing.dataloader import DataLoader
@@ -18,6 +19,8 @@ from ansible.template import Templar
 from ansible.vars.manager import VariableManager
 
 from api.settings import DEFAULT_SIGNER, SECRET_ENV
+from module_utils import deploy_rules
+from module_utils.deploy_rules import allows_image
 
 log = logging.getLogger("deploy")
 
@@ -39,8 +42,9 @@ class ServicePolicy:
         """Whether one of the secret sets that signed a request may deploy the service."""
         return bool(set(signers) & (set(self.secret_envs) or {DEFAULT_SIGNER}))
 
-    def allows_image(self, repository: str) -> bool:
-        return self.image_repositories is None or repository in self.image_repositories
+    def allows_image(self, image: str) -> bool:
+        """The playbook's own rule (deploy_rules.allows_image), on this entry's repositories."""
+        return allows_image({"image_repository": list(self.image_repositories or ())}, image)
 
 
 @dataclass(frozen=True)
@@ -77,8 +81,8 @@ class Environment:
         """The services the signers may deploy here: the allow-list as far as they may know it."""
         return tuple(service for service in self.services if self.signs(service, signers))
 
-    def hosts_refusing_image(self, service: str, repository: str) -> tuple[str, ...]:
-        return tuple(host for host, policy in self.policies(service).items() if not policy.allows_image(repository))
+    def hosts_refusing_image(self, service: str, image: str) -> tuple[str, ...]:
+        return tuple(host for host, policy in self.policies(service).items() if not policy.allows_image(image))
 
     def image_repositories(self, service: str) -> tuple[str, ...]:
         """The repositories every host that pins the service's images allows."""
@@ -125,8 +129,8 @@ def _names(value: object) -> list[str]:
     return [str(item) for item in value] if isinstance(value, list | tuple) else [str(value)]
 
 
-def _policy(entry: dict) -> ServicePolicy:
-    repositories = _names(entry.get("image_repository"))
+def _policy(entry: dict[str, Any]) -> ServicePolicy:
+    repositories = deploy_rules.repositories(entry)
     return ServicePolicy(tuple(sorted(set(_names(entry.get("secret_env"))))), tuple(sorted(set(repositories))) or None)
 
 

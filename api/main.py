@@ -18,6 +18,7 @@ from api.history import History
 from api.inventory import Inventory
 from api.metrics import Metrics
 from api.notify import Notifier
+from api.recovery import Recovery
 from api.routes import deploy, deployments, info
 from api.routes import metrics as metrics_route
 from api.security import RateLimits
@@ -65,8 +66,8 @@ def create_app(settings: Settings | None = None, clock: Callable[[], float] = ti
             metrics.know_notification_schemes(target.scheme for target in notifier.targets)
             app.state.deployer = deployer = Deployer(current, history, on_finished=[metrics.observe, notifier.submit])
             notifier.start()
-            interrupted = deployer.recover()
-            inspection = asyncio.create_task(deployer.inspect_interrupted(interrupted))
+            recovery = Recovery(deployer)
+            inspection = asyncio.create_task(recovery.inspect(recovery.recover()))
             yield
             await deployer.drain(grace=SHUTDOWN_GRACE_SECONDS, timeout=SHUTDOWN_STOP_SECONDS)
             await asyncio.wait([inspection], timeout=SHUTDOWN_STOP_SECONDS)

@@ -6,7 +6,7 @@ history when Prometheus scrapes, so they are true after a restart as well.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Histogram, disable_created_metrics
@@ -124,7 +124,7 @@ class Metrics:
                 for result in ("succeeded", "failed"):
                     self.rollbacks.labels(service, trigger, result)
 
-    def observe(self, record: dict[str, Any]) -> None:
+    def observe(self, record: Mapping[str, Any]) -> None:
         """Count a deploy or rollback that has finished (not one refused at validation)."""
         service, action, outcome = record["service"], record["action"], record["outcome"]
         if not service or outcome in ("running", "rejected"):

@@ -2,20 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-# The distribution reference grammar, [registry[:port]/]path[:tag][@digest], bounded to 255
-# characters. The same pattern guards the playbook (deploy_image_pattern in playbooks/deploy.yml).
-_COMPONENT = r"[a-zA-Z0-9](?:[a-zA-Z0-9-]*[a-zA-Z0-9])?"
-# A first component is a registry only with a dot or a port, or as localhost (as Docker reads it).
-_DOMAIN = rf"(?:localhost(?::[0-9]+)?|{_COMPONENT}(?:\.{_COMPONENT})+(?::[0-9]+)?|{_COMPONENT}:[0-9]+)"
-_PATH = r"[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*"
-IMAGE_REFERENCE = re.compile(
-    rf"^(?=.{{1,255}}$)(?:{_DOMAIN}/)?{_PATH}(?:/{_PATH})*(?::[A-Za-z0-9_][A-Za-z0-9_.-]{{0,127}})?(?:@sha256:[a-f0-9]{{64}})?$"
-)
+from api.contract import StepRecord
+from module_utils.deploy_rules import IMAGE_REFERENCE
 
 # 9999-12-31T23:59:59Z: the latest `timestamp`, so that no arithmetic ever meets an integer of a thousand digits.
 TIMESTAMP_MAX = 253_402_300_799
@@ -98,7 +90,7 @@ class DeploySuccess(BaseModel):
     message: str
     old_image: str | None
     new_image: str | None
-    steps: list[dict[str, Any]]
+    steps: list[StepRecord]
     environment: str | None = None
     hosts: dict[str, HostOutcome] = Field(default_factory=dict)
 
@@ -108,14 +100,14 @@ class DeployFailure(BaseModel):
     service: str
     error: str
     logs: str
-    steps: list[dict[str, Any]]
+    steps: list[StepRecord]
     environment: str | None = None
     hosts: dict[str, HostOutcome] = Field(default_factory=dict)
 
 
 # How a deploy or rollback that ran can end; a notification can be sent for each.
 FinishedOutcome = Literal["succeeded", "failed", "rolled_back", "rollback_failed", "interrupted"]
-FINISHED_OUTCOMES: tuple[str, ...] = get_args(FinishedOutcome)
+FINISHED_OUTCOMES: tuple[FinishedOutcome, ...] = get_args(FinishedOutcome)
 Outcome = Literal["running", FinishedOutcome, "rejected"]
 
 
@@ -152,13 +144,16 @@ class DeploymentRecord(BaseModel):
     finished_at: str | None
     duration_seconds: float | None
     current_step: str | None = Field(description="The step in progress while the outcome is running")
-    steps: list[dict[str, Any]]
+    steps: list[StepRecord]
     error: str | None
     logs: str | None
     http_status: int | None = Field(description="Status the request was answered with (200, 500, 400, 409, 422...)")
     running_image: str | None = Field(description="After an interruption: what the service was found running")
     running_image_id: str | None
     running_state: str | None
+    recovery: str | None = Field(None, description="After an interruption: what the service was found running")
+    recovery_action: str | None = Field(None, description="After an interruption: what recovery did about it")
+    recovered_by: str | None = Field(None, description="The automatic rollback that recovery started, if any")
 
 
 class DeploymentPage(BaseModel):

@@ -10,7 +10,7 @@ import logging
 import queue
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -70,7 +70,7 @@ def target_urls(value: str) -> list[str]:
 
     ValueError otherwise, naming at most a scheme: the rest of a URL may be a token or a password.
     """
-    urls = parse_urls(value)
+    urls: list[str] = parse_urls(value)
     leftover = value
     for url in urls:
         leftover = leftover.replace(url, " ", 1)
@@ -91,7 +91,7 @@ def _image(name: str | None, image_id: str | None) -> str:
     return f"{name or '(unnamed)'}{short_id}"
 
 
-def message_for(record: dict[str, Any]) -> Message:
+def message_for(record: Mapping[str, Any]) -> Message:
     """What a finished deploy or rollback says: service, images, commit and message, duration; for a failure,
     the error and the last log lines."""
     outcome = record["outcome"]
@@ -116,6 +116,9 @@ def message_for(record: dict[str, Any]) -> Message:
     if outcome != "succeeded":
         if record.get("error"):
             lines.append(f"Error: {record['error']}")
+        for field in ("recovery", "recovery_action"):
+            if record.get(field):
+                lines.append(f"Recovery: {record[field]}")
         tail = "\n".join((record.get("logs") or "").strip().splitlines()[-LOG_LINES:])[-LOG_CHARACTERS:]
         if tail:
             lines += ["", "Last log lines:", tail]
@@ -137,7 +140,7 @@ class Target:
         if server is None:
             raise ValueError(f"DEPLOY_NOTIFY_URLS: a {self.scheme or '(no scheme)'}:// URL Apprise cannot use")
         # Secrets masked, options left out: what a log line needs to say which target it is.
-        self.name = server.url(privacy=True).split("?", 1)[0]
+        self.name: str = server.url(privacy=True).split("?", 1)[0]
         self.apprise = apprise.Apprise()
         self.apprise.add(server)
         self.on_result = on_result
@@ -163,11 +166,13 @@ class Target:
             if delay and self.stopping.wait(delay):
                 break
             try:
-                sent = self.apprise.notify(
-                    title=message.title,
-                    body=message.body,
-                    notify_type=message.notify_type,
-                    body_format=apprise.NotifyFormat.TEXT,
+                sent = bool(
+                    self.apprise.notify(
+                        title=message.title,
+                        body=message.body,
+                        notify_type=message.notify_type,
+                        body_format=apprise.NotifyFormat.TEXT,
+                    )
                 )
             except Exception:  # a plugin's bug must not end the worker
                 log.exception("Notification to %s raised", self.name)
@@ -194,7 +199,7 @@ class Notifier:
             names = ", ".join(target.name for target in self.targets)
             log.info("Notifying %s of: %s", names, ", ".join(sorted(self.events)))
 
-    def submit(self, record: dict[str, Any]) -> None:
+    def submit(self, record: Mapping[str, Any]) -> None:
         """Queue the notification of a finished record; returns at once."""
         if record.get("outcome") not in self.events or not record.get("service") or not self.targets:
             return

@@ -19,6 +19,7 @@ from typing import Any
 import yaml
 from ansible_runner.interface import init_runner
 
+from api import contract
 from api.models import DeployRequest, escape_surrogates
 
 log = logging.getLogger("deploy")
@@ -51,77 +52,6 @@ INHERITED_VARIABLES = (
 INHERITED_PREFIX = "ANSIBLE_"
 LOCALE_VARIABLES = ("LC_ALL", "LC_CTYPE", "LANG")
 LOCALE_DEFAULT = {"LC_CTYPE": "C.UTF-8"}
-
-# Tasks of playbooks/deploy.yml (outside the roles) and the steps each one starts, announced when the task starts.
-# A compose_deploy round trip runs several steps on the host: capture_state takes a tenth of a second before the pull
-# begins, so both are announced at once; steps a round trip runs beyond these (cleanup after health_check, the rest
-# of a redeploy that changes nothing) are announced when its result shows them done.
-STEPS = {
-    "Capture the running state": ("capture_state",),
-    "Choose the image to roll back to": ("choose_image",),
-    "Capture the running state and pull the image": ("capture_state", "pull_image"),
-    "Start the service": ("compose_up",),
-    "Check health": ("health_check",),
-    "Roll back to the captured image": ("rollback",),
-}
-# How the log announces each step.
-ANNOUNCEMENTS = {
-    "capture_state": "📸 Capturing current state for rollback...",
-    "choose_image": "🔎 Choosing the image to roll back to...",
-    "pull_image": "⬇️  Pulling image...",
-    "compose_up": "🔄 Restarting service via docker compose...",
-    "health_check": "🏥 Checking container health...",
-    "cleanup": "🧹 Cleaning up previous images...",
-    "rollback": "⏪ Rolling back to the captured image...",
-}
-# The fact in which playbooks/deploy.yml collects the finished steps of a host, and the module whose results carry the
-# steps of one round trip.
-STEPS_FACT = "__deploy_steps"
-STEPS_MODULE = "compose_deploy"
-
-
-class StepProgress:
-    """Follows a deploy's runner events: announces each step once, and passes on each host's finished steps."""
-
-    def __init__(
-        self,
-        on_step: Callable[[str, str], None] | None = None,
-        on_steps: Callable[[str, list[dict[str, Any]]], None] | None = None,
-    ) -> None:
-        self.on_step = on_step
-        self.on_steps = on_steps
-        self.announced: set[str] = set()
-        self.host_steps: dict[str, list[dict[str, Any]]] = {}
-
-    def announce(self, step: str) -> None:
-        if step in ANNOUNCEMENTS and step not in self.announced and self.on_step is not None:
-            self.announced.add(step)
-            self.on_step(step, ANNOUNCEMENTS[step])
-
-    def on_event(self, event: dict[str, Any]) -> bool:
-        data = event.get("event_data", {})
-        kind = event.get("event")
-        if kind == "playbook_on_task_start" and not data.get("role"):
-            for step in STEPS.get(data.get("task", ""), ()):
-                self.announce(step)
-            return True
-        if kind not in ("runner_on_ok", "runner_on_failed"):
-            return True
-        result = data.get("res") or {}
-        host = data.get("host", "")
-        if data.get("task_action") == STEPS_MODULE and isinstance(result.get("steps"), list):
-            for step in result["steps"]:
-                self.announce(step.get("step", ""))
-            if kind == "runner_on_failed":
-                return True  # the rescue records the failed step with the others
-            self.host_steps[host] = self.host_steps.get(host, []) + result["steps"]
-        elif isinstance((result.get("ansible_facts") or {}).get(STEPS_FACT), list):
-            self.host_steps[host] = list(result["ansible_facts"][STEPS_FACT])
-        else:
-            return True
-        if self.on_steps is not None:
-            self.on_steps(host, self.host_steps[host])
-        return True
 
 
 @dataclass
@@ -246,14 +176,16 @@ def run_playbook(
     timeout: int,
     keep_runs: int,
     cancel: threading.Event,
-    stats_key: str = "deploy",
+    stats_key: str = contract.RESULT_KEY,
+    action: str = "deploy",
     limit: tuple[str, ...] | None = None,
     on_step: Callable[[str, str], None] | None = None,
     on_steps: Callable[[str, list[dict[str, Any]]], None] | None = None,
 ) -> RunResult:
     """Run `playbook` in its own private directory; the result is what it published with set_stats under `stats_key`.
 
-    on_step(step, announcement) is called when a step starts; on_steps(host, steps) when a host finished one.
+    on_step(step, announcement) is called when a step of `action` starts; on_steps(host, steps) when a host finished
+    one (contract.StepProgress).
     """
     runs_dir = state_dir / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -277,7 +209,7 @@ def run_playbook(
         },
         timeout=timeout,
         quiet=True,
-        event_handler=StepProgress(on_step, on_steps).on_event,
+        event_handler=contract.StepProgress(action, on_step, on_steps).on_event,
         limit=",".join(limit) if limit else None,
         cancel_callback=cancel.is_set,
     )
@@ -298,14 +230,14 @@ def deploy_extravars(
 ) -> dict[str, Any]:
     """What a request passes to the playbooks: the service, the image, the environment and how to roll out there,
     and the request's metadata for records only."""
-    extravars: dict[str, Any] = {"service": request.service}
+    extravars: dict[str, Any] = {contract.VAR_SERVICE: request.service}
     if request.image:
-        extravars["image"] = request.image
+        extravars[contract.VAR_IMAGE] = request.image
     if request.environment:
-        extravars["deploy_environment"] = request.environment
-    extravars["deploy_batches"] = list(batches)
-    extravars["deploy_rollback_updated"] = rollback_updated
-    extravars["deploy_request"] = {
+        extravars[contract.VAR_ENVIRONMENT] = request.environment
+    extravars[contract.VAR_BATCHES] = list(batches)
+    extravars[contract.VAR_ROLLBACK_UPDATED] = rollback_updated
+    extravars[contract.VAR_REQUEST] = {
         "id": deployment_id,
         "repository": request.repository,
         "commit": request.commit,

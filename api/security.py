@@ -155,11 +155,3 @@ def timestamp_problem(timestamp: int | None, now: float, window: int, required: 
     if age > 0:
         return f"Request timestamp is {age:.0f} s old; requests are accepted for {window} s"
     return f"Request timestamp is {-age:.0f} s in the future; clocks may differ by {window} s at most"
-
-
-def image_repository(image: str) -> str:
-    """`registry/path` of an image reference, without its tag and digest."""
-    name = image.split("@", 1)[0]
-    last_slash = name.rfind("/")
-    colon = name.rfind(":")
-    return name[:colon] if colon > last_slash else name

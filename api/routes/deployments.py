@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import hmac
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Path, Query, Request, status
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
@@ -20,7 +20,9 @@ bearer = HTTPBearer(
     auto_error=False,
     description="DEPLOY_READ_TOKEN. GET /deployments/{id} also accepts X-Hub-Signature-256 over `read:` and the id.",
 )
-UNAUTHORIZED = {401: {"description": "No valid read token (or signature over read: and the id, for one record)"}}
+UNAUTHORIZED: dict[int | str, dict[str, Any]] = {
+    401: {"description": "No valid read token (or signature over read: and the id, for one record)"}
+}
 
 
 def _has_read_token(request: Request, credentials: HTTPAuthorizationCredentials | None) -> bool:
@@ -82,9 +84,10 @@ def get_deployment(
             why = str(refusal.detail).removeprefix("Invalid signature")
             raise _unauthorized(request, f"The signature over read: and the deployment id is not valid{why}") from None
         record = deployer.history.get(deployment_id)
-        reached = inventory.view().reached(record["environment"]) if record else None
-        if reached is not None and not reached.signs(record["service"] or "", signers):
-            raise _unauthorized(request, "The secret that signed the id may not deploy this deployment's service")
+        if record is not None:
+            reached = inventory.view().reached(record["environment"])
+            if not reached.signs(record["service"] or "", signers):
+                raise _unauthorized(request, "The secret that signed the id may not deploy this deployment's service")
     else:
         raise _unauthorized(
             request, "A valid read token, or X-Hub-Signature-256 over read: and the deployment id, is required"

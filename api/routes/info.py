@@ -1,7 +1,7 @@
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Annotated
+from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends
 from fastapi.responses import JSONResponse
@@ -14,7 +14,7 @@ router = APIRouter()
 
 
 @router.get("/")
-def root() -> dict:
+def root() -> dict[str, Any]:
     return {
         "service": "Home Server Deployment API",
         "version": __version__,

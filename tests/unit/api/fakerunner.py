@@ -44,5 +44,7 @@ def success_result() -> dict:
         "new_image": "ghcr.io/acme/portal:2",
         "error": None,
         "logs": "",
-        "steps": [{"step": name, "success": True} for name in ("capture_state", "pull_image", "compose_up")],
+        "steps": [
+            {"step": name, "success": True, "detail": "done"} for name in ("capture_state", "pull_image", "compose_up")
+        ],
     }

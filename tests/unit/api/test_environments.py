@@ -12,9 +12,9 @@ from fakerunner import FakeRunner, success_result
 from fastapi.testclient import TestClient
 from pydantic import SecretStr, ValidationError
 
-from api.deployer import restore_hosts
 from api.inventory import read_inventory
 from api.main import create_app
+from api.recovery import restore_hosts
 from api.runner import RunResult, unsafe_extravars
 from api.settings import Settings
 from api.signature import sign
@@ -216,7 +216,10 @@ def test_each_host_has_its_outcome_and_the_error_names_the_host(client, fake_run
         "success": False,
         "outcome": "rolled_back",
         "error": "Container failed to start",
-        "steps": [{"step": "capture_state", "success": True}, {"step": "health_check", "success": False}],
+        "steps": [
+            {"step": "capture_state", "success": True, "detail": "done"},
+            {"step": "health_check", "success": False, "detail": "done"},
+        ],
     }
     not_reached = {"success": False, "outcome": "not_reached", "error": "Not deployed: the rollout stopped at web1"}
     fake_runner.result = RunResult(
@@ -260,9 +263,9 @@ OLD, NEW = "sha256:" + "1" * 64, "sha256:" + "2" * 64
 
 def test_after_a_crash_only_hosts_left_on_an_unproven_image_are_restored():
     steps = [
-        {"step": "capture_state", "success": True, "host": "web1"},
-        {"step": "health_check", "success": True, "host": "web1"},
-        {"step": "capture_state", "success": True, "host": "web2"},
+        {"step": "capture_state", "success": True, "detail": "done", "host": "web1"},
+        {"step": "health_check", "success": True, "detail": "done", "host": "web1"},
+        {"step": "capture_state", "success": True, "detail": "done", "host": "web2"},
     ]
     record = {
         "old_image_id": OLD,
@@ -289,7 +292,9 @@ def test_a_running_record_shows_each_host_as_it_goes(tmp_path, monkeypatch):
     from api import deployer as deployer_module
 
     reported, release = threading.Event(), threading.Event()
-    steps = [{"step": "capture_state", "success": True, "image": "ghcr.io/acme/portal:1", "image_id": OLD}]
+    steps = [
+        {"step": "capture_state", "success": True, "detail": "done", "image": "ghcr.io/acme/portal:1", "image_id": OLD}
+    ]
 
     def runner(**kwargs):
         kwargs["on_steps"]("web1", steps)

@@ -87,7 +87,7 @@ def test_records_survive_reopening_and_list_newest_first_with_filters_and_pages(
             service="portal" if number % 2 else "grafana",
             outcome="succeeded" if number < 5 else "rolled_back",
             started_at=f"2026-11-27T00:00:0{number}.000Z",
-            steps=[{"step": "capture_state", "success": True}],
+            steps=[{"step": "capture_state", "success": True, "detail": "done"}],
         )
     history.update("d6", finished_at="2026-11-27T00:00:08.500Z")
     history.close()
@@ -97,7 +97,7 @@ def test_records_survive_reopening_and_list_newest_first_with_filters_and_pages(
     assert total == 7
     assert [record["id"] for record in everything] == ["d6", "d5", "d4", "d3", "d2", "d1", "d0"]
     assert everything[0]["duration_seconds"] == 2.5
-    assert everything[0]["steps"] == [{"step": "capture_state", "success": True}]
+    assert everything[0]["steps"] == [{"step": "capture_state", "success": True, "detail": "done"}]
 
     portal, total = reopened.list(service="portal")
     assert (total, [record["id"] for record in portal]) == (3, ["d5", "d3", "d1"])
@@ -301,10 +301,9 @@ def test_a_record_left_running_by_a_dead_process_is_interrupted_with_what_runs_n
 
     assert record["outcome"] == "interrupted"
     assert record["finished_at"]
-    assert record["error"] == (
-        "Interrupted: the deployment API stopped during health_check. "
-        "Now the service runs the new image ghcr.io/acme/portal:x, running, unhealthy"
-    )
+    assert record["error"] == "Interrupted: the deployment API stopped during health_check"
+    assert record["recovery"] == "Now the service runs the new image ghcr.io/acme/portal:x, running, unhealthy"
+    assert record["recovery_action"] is None and record["recovered_by"] is None
     assert (record["running_image_id"], record["running_state"]) == (NEW_ID, "running, unhealthy")
     (call,) = fake_runner.calls
     assert (call["playbook"].name, call["stats_key"]) == ("status.yml", "status")
@@ -318,21 +317,23 @@ def test_an_unverified_image_left_running_is_rolled_back_at_restart(tmp_path, fa
     fake_runner.by_playbook["rollback.yml"] = RunResult(status="successful", rc=0, results={"localhost": restored})
 
     with TestClient(create_app(settings)) as client:
-        record = wait_for(client, "20261127T000000-deadbeef", lambda record: "Rolled back" in record["error"])
+        record = wait_for(client, "20261127T000000-deadbeef", lambda record: record["recovered_by"])
         rollbacks = read(client, "/deployments", outcome="succeeded").json()["items"]
 
     assert [call["playbook"].name for call in fake_runner.calls] == ["status.yml", "rollback.yml"]
     (rollback,) = rollbacks
     assert (rollback["action"], rollback["source"]) == ("rollback", "recovery")
     assert "20261127T000000-deadbeef" in rollback["message"]
-    assert record["error"].endswith(f"Rolled back to the previous image by {rollback['id']}")
+    assert record["recovered_by"] == rollback["id"]
+    assert record["recovery_action"] == f"Rolled back to the previous image by {rollback['id']}"
+    assert record["error"] == "Interrupted: the deployment API stopped during health_check", "the deploy's own error"
 
 
 @pytest.mark.parametrize(
     ("running", "steps"),
     [
         (OLD_ID, []),
-        (NEW_ID, [{"step": "health_check", "success": True}]),
+        (NEW_ID, [{"step": "health_check", "success": True, "detail": "done"}]),
     ],
     ids=["previous-image-still-runs", "new-image-was-healthy"],
 )
@@ -389,9 +390,15 @@ def test_the_openapi_document_describes_the_signed_body_and_its_signature(client
 
 def test_a_deploy_stopped_by_its_timeout_is_interrupted_and_restored(client, fake_runner):
     steps = [
-        {"step": "capture_state", "success": True, "image": "ghcr.io/acme/portal:1", "image_id": OLD_ID},
-        {"step": "pull_image", "success": True, "image": "ghcr.io/acme/portal:2", "image_id": NEW_ID},
-        {"step": "compose_up", "success": True},
+        {
+            "step": "capture_state",
+            "success": True,
+            "detail": "done",
+            "image": "ghcr.io/acme/portal:1",
+            "image_id": OLD_ID,
+        },
+        {"step": "pull_image", "success": True, "detail": "done", "image": "ghcr.io/acme/portal:2", "image_id": NEW_ID},
+        {"step": "compose_up", "success": True, "detail": "done"},
     ]
     fake_runner.result = RunResult(status="timeout", rc=254, results={"localhost": {"steps": steps}})
     fake_runner.by_playbook["status.yml"] = status_run(NEW_ID, "running, starting")
@@ -402,7 +409,7 @@ def test_a_deploy_stopped_by_its_timeout_is_interrupted_and_restored(client, fak
 
     assert response.status_code == 500
     assert response.json()["error"].startswith("Deployment timed out after")
-    record = wait_for(client, response.headers["X-Deployment-Id"], lambda record: "Rolled back" in record["error"])
+    record = wait_for(client, response.headers["X-Deployment-Id"], lambda record: record["recovered_by"])
     assert record["outcome"] == "interrupted"
     assert (record["old_image_id"], record["new_image_id"]) == (OLD_ID, NEW_ID)
     assert [call["playbook"].name for call in fake_runner.calls] == ["deploy.yml", "status.yml", "rollback.yml"]
@@ -421,7 +428,7 @@ def test_a_database_of_schema_1_is_migrated_and_keeps_its_records(tmp_path):
 
     history = History(tmp_path / "h.sqlite3")
 
-    assert history.schema_version() == SCHEMA_VERSION == 4
+    assert history.schema_version() == SCHEMA_VERSION == 5
     record = history.get("d1")
     assert (record["service"], record["outcome"]) == ("portal", "succeeded")
     assert "to_inspect" not in record, "internal columns stay internal"

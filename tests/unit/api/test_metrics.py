@@ -138,7 +138,7 @@ def test_the_last_success_survives_a_restart_and_a_recovery_rollback_is_counted(
     restored = {**success_result(), "new_image_id": OLD_ID}
     fake_runner.by_playbook["rollback.yml"] = RunResult(status="successful", rc=0, results={"localhost": restored})
     with TestClient(create_app(settings)) as client:
-        wait_for(client, "20261127T000000-deadbeef", lambda record: "Rolled back" in record["error"])
+        wait_for(client, "20261127T000000-deadbeef", lambda record: record["recovered_by"])
         assert post(client, {"service": "portal"}).status_code == 200
         first = scrape(client)
 

@@ -15,9 +15,10 @@ from starlette.requests import Request
 from test_routes import SECRET
 
 from api.main import create_app
-from api.security import client_address, image_repository, timestamp_problem
+from api.security import client_address, timestamp_problem
 from api.settings import Settings
 from api.signature import sign
+from module_utils.deploy_rules import image_repository
 
 NEW_SECRET = "new-secret-after-the-rotation-0123456789"
 PORTAL_SECRET = "portal-repository-secret-0123456789abcdef"

@@ -1,0 +1,206 @@
+"""api/contract.py: every name the API knows of the playbooks is checked against them, and a run's progress comes from
+what the deploy module returned, never from task names."""
+
+from __future__ import annotations
+
+import importlib.util
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from api import contract
+from api.models import DeployRequest
+from api.runner import deploy_extravars
+from module_utils import deploy_rules
+
+REPO = Path(__file__).resolve().parents[3]
+ROLE = REPO / "roles" / "deploy"
+
+
+def load(path: Path) -> Any:
+    return yaml.safe_load(path.read_text(encoding="utf-8"))
+
+
+def tasks(node: Any) -> list[dict[str, Any]]:
+    """Every task of a task list, blocks opened (their block, rescue and always)."""
+    found = []
+    for task in node or []:
+        found.append(task)
+        for part in ("block", "rescue", "always"):
+            found.extend(tasks(task.get(part)))
+    return found
+
+
+def role_tasks() -> list[dict[str, Any]]:
+    return [task for path in sorted((ROLE / "tasks").glob("*.yml")) for task in tasks(load(path))]
+
+
+def words(path: Path) -> str:
+    return path.read_text(encoding="utf-8")
+
+
+def test_the_playbooks_exist_where_the_contract_says_and_each_runs_the_deploy_role():
+    assert contract.DEPLOY_PLAYBOOK == REPO / "playbooks" / "deploy.yml"
+    for action, name in contract.SIBLINGS.items():
+        path = contract.playbook(contract.DEPLOY_PLAYBOOK, action)
+        assert path.name == name and path.is_file(), action
+    for action in ("deploy", "status"):
+        plays = load(contract.playbook(contract.DEPLOY_PLAYBOOK, action))
+        roles = [task["ansible.builtin.import_role"]["name"] for play in plays for task in play["tasks"]]
+        assert set(roles) == {"deploy"}, action
+    rollback = load(contract.playbook(contract.DEPLOY_PLAYBOOK, "rollback"))
+    assert rollback[0]["ansible.builtin.import_playbook"] == "deploy.yml"
+    assert rollback[0]["vars"] == {"deploy_action": "rollback"}
+
+
+def test_every_extra_var_the_api_passes_is_read_by_the_playbooks_or_the_role():
+    request = DeployRequest(service="web", image="web:v2", environment="prod", message="m")
+    passed = deploy_extravars("id-1", request)
+    assert set(passed) == set(contract.EXTRA_VARS)
+    text = words(REPO / "playbooks" / "deploy.yml") + "".join(words(path) for path in (ROLE / "tasks").glob("*.yml"))
+    specs = load(ROLE / "meta" / "argument_specs.yml")["argument_specs"]
+    for name in contract.EXTRA_VARS:
+        assert name in text or name in specs["finish"]["options"], name
+    assert contract.VAR_SERVICE in words(REPO / "playbooks" / "status.yml")
+    assert contract.VAR_ENVIRONMENT in words(REPO / "playbooks" / "status.yml")
+
+
+def test_what_the_playbooks_publish_is_under_the_keys_and_with_the_fields_the_contract_names():
+    published = [
+        task["ansible.builtin.set_stats"]["data"] for task in role_tasks() if "ansible.builtin.set_stats" in task
+    ]
+    keys = {text.split("{'", 1)[1].split("'", 1)[0] for text in published}
+    assert keys == {contract.RESULT_KEY, contract.STATUS_KEY}
+    record = deploy_rules.host_record({}, "deploy", "web")
+    assert tuple(record) == contract.RESULT_FIELDS
+
+
+def module_argument_spec() -> dict[str, Any]:
+    spec = importlib.util.spec_from_file_location("compose_deploy", REPO / "library" / "compose_deploy.py")
+    assert spec and spec.loader
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.ARGUMENT_SPEC
+
+
+def test_the_steps_are_the_modules_and_every_round_trip_runs_in_the_module_the_contract_follows():
+    choices = module_argument_spec()["steps"]["choices"]
+    assert list(contract.ANNOUNCEMENTS) == list(deploy_rules.STEPS) == choices[:-1]
+    assert set(contract.StepRecord.model_fields["step"].annotation.__args__) == set(deploy_rules.STEPS)
+    engine = [task for task in role_tasks() if contract.ENGINE_MODULE in task]
+    assert len(engine) == 6, "three round trips, the rollback, the undo of a rollout, the status read"
+    for action, trips in deploy_rules.ROUND_TRIPS.items():
+        assert [step for trip in trips for step in trip] == [
+            step
+            for step in deploy_rules.STEPS
+            if step != "rollback" and (action == "rollback" or step != "choose_image")
+        ]
+
+
+def test_no_task_name_is_part_of_the_contract():
+    source = words(REPO / "api" / "contract.py") + words(REPO / "api" / "runner.py")
+    for task in role_tasks():
+        assert task["name"] not in source, task["name"]
+
+
+# Progress.
+
+
+def started(host: str) -> dict[str, Any]:
+    return {"event": "runner_on_start", "event_data": {"host": host, "task_action": contract.ENGINE_MODULE}}
+
+
+def returned(host: str, steps: list[str], next_steps: list[str], ok: bool = True) -> dict[str, Any]:
+    done = [{"step": step, "success": True} for step in steps]
+    if not ok:
+        done[-1]["success"] = False
+    return {
+        "event": "runner_on_ok" if ok else "runner_on_failed",
+        "event_data": {
+            "host": host,
+            "task_action": contract.ENGINE_MODULE,
+            "res": {"state": {"steps": done}, "next_steps": next_steps},
+        },
+    }
+
+
+def follow(*events: dict[str, Any], action: str = "deploy") -> tuple[list[str], dict[str, list[str]]]:
+    announced: list[str] = []
+    finished: dict[str, list[str]] = {}
+    progress = contract.StepProgress(
+        action,
+        lambda step, words: announced.append(step),
+        lambda host, steps: finished.__setitem__(host, [step["step"] for step in steps]),
+    )
+    for event in events:
+        assert progress.on_event(event) is True
+    return announced, finished
+
+
+def test_a_change_announces_each_round_trip_when_it_starts():
+    announced, finished = follow(
+        started("web1"),
+        returned("web1", ["capture_state", "pull_image"], ["compose_up"]),
+        started("web1"),
+        returned("web1", ["capture_state", "pull_image", "compose_up"], ["health_check", "cleanup"]),
+    )
+    assert announced == ["capture_state", "pull_image", "compose_up", "health_check"]
+    assert finished == {"web1": ["capture_state", "pull_image", "compose_up"]}
+    announced, _ = follow(started("web1"))
+    assert announced == ["capture_state", "pull_image"], "the pull is announced before it runs"
+    announced, _ = follow(started("web1"), action="rollback")
+    assert announced == ["capture_state", "choose_image", "pull_image"]
+
+
+def test_cleanup_is_announced_once_the_health_check_passed_and_a_normal_deploy_never_announces_a_rollback():
+    every = ["capture_state", "pull_image", "compose_up", "health_check", "cleanup"]
+    announced, _ = follow(
+        started("web1"),
+        returned("web1", every[:2], ["compose_up"]),
+        started("web1"),
+        returned("web1", every[:3], ["health_check", "cleanup"]),
+        started("web1"),
+        returned("web1", every, []),
+    )
+    assert announced == every
+    assert "rollback" not in announced
+
+
+def test_an_unchanged_service_finishes_in_one_round_trip_and_every_step_is_announced_once():
+    every = ["capture_state", "pull_image", "compose_up", "health_check", "cleanup"]
+    announced, finished = follow(
+        started("web1"), started("web2"), returned("web1", every, []), returned("web2", every, [])
+    )
+    assert announced == every
+    assert finished == {"web1": every, "web2": every}
+
+
+def test_a_failure_that_changed_the_host_announces_the_rollback_its_module_result_names():
+    announced, finished = follow(
+        started("web1"),
+        returned("web1", ["capture_state", "pull_image"], ["compose_up"]),
+        returned("web1", ["capture_state", "pull_image", "compose_up"], ["health_check", "cleanup"]),
+        returned("web1", ["capture_state", "pull_image", "compose_up", "health_check"], ["rollback"], ok=False),
+        started("web1"),
+        returned("web1", ["capture_state", "pull_image", "compose_up", "health_check", "rollback"], []),
+    )
+    assert announced == ["capture_state", "pull_image", "compose_up", "health_check", "rollback"]
+    assert finished["web1"][-2:] == ["health_check", "rollback"]
+
+
+def test_other_tasks_and_unknown_steps_announce_nothing():
+    announced, finished = follow(
+        {"event": "runner_on_ok", "event_data": {"host": "web1", "task_action": "set_fact", "res": {}}},
+        {"event": "playbook_on_task_start", "event_data": {"task": "Start the service"}},
+        {
+            "event": "runner_on_ok",
+            "event_data": {
+                "host": "web1",
+                "task_action": contract.ENGINE_MODULE,
+                "res": {"state": {"steps": [{"step": "not_a_step"}]}},
+            },
+        },
+    )
+    assert announced == []
+    assert finished == {"web1": ["not_a_step"]}

@@ -287,7 +287,13 @@ def start(inputs: Inputs, clock: Callable[[], float] = time.time) -> str:
     return deployment_id
 
 
-def follow(inputs: Inputs, deployment_id: str, log: Log, clock=time.monotonic, sleep=time.sleep) -> dict[str, Any]:
+def follow(
+    inputs: Inputs,
+    deployment_id: str,
+    log: Log,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> dict[str, Any]:
     """Poll the record until its outcome is final, each new step a log group. An API that stops answering for
     a while is asked again until the timeout; the last record seen is returned, still `running` at the timeout."""
     url = f"{inputs.url}/deployments/{deployment_id}"

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from collections.abc import Callable
 from enum import IntEnum
 from typing import Any, BinaryIO, get_args
 
@@ -373,7 +374,7 @@ def _positive_seconds(text: str) -> float:
     return value
 
 
-def _bounded(low: int, high: int | None):
+def _bounded(low: int, high: int | None) -> Callable[[str], int]:
     def parse(text: str) -> int:
         try:
             value = int(text)

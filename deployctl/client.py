@@ -115,7 +115,7 @@ class Client:
         try:
             response = self._http.request(method, path, **kwargs)
         except httpx.TransportError as error:
-            raise Unavailable(f"{self.url}{path}: {error or type(error).__name__}") from None
+            raise Unavailable(f"{self.url}{path}: {str(error) or type(error).__name__}") from None
         if 400 <= response.status_code < 500:
             raise Refused(response.status_code, error_detail(response), retry_after(response))
         if response.is_redirect:

@@ -88,6 +88,19 @@ def find_compose_file(project_dir: str) -> str:
         directory = parent
 
 
+def locate(docker: Docker, project_dir: str, compose_file: str) -> tuple[str, str, str]:
+    """The project directory (absolute), the compose file relative to it (found as compose finds it when empty) and
+    the compose file's own path; a StepError names what is missing."""
+    project_dir = os.path.abspath(project_dir)
+    if not os.path.isdir(project_dir):
+        raise StepError(f"Project directory {project_dir} is not a directory")
+    compose_file = compose_file or discover_compose_file(docker, project_dir)
+    compose_path = os.path.normpath(os.path.join(project_dir, compose_file))
+    if not os.path.exists(compose_path):
+        raise StepError(f"Compose file {compose_path} does not exist")
+    return project_dir, compose_file, compose_path
+
+
 def unread_override(project_dir: str, compose_file: str) -> str:
     """The override file `docker compose` would add to a compose file it found itself (compose.override.yml and the
     like, beside it), relative to `project_dir`; empty when there is none. The deploy names its compose file to
@@ -244,6 +257,7 @@ def compose_service(
     state: str,
     check_mode: bool,
     project: str = "",
+    before: dict[str, Any] | None = None,
 ) -> ComposeResult:
     """Pin `image` (or drop the pin: an empty `image`, `file_image`, or state absent) and run
     `docker compose up --detach --no-deps --pull missing -- <service>`, or `down -- <service>`.
@@ -256,19 +270,14 @@ def compose_service(
     `changed` is read from the engine, not from compose's output: the pin file changed, or the service's container
     (found by compose's labels with `docker ps`) differs before and after `up` in its ID (created, recreated) or in
     being up (started, stopped). With state absent: the pin changed, or a container existed before. The compose
-    `project`'s name (a capture knows it) saves the `docker compose config` that reads it.
+    `project`'s name (a capture knows it) saves the `docker compose config` that reads it, and `before`, the
+    container as a capture just found it (its `docker ps` row's ID and State, {} for none), the `docker ps` before.
 
     Under check mode no pin is written and compose runs with `--dry-run`, which checks the files and the request.
     `changed` then says what `up` would do (would_change), unless the pin would change, which is a change already.
     With state absent: the pin would change, or a container exists.
     """
-    project_dir = os.path.abspath(project_dir)
-    if not os.path.isdir(project_dir):
-        raise StepError(f"Project directory {project_dir} is not a directory")
-    compose_file = compose_file or discover_compose_file(docker, project_dir)
-    compose_path = os.path.normpath(os.path.join(project_dir, compose_file))
-    if not os.path.exists(compose_path):
-        raise StepError(f"Compose file {compose_path} does not exist")
+    project_dir, compose_file, compose_path = locate(docker, project_dir, compose_file)
     pin_file = pin_file or pin_file_for(compose_file)
     pin_path = os.path.normpath(os.path.join(project_dir, pin_file))
 
@@ -296,7 +305,8 @@ def compose_service(
         command = [*compose, "config", "--format", "json"]
         config = json.loads(compose_output(docker, command, project_dir, config_failure, **result))
         project = project or config["name"]
-    before = service_container(docker, project, service)
+    if before is None:
+        before = service_container(docker, project, service)
 
     timeout = ["--timeout", str(stop_timeout)]
     dry_run = ["--dry-run"] if check_mode else []

@@ -13,7 +13,7 @@ import os
 import re
 from typing import Any, TypedDict
 
-from ansible.module_utils.deploy_compose import discover_compose_file
+from ansible.module_utils.deploy_compose import locate
 from ansible.module_utils.deploy_docker import (
     Docker,
     StepError,
@@ -145,13 +145,8 @@ def capture_state(
     Returns `changed` and `capture` (what the later steps read of it), which names the compose file
     read (`compose_file`, relative to `project_dir`) and `project_dir` (expanded, absolute).
     """
-    project_dir = os.path.abspath(os.path.expanduser(os.path.expandvars(project_dir)))
-    if not os.path.isdir(project_dir):
-        raise StepError(f"Project directory {project_dir} is not a directory")
-    compose_file = compose_file or discover_compose_file(docker, project_dir)
-    compose_path = os.path.normpath(os.path.join(project_dir, compose_file))
-    if not os.path.exists(compose_path):
-        raise StepError(f"Compose file {compose_path} does not exist")
+    expanded = os.path.expanduser(os.path.expandvars(project_dir))
+    project_dir, compose_file, compose_path = locate(docker, expanded, compose_file)
     config_args = ["compose", "-f", compose_file, "config", "--format", "json"]
     rc, stdout, stderr = docker.run(*config_args, cwd=project_dir)
     if rc != 0:

@@ -19,7 +19,7 @@ from typing import Any, TypedDict
 from ansible.module_utils.deploy_compose import ComposeResult, compose_service, pin_file_for
 from ansible.module_utils.deploy_docker import Docker, StepError
 from ansible.module_utils.deploy_health import HealthResult, Verdict, container_health
-from ansible.module_utils.deploy_history import Capture, CleanupResult, capture_state, cleanup
+from ansible.module_utils.deploy_history import Capture, CaptureResult, CleanupResult, capture_state, cleanup
 from ansible.module_utils.deploy_image import inspect, pull_image, rollback_image
 from ansible.module_utils.deploy_rules import ROUND_TRIPS, STEPS, next_steps, ranked_names
 
@@ -268,7 +268,7 @@ def run_steps(
         image: str = params["image"] or chosen or state["capture"].get("file_image", "")
         return image
 
-    def compose(**given: str) -> ComposeResult:
+    def compose(**given: Any) -> ComposeResult:
         """compose_service on the captured project, its compose file and the pin file beside it."""
         capture = state["capture"]
         compose_file = capture.get("compose_file") or params["compose_file"]
@@ -297,16 +297,19 @@ def run_steps(
             check_mode=check_mode,
         )
 
-    def capture_step() -> StepRecord:
-        done = capture_state(
+    def read_capture(read_only: bool) -> CaptureResult:
+        return capture_state(
             docker,
             project_dir=params["project_dir"],
             compose_file=params["compose_file"],
             service=params["service"],
             history_prefix=params["history_prefix"],
             stamp=params["stamp"],
-            check_mode=check_mode,
+            check_mode=read_only,
         )
+
+    def capture_step() -> StepRecord:
+        done = read_capture(check_mode)
         state["capture"] = done["capture"]
         result["changed"] |= done["changed"]
         return capture_record(done["capture"])
@@ -346,7 +349,10 @@ def run_steps(
         return pull_record(state["pull"], reason)
 
     def up_step() -> StepRecord:
-        done = compose(image=target(), state="present")
+        capture = state["capture"]
+        # The container as the capture found it, this round trip or the one before: no second `docker ps`.
+        found = {"ID": capture["container_id"], "State": capture["container_state"]} if capture["container_id"] else {}
+        done = compose(image=target(), state="present", before=found)
         state["up"] = {"container_id": done["container_id"], "changed": done["changed"]}
         result["diff"] = done["diff"]
         result["changed"] |= done["changed"]
@@ -434,15 +440,7 @@ def run_steps(
         return rollback_record(rollback)
 
     def status_step() -> StepRecord:
-        done = capture_state(
-            docker,
-            project_dir=params["project_dir"],
-            compose_file=params["compose_file"],
-            service=params["service"],
-            history_prefix=params["history_prefix"],
-            stamp=params["stamp"],
-            check_mode=True,
-        )
+        done = read_capture(read_only=True)
         capture = done["capture"]
         result["status"] = {
             "service": params["service"],

@@ -299,6 +299,7 @@ def test_a_deploy_runs_every_step_with_what_the_earlier_steps_found(monkeypatch)
     assert fake.last("pull_image") == {"name": "web:v2", "pull": True, "platform": "", "check_mode": False}
     up = fake.last("compose_service")
     assert (up["image"], up["file_image"], up["state"]) == ("web:v2", "web:v1", "present")
+    assert up["before"] == {"ID": CONTAINER, "State": "running"}, "the capture's container: no second docker ps"
     assert (up["project_dir"], up["compose_file"], up["pin_file"]) == (
         "/srv/shop",
         "docker-compose.yml",

@@ -1,149 +1,29 @@
-"""Helpers the benchmarks share: the docker CLI, a real API server (`python -m api`), signing, medians, results."""
+"""Helpers the benchmarks share: the rig's test image, medians, results, other processes' load. The docker CLI and a
+real API server (`python -m api`) are the integration tests' own, in tests/support/."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
-import socket
 import statistics
-import subprocess
 import sys
 import threading
-import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import httpx
-
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from api import signature  # noqa: E402
+from tests.support.dockercli import image as test_image  # noqa: E402
 
-REGISTRY = os.environ.get("DEPLOY_TEST_REGISTRY", "127.0.0.1:5099")
 RESULTS = REPO / "bench" / "results"
 
 
-def image(version: str, kind: str = "healthy") -> str:
-    """A test image of the rig's registry (tests/rig/images): healthy about one second after start."""
-    return f"{REGISTRY}/deploytest/{kind}:{version}"
-
-
-def docker(*args: str, check: bool = True) -> str:
-    completed = subprocess.run(["docker", *args], capture_output=True, text=True)
-    if check and completed.returncode != 0:
-        raise RuntimeError(f"docker {' '.join(args)} failed: {completed.stderr.strip()}")
-    return completed.stdout.strip()
-
-
-def image_id(reference: str) -> str:
-    return docker("image", "inspect", "--format", "{{.Id}}", reference)
-
-
-def container_of(project: str, service: str) -> dict[str, Any] | None:
-    """The one container of a compose service, as `docker inspect` shows it; None when there is none."""
-    ids = docker(
-        "ps",
-        "-aq",
-        "--filter",
-        f"label=com.docker.compose.project={project}",
-        "--filter",
-        f"label=com.docker.compose.service={service}",
-    ).split()
-    if not ids:
-        return None
-    if len(ids) != 1:
-        raise RuntimeError(f"{project}/{service} has {len(ids)} containers")
-    return json.loads(docker("inspect", ids[0]))[0]
-
-
-def compose_down(project: str) -> None:
-    """Remove a compose project's containers and network, and the history tags the deploy playbook kept for it."""
-    subprocess.run(["docker", "compose", "-p", project, "down", "--timeout", "1"], capture_output=True)
-    for tag in docker("images", "--format", "{{.Repository}}:{{.Tag}}", f"deploy-history/{project}/*").split():
-        docker("rmi", tag, check=False)
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def sign(secret: str, payload: bytes, purpose: str = "deploy") -> str:
-    """X-Hub-Signature-256 of a body for POST /deploy or /rollback (`deploy`, `rollback`), or of a deployment id for
-    GET /deployments/{id} (`read`): api.signature's scheme."""
-    return signature.sign(secret.encode(), payload, purpose)
-
-
-class ApiServer:
-    """`python -m api` (one uvicorn worker) in a subprocess, on its own port, inventory and state directory,
-    as tests/integration/apiserver.py starts one. Its working directory is `root`, so no `.env` of the
-    repository is read."""
-
-    def __init__(self, root: Path, inventory: Path, secret: str, settings: dict[str, str] | None = None):
-        self.root = root
-        self.secret = secret
-        self.state_dir = root / "state"
-        self.log_file = root / "api.log"
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        environment = {
-            **os.environ,
-            # The API finds ansible-playbook beside its own Python, not on the PATH.
-            "PATH": os.pathsep.join(
-                path for path in os.environ["PATH"].split(os.pathsep) if not path.startswith(sys.prefix)
-            ),
-            "WEBHOOK_SECRET": secret,
-            "DEPLOY_INVENTORY": str(inventory),
-            "DEPLOY_STATE_DIR": str(self.state_dir),
-            "DEPLOY_PORT": str(self.port),
-            "PYTHONPATH": str(REPO),
-            **(settings or {}),
-        }
-        self.process = subprocess.Popen(
-            [sys.executable, "-m", "api"],
-            cwd=root,
-            env=environment,
-            stdout=self.log_file.open("w"),
-            stderr=subprocess.STDOUT,
-        )
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                if httpx.get(f"{self.url}/health", timeout=1).status_code == 200:
-                    return
-            except httpx.TransportError:
-                pass
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the API exited: {self.log_file.read_text()[-2000:]}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError("the API did not answer /health in 30 s")
-            time.sleep(0.1)
-
-    def signed(self, document: dict[str, Any], purpose: str = "deploy") -> tuple[bytes, dict[str, str]]:
-        """The body of POST /deploy (`deploy`) or POST /rollback (`rollback`) and its headers, signed for it."""
-        body = json.dumps(document).encode()
-        return body, {"Content-Type": "application/json", signature.HEADER: sign(self.secret, body, purpose)}
-
-    def cpu_seconds(self, children: bool = False) -> float:
-        """User and system CPU time of the API's process so far (Linux /proc); with `children`, of the processes it
-        started and waited for instead (ansible-playbook, its modules, the docker CLI they ran)."""
-        fields = Path(f"/proc/{self.process.pid}/stat").read_text().rsplit(")", 1)[1].split()
-        first = 13 if children else 11
-        return (int(fields[first]) + int(fields[first + 1])) / os.sysconf("SC_CLK_TCK")
-
-    def stop(self) -> None:
-        if self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(40)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+def image(version: str) -> str:
+    """The rig's healthy test image at `version` (v1, v2, v3): healthy about one second after start."""
+    return test_image("healthy", version)
 
 
 def median(values: Sequence[float]) -> float:

@@ -49,19 +49,10 @@ import httpx
 import yaml
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import (
-    REPO,
-    ApiServer,
-    ForeignLoad,
-    compose_down,
-    container_of,
-    docker,
-    image,
-    image_id,
-    median,
-    rounded,
-    write_result,
-)
+from common import REPO, ForeignLoad, image, median, rounded, write_result
+
+from tests.support.apiserver import ApiServer
+from tests.support.dockercli import compose_down, container_of, docker, image_id
 
 sys.path.insert(0, str(REPO))
 try:
@@ -959,7 +950,7 @@ def main() -> int:
         bench.set_up()
         result = bench.run(sections)
         failed = False
-    except (BenchError, RuntimeError) as error:  # RuntimeError: the docker CLI or the API failed (bench/common.py)
+    except (BenchError, RuntimeError) as error:  # RuntimeError: the docker CLI or the API failed (tests/support/)
         print(f"bench/deploy.py: {error}", file=sys.stderr)
         return 1
     finally:

@@ -21,9 +21,9 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from tests.integration.hosts import docker_on, local_vars, rig_hosts  # noqa: E402
+from tests.support.dockercli import REGISTRY, compose_down  # noqa: E402
+from tests.support.hosts import local_vars, rig_hosts  # noqa: E402
 
-REGISTRY = "127.0.0.1:5099"
 ROUNDS = 5
 
 
@@ -75,18 +75,7 @@ def main() -> None:
             three.append(deploy(version, "all"))
     finally:
         for docker_host in engines.values():
-            docker_on(docker_host, "compose", "-p", project, "down", check=False)
-            # The history tags the playbook kept for the project.
-            tags = docker_on(
-                docker_host,
-                "images",
-                "--format",
-                "{{.Repository}}:{{.Tag}}",
-                f"deploy-history/{project}/*",
-                check=False,
-            )
-            for tag in tags.split():
-                docker_on(docker_host, "rmi", tag, check=False)
+            compose_down(project, docker_host)
         shutil.rmtree(work, ignore_errors=True)  # the compose files and the runner directory
     result = {
         "rounds": ROUNDS,

@@ -4,14 +4,11 @@
 # without it, bench/deploy.py falls back to its own asyncio client and says so.
 set -euo pipefail
 
+log_tag=bench
+# shellcheck source=tests/rig/lib.sh
+. "$(dirname "${BASH_SOURCE[0]}")/../tests/rig/lib.sh"
+
 if command -v wrk >/dev/null; then exit 0; fi
-if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
-  echo "bench: no wrk, and cannot install it here (needs root on Debian): the asyncio client is used"
-  exit 0
-fi
-echo "bench: installing wrk"
-export DEBIAN_FRONTEND=noninteractive
-if ! apt-get install -y -qq wrk >/dev/null 2>&1; then
-  apt-get update -qq && apt-get install -y -qq wrk >/dev/null ||
-    echo "bench: wrk could not be installed: the asyncio client is used"
-fi
+log "installing wrk"
+# In a subshell: apt_install exits when it cannot install, and the benchmarks run without wrk.
+(apt_install wrk) || log "wrk could not be installed: the asyncio client is used"

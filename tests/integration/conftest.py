@@ -1,34 +1,36 @@
-"""The integration rig: a compose project of its own per test, the real playbook run by the real ansible-runner."""
+"""The integration rig: a compose project of its own per test, the real playbook run by the API's own runner."""
 
 from __future__ import annotations
 
 import json
 import os
 import re
-import socket
 import subprocess
+import threading
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
+from contextlib import nullcontext
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
-import ansible_runner
+import ansible_runner.interface
 import pytest
 import yaml
 
+import api.runner
+from tests.support.dockercli import REGISTRY, compose_down, container_of, docker, image_id
+
 REPO = Path(__file__).resolve().parents[2]
-REGISTRY = os.environ.get("DEPLOY_TEST_REGISTRY", "127.0.0.1:5099")
 PLAYBOOK = REPO / "playbooks" / "deploy.yml"
 ROLLBACK_PLAYBOOK = REPO / "playbooks" / "rollback.yml"
+# The API's defaults: DEPLOY_TIMEOUT; every run directory of a project is kept, to be read after its run.
+RUN_TIMEOUT = 900
+KEEP_RUNS = 1000
 # A history tag: `<stamp>-<short image id>`, or the older `<short image id>` alone.
 HISTORY_TAG = re.compile(r"(?:(?P<stamp>[0-9]{8}T[0-9]{12})-)?(?P<short_id>[0-9a-f]{12})")
-
-
-def image(kind: str, version: str = "v1") -> str:
-    """A test image in the loopback registry (tests/rig/images): healthy, crash, unhealthy, dies, plain."""
-    return f"{REGISTRY}/deploytest/{kind}:{version}"
 
 
 def service(image_ref: str, **extra: Any) -> dict[str, Any]:
@@ -41,25 +43,14 @@ def fingerprint(container: dict[str, Any]) -> tuple[str, str, str]:
     return container["Id"], container["State"]["StartedAt"], container["Image"]
 
 
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
-def docker(*args: str, check: bool = True) -> str:
-    completed = subprocess.run(["docker", *args], capture_output=True, text=True)
-    if check and completed.returncode != 0:
-        raise AssertionError(f"docker {' '.join(args)} failed: {completed.stderr.strip()}")
-    return completed.stdout.strip()
-
-
-def image_id(reference: str) -> str:
-    return docker("image", "inspect", "--format", "{{.Id}}", reference)
-
-
 def image_exists(reference: str) -> bool:
     return bool(docker("image", "inspect", "--format", "{{.Id}}", reference, check=False))
+
+
+def init_runner_in_check_mode(**kwargs: Any) -> Any:
+    """ansible-runner's init_runner with `--check`, in place of api.runner's: the API never runs a playbook in check
+    mode, an operator does (`ansible-playbook --check`), and so do these tests, through the runner function."""
+    return ansible_runner.interface.init_runner(**kwargs, cmdline="--check")
 
 
 @dataclass(frozen=True)
@@ -75,11 +66,13 @@ class HistoryTag:
 class Deploy:
     """One run of the deploy playbook: its exit code, its published result per host, its stats."""
 
-    rc: int
+    rc: int | None
     status: str
     results: dict[str, dict[str, Any]]
     changed: int
     stdout: str
+    # The steps the runner's progress announced, in order (api/contract.py, StepProgress).
+    announced: list[str] = field(default_factory=list)
 
     @property
     def result(self) -> dict[str, Any]:
@@ -103,6 +96,7 @@ class ComposeProject:
         self.pin_file = self.dir / "docker-compose.deploy.yml"
         self.compose_file.write_text(yaml.safe_dump({"name": self.name, "services": services}, sort_keys=False))
         self.inventory = root / "inventory.yml"
+        self.state_dir = root / "state"
         self.write_inventory({"localhost": {"deploy_compose_dir": str(self.dir), "deploy_services": settings}})
 
     def write_inventory(self, hosts: dict[str, dict[str, Any]]) -> None:
@@ -112,37 +106,16 @@ class ComposeProject:
 
     def compose(self, *args: str, files: tuple[str, ...] = ("docker-compose.yml",)) -> str:
         file_args = [argument for name in files for argument in ("-f", name)]
-        completed = subprocess.run(
-            ["docker", "compose", *file_args, *args], cwd=self.dir, capture_output=True, text=True
-        )
-        assert completed.returncode == 0, completed.stderr
-        return completed.stdout
+        return docker("compose", *file_args, *args, cwd=self.dir)
 
     def up(self, *services: str) -> None:
         self.compose("up", "-d", "--quiet-pull", *services)
 
     def container(self, service: str, project: str | None = None) -> dict[str, Any] | None:
-        ids = docker(
-            "ps",
-            "-aq",
-            "--filter",
-            f"label=com.docker.compose.project={project or self.name}",
-            "--filter",
-            f"label=com.docker.compose.service={service}",
-        ).split()
-        if not ids:
-            return None
-        assert len(ids) == 1, f"{service} has {len(ids)} containers"
-        return json.loads(docker("inspect", ids[0]))[0]
+        return container_of(project or self.name, service)
 
     def wait_healthy(self, service: str, timeout: float = 30) -> None:
-        docker_wait = subprocess.run(
-            ["docker", "compose", "up", "-d", "--wait", "--wait-timeout", str(int(timeout)), service],
-            cwd=self.dir,
-            capture_output=True,
-            text=True,
-        )
-        assert docker_wait.returncode == 0, docker_wait.stderr
+        self.compose("up", "-d", "--wait", "--wait-timeout", str(int(timeout)), service)
 
     def history(self, service: str) -> list[HistoryTag]:
         """The service's history tags, newest stamp first; each tag's name is checked against the format."""
@@ -159,40 +132,49 @@ class ComposeProject:
     def deploy(
         self, service: str, image: str | None = None, *, check: bool = False, limit: str | None = None
     ) -> Deploy:
-        """playbooks/deploy.yml through ansible-runner, as the API runs it."""
+        """playbooks/deploy.yml through the API's own runner."""
         return self.run_playbook(PLAYBOOK, service, image, check=check, limit=limit)
 
     def rollback(
         self, service: str, image: str | None = None, *, check: bool = False, limit: str | None = None
     ) -> Deploy:
-        """playbooks/rollback.yml through ansible-runner, as the API runs it."""
+        """playbooks/rollback.yml through the API's own runner."""
         return self.run_playbook(ROLLBACK_PLAYBOOK, service, image, check=check, limit=limit)
 
     def run_playbook(
         self, playbook: Path, service: str, image: str | None, *, check: bool, limit: str | None
     ) -> Deploy:
+        """`playbook` through api.runner.run_playbook, the function the API runs it with. Its run directory is kept
+        (state/runs/<run id>): the whole output and the stats are read from the artifacts ansible-runner wrote there."""
         extravars: dict[str, Any] = {"service": service}
         if image is not None:
             extravars["image"] = image
-        cmdline = " ".join(part for part in ("--check" if check else "", f"--limit {limit}" if limit else "") if part)
-        private_data_dir = self.root / f"runner-{uuid.uuid4().hex[:6]}"
-        private_data_dir.mkdir(mode=0o700)
-        runner = ansible_runner.run(
-            private_data_dir=str(private_data_dir),
-            playbook=str(playbook),
-            inventory=str(self.inventory),
-            extravars=extravars,
-            cmdline=cmdline or None,
-            envvars={"ANSIBLE_CONFIG": str(REPO / "ansible.cfg")},
-            quiet=True,
-        )
-        stats = next(event for event in runner.events if event.get("event") == "playbook_on_stats")["event_data"]
+        run_id = f"{playbook.stem}-{uuid.uuid4().hex[:8]}"
+        announced: list[str] = []
+        with mock.patch.object(api.runner, "init_runner", init_runner_in_check_mode) if check else nullcontext():
+            run = api.runner.run_playbook(
+                run_id=run_id,
+                playbook=playbook,
+                extravars=extravars,
+                inventory=self.inventory,
+                state_dir=self.state_dir,
+                timeout=RUN_TIMEOUT,
+                keep_runs=KEEP_RUNS,
+                cancel=threading.Event(),
+                limit=(limit,) if limit else None,
+                action="rollback" if playbook == ROLLBACK_PLAYBOOK else "deploy",
+                on_step=lambda step, _words: announced.append(step),
+            )
+        artifacts = self.state_dir / "runs" / run_id / "artifacts" / run_id
+        events = [json.loads(path.read_text()) for path in (artifacts / "job_events").glob("*.json")]
+        (stats,) = [event["event_data"] for event in events if event.get("event") == "playbook_on_stats"]
         return Deploy(
-            rc=runner.rc,
-            status=runner.status,
-            results=stats.get("artifact_data", {}).get("deploy", {}),
+            rc=run.rc,
+            status=run.status,
+            results=run.results,
             changed=sum(stats.get("changed", {}).values()),
-            stdout=runner.stdout.read(),
+            stdout=(artifacts / "stdout").read_text(),
+            announced=announced,
         )
 
     def playbook_cli(self, *args: str, playbook: Path = PLAYBOOK) -> subprocess.CompletedProcess[str]:
@@ -206,10 +188,7 @@ class ComposeProject:
         )
 
     def tear_down(self) -> None:
-        subprocess.run(["docker", "compose", "-p", self.name, "down", "--timeout", "1"], capture_output=True)
-        history = docker("images", "--format", "{{.Repository}}:{{.Tag}}", f"deploy-history/{self.name}/*")
-        for tag in history.split():
-            docker("rmi", tag, check=False)
+        compose_down(self.name)
 
 
 @pytest.fixture

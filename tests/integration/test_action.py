@@ -10,8 +10,10 @@ import sys
 
 import pytest
 import yaml
-from apiserver import SECRET, ApiServer, serving
-from conftest import REPO, fingerprint, image, image_id, service
+from conftest import REPO, fingerprint, service
+
+from tests.support.apiserver import SECRET, ApiServer, serving
+from tests.support.dockercli import image, image_id
 
 pytestmark = pytest.mark.usefixtures("registry")
 

@@ -8,8 +8,10 @@ import time
 
 import httpx
 import pytest
-from apiserver import READ_TOKEN, SECRET, serving
-from conftest import fingerprint, image, image_id, service
+from conftest import fingerprint, service
+
+from tests.support.apiserver import READ_TOKEN, SECRET, serving
+from tests.support.dockercli import image, image_id
 
 pytestmark = pytest.mark.usefixtures("registry")
 

@@ -10,12 +10,13 @@ from datetime import datetime
 
 import httpx
 import pytest
-from apiserver import READ_TOKEN, SECRET, serving
-from conftest import image, image_id, service
+from conftest import service
 from prometheus_client.parser import text_string_to_metric_families
 from receiver import BlackHole, Receiver, closed_port_url
 
 from api.signature import sign
+from tests.support.apiserver import READ_TOKEN, SECRET, serving
+from tests.support.dockercli import image, image_id
 
 METRICS_TOKEN = "integration-metrics-token-0123"
 NOTIFY_PASSWORD = "notify-password-0123456789"
@@ -250,8 +251,7 @@ def test_kill_9_mid_deploy_then_restart_marks_it_interrupted_and_restores_the_pr
     assert left["Image"] == image_id(image("unhealthy", "v1")), "the kill left the service half-deployed"
 
     restarted = api_server(project, state_dir=server.state_dir, DEPLOY_NOTIFY_URLS=receiver.url)
-    restored = ("Rolled back to the previous image", "The automatic rollback")
-    record = restarted.follow(deployment_id, until=lambda record: any(part in record["error"] for part in restored))[-1]
+    record = restarted.follow(deployment_id, until=lambda record: record["recovery_action"])[-1]
     orphans = subprocess.run(["pgrep", "-f", f"runs/{deployment_id}"], capture_output=True, text=True)
     assert orphans.stdout == "", "nothing of the interrupted run is left"
 
@@ -259,12 +259,10 @@ def test_kill_9_mid_deploy_then_restart_marks_it_interrupted_and_restores_the_pr
     assert record["finished_at"]
     assert record["running_image_id"] == left["Image"], "the record says what the engine ran after the crash"
     assert record["running_state"] == "running, unhealthy"
-    assert record["error"].startswith(
-        "Interrupted: the deployment API stopped during health_check. "
-        f"Now the service runs the new image {image('unhealthy', 'v1')}, running, unhealthy. "
-        "Rolled back to the previous image by "
-    ), record["error"]
-    rollback_id = record["error"].rsplit(" ", 1)[-1]
+    assert record["error"] == "Interrupted: the deployment API stopped during health_check"
+    assert record["recovery"] == f"Now the service runs the new image {image('unhealthy', 'v1')}, running, unhealthy"
+    rollback_id = record["recovered_by"]
+    assert record["recovery_action"] == f"Rolled back to the previous image by {rollback_id}"
     rollback = restarted.record(rollback_id)
     assert (rollback["action"], rollback["source"], rollback["outcome"]) == ("rollback", "recovery", "succeeded")
     container = project.container("portal")

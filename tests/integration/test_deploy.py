@@ -9,18 +9,10 @@ from __future__ import annotations
 import hashlib
 
 import pytest
-from conftest import (
-    REGISTRY,
-    build_unique,
-    docker,
-    fingerprint,
-    free_port,
-    image,
-    image_exists,
-    image_id,
-    push_as,
-    service,
-)
+from conftest import build_unique, fingerprint, image_exists, push_as, service
+
+from tests.support.apiserver import free_port
+from tests.support.dockercli import REGISTRY, docker, image, image_id
 
 pytestmark = pytest.mark.usefixtures("registry")
 

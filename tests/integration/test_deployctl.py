@@ -13,8 +13,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-from apiserver import READ_TOKEN, SECRET, ApiServer, serving
-from conftest import fingerprint, free_port, image, image_id, service
+from conftest import fingerprint, service
+
+from tests.support.apiserver import READ_TOKEN, SECRET, ApiServer, free_port, serving
+from tests.support.dockercli import image, image_id
 
 pytestmark = pytest.mark.usefixtures("registry")
 

@@ -10,11 +10,12 @@ from typing import Any
 
 import pytest
 import yaml
-from apiserver import serving
-from conftest import fingerprint, image, service
-from hosts import docker_on, local_vars, rig_hosts
+from conftest import fingerprint, service
 
 from api.signature import sign
+from tests.support.apiserver import serving
+from tests.support.dockercli import docker_on, image
+from tests.support.hosts import local_vars, rig_hosts
 
 pytestmark = pytest.mark.usefixtures("registry")
 

@@ -10,9 +10,11 @@ from typing import Any
 
 import pytest
 import yaml
-from apiserver import serving
-from conftest import fingerprint, image, service
-from hosts import RigHosts, docker_on, local_vars, rig_hosts, ssh_vars, state_dir
+from conftest import fingerprint, service
+
+from tests.support.apiserver import serving
+from tests.support.dockercli import docker_on, image
+from tests.support.hosts import RigHosts, local_vars, rig_hosts, ssh_vars, state_dir
 
 PRODUCTION = ("prod1", "prod2", "prod3")
 SERVICE = "web"

@@ -15,7 +15,10 @@ import uuid
 from pathlib import Path
 
 import httpx
-from conftest import REPO, docker, free_port
+from conftest import REPO
+
+from tests.support.apiserver import free_port
+from tests.support.dockercli import docker
 
 
 def fresh_copy(target: Path, project: str, example_port: int) -> None:

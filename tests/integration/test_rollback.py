@@ -10,18 +10,10 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import (
-    ROLLBACK_PLAYBOOK,
-    ComposeProject,
-    build_unique,
-    docker,
-    fingerprint,
-    free_port,
-    image,
-    image_exists,
-    image_id,
-    service,
-)
+from conftest import ROLLBACK_PLAYBOOK, ComposeProject, build_unique, fingerprint, image_exists, service
+
+from tests.support.apiserver import free_port
+from tests.support.dockercli import docker, image, image_id
 
 pytestmark = pytest.mark.usefixtures("registry")
 

@@ -8,10 +8,11 @@ import time
 
 import httpx
 import pytest
-from apiserver import SECRET, serving
-from conftest import REGISTRY, fingerprint, image, image_id, service
+from conftest import fingerprint, service
 
 from api.signature import sign
+from tests.support.apiserver import SECRET, serving
+from tests.support.dockercli import REGISTRY, image, image_id
 
 pytestmark = pytest.mark.usefixtures("registry")
 

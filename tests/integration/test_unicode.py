@@ -7,13 +7,14 @@ import threading
 from pathlib import Path
 
 import pytest
-from apiserver import serving
-from conftest import PLAYBOOK, image, image_id, service
+from conftest import PLAYBOOK, service
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
 from api.models import DeployRequest
 from api.runner import deploy_extravars, run_playbook
+from tests.support.apiserver import serving
+from tests.support.dockercli import image, image_id
 
 pytestmark = pytest.mark.usefixtures("registry")
 

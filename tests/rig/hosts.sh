@@ -17,41 +17,12 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-top="$(cd "$here/../.." && pwd)"
-venv="$(realpath -m "${VENV:-$top/.venv}")"
-state="${DEPLOY_TEST_STATE:-$top/var/test-rig}"
-registry_port="${DEPLOY_TEST_REGISTRY_PORT:-5099}"
-registry="127.0.0.1:$registry_port"
+# shellcheck source=tests/rig/lib.sh
+. "$here/lib.sh"
 ssh_port="${DEPLOY_TEST_SSH_PORT:-2222}"
 engines=(1 2 3)
 mode="${1:-up}"
-mkdir -p "$state"
-state="$(cd "$state" && pwd)" # sshd wants absolute paths
 ssh_dir="$state/ssh"
-
-log() { printf 'rig: %s\n' "$*"; }
-
-wait_for() { # wait_for SECONDS COMMAND...: polls until COMMAND succeeds
-  local deadline=$((SECONDS + $1)); shift
-  until "$@" >/dev/null 2>&1; do
-    if ((SECONDS >= deadline)); then return 1; fi
-    sleep 0.2
-  done
-}
-
-apt_install() {
-  if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
-    log "missing $*, and cannot install it here (needs root on Debian)"; exit 1
-  fi
-  if [ ! -f "$state/apt-updated" ]; then apt-get update -qq && touch "$state/apt-updated"; fi
-  # A package's postinst must not start a system service (openssh-server would listen on :22).
-  local guard=""
-  if [ ! -e /usr/sbin/policy-rc.d ]; then
-    guard=/usr/sbin/policy-rc.d; printf '#!/bin/sh\nexit 101\n' >"$guard"; chmod 0755 "$guard"
-  fi
-  DEBIAN_FRONTEND=noninteractive NEEDRESTART_SUSPEND=1 apt-get install -y -qq "$@" >/dev/null || { [ -z "$guard" ] || rm -f "$guard"; exit 1; }
-  [ -z "$guard" ] || rm -f "$guard"
-}
 
 # --- processes: only ours, found by pid file and checked by their command line -------------
 

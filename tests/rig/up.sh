@@ -5,30 +5,8 @@
 set -euo pipefail
 
 here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
-top="$(cd "$here/../.." && pwd)"
-venv="${VENV:-$top/.venv}"
-state="${DEPLOY_TEST_STATE:-$top/var/test-rig}"
-registry_port="${DEPLOY_TEST_REGISTRY_PORT:-5099}"
-registry="127.0.0.1:$registry_port"
-mkdir -p "$state"
-
-log() { printf 'rig: %s\n' "$*"; }
-
-wait_for() { # wait_for SECONDS COMMAND...: polls until COMMAND succeeds
-  local deadline=$((SECONDS + $1)); shift
-  until "$@" >/dev/null 2>&1; do
-    if ((SECONDS >= deadline)); then return 1; fi
-    sleep 0.2
-  done
-}
-
-apt_install() {
-  if [ "$(id -u)" != 0 ] || ! command -v apt-get >/dev/null; then
-    log "missing $*, and cannot install it here (needs root on Debian)"; exit 1
-  fi
-  if [ ! -f "$state/apt-updated" ]; then apt-get update -qq && touch "$state/apt-updated"; fi
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "$@" >/dev/null
-}
+# shellcheck source=tests/rig/lib.sh
+. "$here/lib.sh"
 
 ensure_engine() {
   if docker info >/dev/null 2>&1; then return; fi
@@ -38,12 +16,10 @@ ensure_engine() {
   wait_for 60 docker info || { tail -20 "$state/dockerd.log"; log "dockerd did not start"; exit 1; }
 }
 
-ensure_compose() {
+ensure_compose() { # installed as `make run` installs it: the Makefile's compose-plugin target
   if docker compose version >/dev/null 2>&1; then return; fi
-  local plugin
-  plugin="$("$venv/bin/python" -c 'import compose, pathlib; print(pathlib.Path(compose.__file__).parent / "docker-compose")')"
-  mkdir -p "$HOME/.docker/cli-plugins"
-  install -m 0755 "$plugin" "$HOME/.docker/cli-plugins/docker-compose"
+  log "installing the compose plugin (make compose-plugin)"
+  make -C "$top" --no-print-directory VENV="$venv" compose-plugin
   docker compose version >/dev/null
 }
 

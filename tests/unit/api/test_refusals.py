@@ -14,7 +14,7 @@ from pathlib import Path
 import limits
 import pytest
 from fastapi.testclient import TestClient
-from test_security import PORTAL_SECRET, SECRET, fresh, make_settings, send
+from test_request_security import PORTAL_SECRET, SECRET, fresh, make_settings, send
 
 from api.history import History, Retention
 from api.inventory import InventoryError

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import multiprocessing
-import subprocess
 from pathlib import Path
 
 import pytest
@@ -69,30 +68,3 @@ def test_concurrent_services_never_lose_each_others_pins(tmp_path):
 
     assert pin.read_pins(path) == {"a": "a:39", "b": "b:39", "c": "c:39"}
     assert [entry.name for entry in tmp_path.iterdir()] == ["pins.yml"], "no temporary file is left behind"
-
-
-def test_compose_reads_the_pin_file(tmp_path):
-    (tmp_path / "docker-compose.yml").write_text("services:\n  portal:\n    image: portal:v1\n  db:\n    image: db:1\n")
-    pin.update_pin(str(tmp_path / "docker-compose.deploy.yml"), "portal", "portal:v2")
-
-    completed = subprocess.run(
-        [
-            "docker",
-            "compose",
-            "-f",
-            "docker-compose.yml",
-            "-f",
-            "docker-compose.deploy.yml",
-            "config",
-            "--format",
-            "json",
-        ],
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        check=True,
-    )
-
-    services = json.loads(completed.stdout)["services"]
-    assert services["portal"]["image"] == "portal:v2"
-    assert services["db"]["image"] == "db:1"

@@ -11,9 +11,9 @@ import pytest
 import yaml
 from pydantic import ValidationError
 
+from api.admission import Refused, authorize
 from api.inventory import read_inventory
 from api.models import DeployRequest
-from api.admission import Refused, authorize
 from api.settings import DEFAULT_SIGNER
 from module_utils import deploy_rules as rules
 

@@ -437,9 +437,15 @@ def test_refused_options_run_nothing(monkeypatch):
 def test_a_deploy_in_three_round_trips_passes_each_state_on_and_ends_with_every_record(monkeypatch):
     fake = Steps(monkeypatch, a_capture())
 
-    prepare = steps.run_steps(object(), params(steps=["capture_state", "pull_image"], image="web:v2"), False, clock=stopped)
-    start = steps.run_steps(object(), params(steps=["compose_up"], state=prepare["state"], image="web:v2"), False, clock=stopped)
-    check = steps.run_steps(object(), params(steps=["health_check", "cleanup"], state=start["state"]), False, clock=stopped)
+    prepare = steps.run_steps(
+        object(), params(steps=["capture_state", "pull_image"], image="web:v2"), False, clock=stopped
+    )
+    start = steps.run_steps(
+        object(), params(steps=["compose_up"], state=prepare["state"], image="web:v2"), False, clock=stopped
+    )
+    check = steps.run_steps(
+        object(), params(steps=["health_check", "cleanup"], state=start["state"]), False, clock=stopped
+    )
 
     assert not prepare["finished"] and not start["finished"] and check["finished"]
     assert (prepare["next_steps"], start["next_steps"], check["next_steps"]) == (

@@ -10,7 +10,7 @@ A missing hosts.json or an engine that does not answer fails the test, it is nev
         "prod1": {**local_vars(rig.engine("h1")), ...},  # Ansible runs locally, Docker on engine h1
         "prod3": {**ssh_vars(rig, rig.engine("h3")), ...},  # Ansible over SSH, Docker on engine h3
     }
-    docker_on(rig.engine("h1"), "ps", "-q")
+    docker_on(rig.engine("h1"), "ps", "-q")  # tests.support.dockercli
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import functools
 import json
 import os
 import subprocess
+import uuid
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -76,7 +77,7 @@ class RigHosts:
     path: Path
 
     def engine(self, name: str) -> str:
-        """The DOCKER_HOST of engine `name` (h1, h2, h3): what local_vars, ssh_vars and docker_on take."""
+        """The DOCKER_HOST of engine `name` (h1, h2, h3): what local_vars, ssh_vars and dockercli's docker_on take."""
         if name not in self.engines:
             pytest.fail(f"no engine {name!r} in {self.path}; engines: {', '.join(self.engines)}", pytrace=False)
         return self.engines[name].docker_host
@@ -162,19 +163,12 @@ def ssh_vars(rig: RigHosts | None = None, docker_host: str | None = None) -> dic
         "ansible_port": ssh.port,
         "ansible_user": ssh.user,
         "ansible_ssh_private_key_file": ssh.key,
+        # A control socket of this inventory's own: a master connection another test left open (ControlPersist)
+        # is never reused, so each inventory's first task logs in anew, as the tests that count logins expect.
         "ansible_ssh_common_args": (
-            f"-o UserKnownHostsFile={ssh.known_hosts} -o StrictHostKeyChecking=yes -o IdentitiesOnly=yes"
+            f"-o UserKnownHostsFile={ssh.known_hosts} -o StrictHostKeyChecking=yes -o IdentitiesOnly=yes "
+            f"-o ControlPath=/tmp/dtssh-{uuid.uuid4().hex[:8]}-%C"
         ),
         "ansible_python_interpreter": rig.python,
         **pinned,
     }
-
-
-def docker_on(docker_host: str | None, *args: str, check: bool = True) -> str:
-    """The docker CLI (compose too) against one engine (None: the rig's own engine, as conftest's docker())."""
-    env = {**os.environ, "DOCKER_HOST": docker_host} if docker_host else None
-    completed = subprocess.run(["docker", *args], capture_output=True, text=True, env=env)
-    if check and completed.returncode != 0:
-        where = docker_host or "the rig's engine"
-        raise AssertionError(f"docker {' '.join(args)} on {where} failed: {completed.stderr.strip()}")
-    return completed.stdout.strip()

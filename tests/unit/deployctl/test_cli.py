@@ -33,7 +33,7 @@ from deployctl.cli import main
 from deployctl.client import Client, Refused
 from deployctl.render import Progress
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 
 
 @pytest.fixture

@@ -34,7 +34,7 @@ from fakeapi import (
 import api.signature
 from api.signature import is_valid
 
-REPO = Path(__file__).resolve().parents[2]
+REPO = Path(__file__).resolve().parents[3]
 SCRIPT = REPO / "action" / "deploy.py"
 ACTION = yaml.safe_load((REPO / "action.yml").read_text())
 WORKFLOW = yaml.safe_load((REPO / "docs" / "github-actions-deployment-api.yml").read_text())

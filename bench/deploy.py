@@ -55,11 +55,8 @@ from tests.support.apiserver import ApiServer
 from tests.support.dockercli import compose_down, container_of, docker, image_id
 
 sys.path.insert(0, str(REPO))
-try:
-    # The module whose results carry the steps of one round trip, and each step's time on the host.
-    from api.runner import STEPS_MODULE
-except ImportError:
-    STEPS_MODULE = "compose_deploy"
+# The module whose results carry the steps of one round trip, and each step's time on the host.
+from api.contract import ENGINE_MODULE as STEPS_MODULE
 
 SECRET = "bench-secret-" + "0123456789abcdef" * 3
 SERVICE = "web"

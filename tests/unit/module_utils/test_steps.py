@@ -11,6 +11,8 @@ import pytest
 from ansible.module_utils import deploy_steps as steps
 from ansible.module_utils.deploy_docker import StepError
 
+from api.contract import STATUS_FIELDS
+
 REPO = Path(__file__).resolve().parents[3]
 DEPLOY = ("capture_state", "pull_image", "compose_up", "health_check", "cleanup")
 OLD_ID = "sha256:" + "0123456789ab" + "f" * 52
@@ -650,3 +652,4 @@ def test_the_status_says_what_runs_and_changes_nothing(monkeypatch):
         "state": "running, healthy",
     }
     assert result["state"]["steps"] == [] and result["next_steps"] == []
+    assert tuple(result["status"]) == STATUS_FIELDS, "what the API reads of a status (api/contract.py)"

@@ -43,6 +43,8 @@ def test_success_runs_exactly_the_requested_image(compose_project):
     assert (result["old_image"], result["old_image_id"]) == (image("healthy", "v1"), old_id)
     assert (result["new_image"], result["new_image_id"]) == (image("healthy", "v2"), container["Image"])
     assert deploy.steps == STEPS_OK
+    # Progress (api/contract.py) announced each step that ran, from the module's results; never a rollback.
+    assert deploy.announced == STEPS_OK
     assert all(step["success"] for step in result["steps"])
     # The replaced image stays, protected by a history tag, for a rollback; the running image is the newest entry.
     history = project.history("app")
@@ -79,6 +81,7 @@ def test_failed_start_or_health_rolls_back_to_captured_image(compose_project, br
     assert result["error"].startswith(error)
     assert log_line in result["logs"]
     assert deploy.steps == ["capture_state", "pull_image", "compose_up", "health_check", "rollback"]
+    assert deploy.announced == deploy.steps, "the rollback is announced because the failed result named it next"
     assert [step["success"] for step in result["steps"]] == [True, True, True, False, True]
     # The operator's compose file names the previous image, so no pin is left behind.
     assert "app" not in project.pin_file.read_text()
@@ -158,6 +161,7 @@ def test_second_run_with_same_image_changes_nothing(compose_project):
     assert second.changed == 0
     assert second.result["changed"] is False
     assert fingerprint(project.container("app")) == fingerprint(before)
+    assert second.announced == second.steps == STEPS_OK, "one round trip, each step announced once"
 
 
 def test_compose_file_is_never_rewritten_and_the_choice_survives(compose_project):

@@ -61,7 +61,7 @@ def test_rollback_goes_to_the_previous_image_and_a_second_one_goes_back_again(co
     assert (result["old_image"], result["old_image_id"]) == (f"{repo}:v3", ids["v3"])
     # The image's own name, not its history tag, and not pulled: the host has it.
     assert (result["new_image"], result["new_image_id"]) == (f"{repo}:v2", ids["v2"])
-    assert back.steps == STEPS_OK
+    assert back.steps == back.announced == STEPS_OK
     assert result["steps"][2]["detail"].startswith("Not pulled (on the host already)")
     # The image we left is now the newest previous one.
     assert history_ids(project) == [ids["v2"], ids["v3"]], "one tag per image, the one we left newest"

@@ -143,6 +143,10 @@ def leftover_processes(run_dir: Path) -> list[int]:
     return found
 
 
+# How often stop_leftover_run looks again for what is left of a run, within its grace: a poll, not a wait.
+LEFTOVER_POLL_SECONDS = 0.1
+
+
 def stop_leftover_run(run_dir: Path, grace: float = 10.0) -> int:
     """Wait up to `grace` seconds for what is left of a run to end, then kill it; how many processes were left.
 
@@ -152,7 +156,7 @@ def stop_leftover_run(run_dir: Path, grace: float = 10.0) -> int:
     deadline = time.monotonic() + grace
     left = leftover_processes(run_dir)
     while left and time.monotonic() < deadline:
-        time.sleep(0.1)
+        time.sleep(LEFTOVER_POLL_SECONDS)
         left = leftover_processes(run_dir)
     for pid in left:
         with contextlib.suppress(OSError):
@@ -179,6 +183,7 @@ def run_playbook(
     stats_key: str = contract.RESULT_KEY,
     action: str = "deploy",
     limit: tuple[str, ...] | None = None,
+    check: bool = False,
     on_step: Callable[[str, str], None] | None = None,
     on_steps: Callable[[str, list[dict[str, Any]]], None] | None = None,
 ) -> RunResult:
@@ -211,6 +216,8 @@ def run_playbook(
         quiet=True,
         event_handler=contract.StepProgress(action, on_step, on_steps).on_event,
         limit=",".join(limit) if limit else None,
+        # The API never deploys in check mode; an operator's dry run (ansible-playbook --check) does.
+        cmdline="--check" if check else None,
         cancel_callback=cancel.is_set,
     )
     runner.config.env = runner_environment(runner.config.env, os.environ)

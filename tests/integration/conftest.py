@@ -10,13 +10,10 @@ import threading
 import urllib.request
 import uuid
 from collections.abc import Iterator
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
-from unittest import mock
 
-import ansible_runner.interface
 import pytest
 import yaml
 
@@ -45,12 +42,6 @@ def fingerprint(container: dict[str, Any]) -> tuple[str, str, str]:
 
 def image_exists(reference: str) -> bool:
     return bool(docker("image", "inspect", "--format", "{{.Id}}", reference, check=False))
-
-
-def init_runner_in_check_mode(**kwargs: Any) -> Any:
-    """ansible-runner's init_runner with `--check`, in place of api.runner's: the API never runs a playbook in check
-    mode, an operator does (`ansible-playbook --check`), and so do these tests, through the runner function."""
-    return ansible_runner.interface.init_runner(**kwargs, cmdline="--check")
 
 
 @dataclass(frozen=True)
@@ -151,20 +142,20 @@ class ComposeProject:
             extravars["image"] = image
         run_id = f"{playbook.stem}-{uuid.uuid4().hex[:8]}"
         announced: list[str] = []
-        with mock.patch.object(api.runner, "init_runner", init_runner_in_check_mode) if check else nullcontext():
-            run = api.runner.run_playbook(
-                run_id=run_id,
-                playbook=playbook,
-                extravars=extravars,
-                inventory=self.inventory,
-                state_dir=self.state_dir,
-                timeout=RUN_TIMEOUT,
-                keep_runs=KEEP_RUNS,
-                cancel=threading.Event(),
-                limit=(limit,) if limit else None,
-                action="rollback" if playbook == ROLLBACK_PLAYBOOK else "deploy",
-                on_step=lambda step, _words: announced.append(step),
-            )
+        run = api.runner.run_playbook(
+            run_id=run_id,
+            playbook=playbook,
+            extravars=extravars,
+            inventory=self.inventory,
+            state_dir=self.state_dir,
+            timeout=RUN_TIMEOUT,
+            keep_runs=KEEP_RUNS,
+            cancel=threading.Event(),
+            limit=(limit,) if limit else None,
+            action="rollback" if playbook == ROLLBACK_PLAYBOOK else "deploy",
+            check=check,
+            on_step=lambda step, _words: announced.append(step),
+        )
         artifacts = self.state_dir / "runs" / run_id / "artifacts" / run_id
         events = [json.loads(path.read_text()) for path in (artifacts / "job_events").glob("*.json")]
         (stats,) = [event["event_data"] for event in events if event.get("event") == "playbook_on_stats"]

@@ -18,7 +18,7 @@ from module_utils.deploy_rules import ROUND_TRIPS, STEPS
 PLAYBOOKS = Path(__file__).resolve().parents[1] / "playbooks"
 DEPLOY_PLAYBOOK = PLAYBOOKS / "deploy.yml"
 # The siblings of the deploy playbook, by action (the status read is the crash recovery's).
-SIBLINGS = {"deploy": "deploy.yml", "rollback": "rollback.yml", "status": "status.yml"}
+SIBLINGS = {"deploy": "deploy.yml", "rollback": "rollback.yml", "remove": "remove.yml", "status": "status.yml"}
 
 # The extra vars a request becomes (runner.deploy_extravars), and the status read's.
 VAR_SERVICE = "service"
@@ -83,6 +83,9 @@ class StepRecord(BaseModel):
     container_id: str | None = Field(None, description="compose_up: the service's container, 12 characters")
     running: bool | None = Field(None, description="health_check: the container runs")
     rolled_back: bool | None = Field(None, description="rollback: the captured image runs again")
+    engine_wait: float | None = Field(
+        None, description="Seconds the step waited for the host's Docker engine to answer again (a daemon restart)"
+    )
     host: str | None = Field(None, description="The host, when the deploy reached more than one")
 
     @model_serializer(mode="wrap")

@@ -34,11 +34,17 @@ description:
     trip.
   - The first step that fails ends the run; RV(failed_step) says which.
   - Runs the C(docker) CLI, which honours C(DOCKER_HOST) from the environment.
+  - An engine that does not answer (its socket is gone or refuses, or a command's stream was cut, as in a daemon
+    restart) is a pause, not a verdict - the command runs again once the engine answers, at most O(engine_wait)
+    seconds later; a step that waited says so in its record (C(engine_wait)), and C(health_check) does not count the
+    wait against O(health_timeout).
 options:
   action:
-    description: What the steps are part of; a rollback chooses its image, and its round trips differ.
+    description: >-
+      What the steps are part of; a rollback chooses its image, and its round trips differ. C(remove) (the API's
+      reconciliation) reads without writing history, and its C(rollback) takes the service's container away.
     type: str
-    choices: [deploy, rollback]
+    choices: [deploy, rollback, remove]
     default: deploy
   steps:
     description: The steps to run; they run in the deploy's order whatever the order given.
@@ -122,6 +128,11 @@ options:
     description: Seconds the old container gets to stop.
     type: int
     default: 10
+  engine_wait:
+    description: Seconds a step waits for the Docker engine to answer again, each time it stops answering; past them
+      the step fails and names the engine.
+    type: int
+    default: 60
 attributes:
   check_mode:
     support: full
@@ -206,7 +217,7 @@ from ansible.module_utils.deploy_docker import Docker
 from ansible.module_utils.deploy_steps import MODULE_STEPS, run_steps
 
 ARGUMENT_SPEC = {
-    "action": {"type": "str", "choices": ["deploy", "rollback"], "default": "deploy"},
+    "action": {"type": "str", "choices": ["deploy", "rollback", "remove"], "default": "deploy"},
     "steps": {"type": "list", "elements": "str", "choices": list(MODULE_STEPS), "required": True},
     "project_dir": {"type": "str", "required": True},
     "compose_file": {"type": "str", "default": ""},
@@ -227,12 +238,14 @@ ARGUMENT_SPEC = {
     "health_log_lines": {"type": "int", "default": 50},
     "keep_images": {"type": "int", "default": 1},
     "stop_timeout": {"type": "int", "default": 10},
+    "engine_wait": {"type": "int", "default": 60},
 }
 
 
 def main() -> None:
     module = AnsibleModule(argument_spec=ARGUMENT_SPEC, supports_check_mode=True)
-    result = run_steps(Docker(module), module.params, module.check_mode)
+    docker = Docker(module, engine_wait=module.params["engine_wait"])
+    result = run_steps(docker, module.params, module.check_mode)
     if "failed_step" in result:
         module.fail_json(**result)
     module.exit_json(**result)

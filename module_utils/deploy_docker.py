@@ -8,8 +8,11 @@ The Docker work of a step is a function that takes a `Docker` and plain values, 
 from __future__ import annotations
 
 import json
+import os
 import re
-from collections.abc import Sequence
+import subprocess
+import time
+from collections.abc import Callable, Sequence
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -33,6 +36,18 @@ ANSI_ESCAPE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b
 # A logrus line, as compose writes its warnings and errors: time="..." level=warning msg="...".
 LOGRUS_LINE = re.compile(r'^time="[^"]*" level=(?P<level>\w+) msg="(?P<msg>(?:[^"\\]|\\.)*)"')
 CAUSE_LIMIT = 300
+# What the docker CLI and compose say when the engine does not answer, or stopped answering in the middle of a command
+# (a daemon restart): its socket is gone or refuses, or the stream was cut. A command that fails with one of these is
+# run again once the engine answers; any other failure is the command's own.
+ENGINE_LOST = re.compile(
+    r"Cannot connect to the Docker daemon|Is the docker daemon running|error during connect|"
+    r"dial unix \S+: connect: (?:no such file or directory|connection refused)|connection reset by peer|"
+    r"broken pipe|unexpected EOF|\bEOF$|context canceled|daemon is shutting down",
+    re.IGNORECASE | re.MULTILINE,
+)
+# How often a waiting step asks the engine whether it answers again, and how long one question may take.
+ENGINE_POLL_SECONDS = 0.5
+ENGINE_PING_TIMEOUT = 5
 
 
 def logrus_record(line: str) -> tuple[str, str]:
@@ -87,10 +102,21 @@ def cli_time(text: str) -> int:
 
 
 class Docker:
-    """The docker CLI, run through an AnsibleModule's run_command: argument lists, never a shell."""
+    """The docker CLI, run through an AnsibleModule's run_command: argument lists, never a shell.
 
-    def __init__(self, module: AnsibleModule) -> None:
+    An engine that does not answer is a pause, not a verdict: a command that fails because the engine is unreachable
+    (ENGINE_LOST, and a ping that fails) waits until the engine answers again, at most `engine_wait` seconds per
+    outage, then runs again; past the bound it raises a StepError that names the engine. `waited` adds up the seconds
+    spent waiting, so that a step can leave them out of its own time limits and say in its record that it waited.
+    """
+
+    def __init__(
+        self, module: AnsibleModule, engine_wait: float = 60, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.module = module
+        self.engine_wait = engine_wait
+        self.clock = clock
+        self.waited = 0.0
         self._binary = ""
 
     @property
@@ -103,14 +129,63 @@ class Docker:
                 raise StepError(str(error)) from None
         return self._binary
 
+    @property
+    def engine(self) -> str:
+        """The engine the CLI talks to, as a person would name it."""
+        return os.environ.get("DOCKER_HOST") or "unix:///var/run/docker.sock"
+
     def run(self, *args: str, cwd: str | None = None) -> tuple[int, str, str]:
-        result: tuple[int, str, str] = self.module.run_command([self.binary, *args], cwd=cwd)
-        return result
+        return self.run_argv([self.binary, *args], cwd=cwd)
 
     def run_argv(self, argv: list[str], cwd: str | None = None) -> tuple[int, str, str]:
-        """A command whose first word is the binary already (compose_service builds and reports whole commands)."""
-        result: tuple[int, str, str] = self.module.run_command(argv, cwd=cwd)
-        return result
+        """A command whose first word is the binary already (compose_service builds and reports whole commands).
+
+        Every command we run is declarative (inspect, pull, tag, compose up...), so one that failed because the
+        engine did not answer is run again once it answers; when the engine answers at once (it came back between
+        the failure and the ping), the command runs again once more, and its second failure is its own.
+        """
+        again_at_once = True
+        while True:
+            rc, stdout, stderr = self.module.run_command(argv, cwd=cwd)
+            if rc == 0 or not ENGINE_LOST.search(stderr):
+                return rc, stdout, stderr
+            if not self.wait_for_engine(cli_cause(stderr, rc)):
+                if not again_at_once:
+                    return rc, stdout, stderr
+                again_at_once = False
+
+    def engine_answers(self) -> bool:
+        """Whether the engine answers now: `docker version` reaches the server, within ENGINE_PING_TIMEOUT."""
+        try:
+            ping = subprocess.run(
+                [self.binary, "version", "--format", "{{.Server.Version}}"],
+                capture_output=True,
+                text=True,
+                timeout=ENGINE_PING_TIMEOUT,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired):
+            return False
+        return ping.returncode == 0 and bool(ping.stdout.strip())
+
+    def wait_for_engine(self, cause: str) -> bool:
+        """Wait until the engine answers, at most `engine_wait` seconds; whether it had to wait (False: it answered
+        at once). Past the bound, a StepError that says which engine did not answer, for how long, and why."""
+        began = self.clock()
+        if self.engine_answers():
+            return False
+        deadline = began + self.engine_wait
+        while not self.engine_answers():
+            if self.clock() >= deadline:
+                waited = self.clock() - began
+                self.waited += waited
+                raise StepError(
+                    f"The Docker engine at {self.engine} did not answer within {waited:.0f} s: {cause}",
+                    engine_unreachable=True,
+                )
+            time.sleep(ENGINE_POLL_SECONDS)
+        self.waited += self.clock() - began
+        return True
 
     def output(self, *args: str, what: str = "") -> str:
         """The command's stdout; a non-zero exit fails the step with `<what> failed: <cause>` (by default, what is

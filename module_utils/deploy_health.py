@@ -180,17 +180,33 @@ def container_health(
     container that is not healthy, else empty). An unhealthy container is a verdict, not an error: the caller fails
     with its detail.
     """
-    deadline = time.monotonic() + timeout
+    # Time spent waiting for the engine (Docker.waited) is not the container's: the deadline moves by as much.
+    waited_before = docker.waited
+    began = time.monotonic()
+
+    def past_deadline() -> bool:
+        return time.monotonic() >= began + timeout + (docker.waited - waited_before)
+
     start = poll = inspect_container(docker, container)
-    while start is not None and not settled(start, poll, settle) and time.monotonic() < deadline:
+    while start is not None and not settled(start, poll, settle) and not past_deadline():
         time.sleep(POLL_SECONDS)
+        waited = docker.waited
         poll = inspect_container(docker, container)
+        if docker.waited > waited and poll is not None:
+            # The engine was away: a restart policy may have started the container again, which is not a crash.
+            start = poll
     verdict = judge(container, start, poll, settle, timeout)
+    engine_away = docker.waited - waited_before
+    if engine_away and not verdict["healthy"] and verdict["status"] in ("exited", "dead", "missing"):
+        verdict["detail"] = (
+            f"The Docker engine did not answer for {engine_away:.0f} s during the check, and the container did not "
+            f"run again after it came back: {verdict['detail'][0].lower()}{verdict['detail'][1:]}"
+        )
 
     if url and verdict["healthy"] and not check_mode:
         while True:
             status, message = probe(url, min(timeout, 5))
-            if status in OK_STATUS or time.monotonic() >= deadline:
+            if status in OK_STATUS or past_deadline():
                 break
             time.sleep(interval)
         if status not in OK_STATUS:

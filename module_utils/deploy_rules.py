@@ -13,6 +13,10 @@ import re
 from typing import Any
 
 ACTIONS = ("deploy", "rollback")
+# Not a request's: the API's reconciliation takes away the container a first deploy half-started, when the deploy could
+# not do it itself (the engine did not answer, the run was killed). Its one round trip reads (no history is written)
+# and removes.
+REMOVE = "remove"
 # The steps, in the order they run. `rollback` runs only after a failure that changed the host (ROLLBACK_AFTER).
 STEPS = ("capture_state", "choose_image", "pull_image", "compose_up", "health_check", "cleanup", "rollback")
 # The module round trips of a deploy and a rollback: each costs about 0.25 s of Ansible, so the steps that need no
@@ -22,6 +26,7 @@ STEPS = ("capture_state", "choose_image", "pull_image", "compose_up", "health_ch
 ROUND_TRIPS = {
     "deploy": (("capture_state", "pull_image"), ("compose_up",), ("health_check", "cleanup")),
     "rollback": (("capture_state", "choose_image", "pull_image"), ("compose_up",), ("health_check", "cleanup")),
+    REMOVE: (("capture_state", "rollback"),),
 }
 # A failure in these left the host changed: the captured image is brought back. (A cleanup that fails after a
 # healthy start too: the deploy is reported failed, and the host must not run what a failed deploy brought.)
@@ -69,7 +74,7 @@ def refusal(action: object, service: object, services: object, image: str) -> st
     `services` is the host's deploy_services; `image` the requested image, empty for the compose file's.
     """
     entries = services if isinstance(services, dict) else {}
-    if action not in ACTIONS:
+    if action not in (*ACTIONS, REMOVE):
         return f"Action {action!r} is neither deploy nor rollback"
     if not isinstance(service, str) or service not in entries:
         named = service if isinstance(service, str) else ""
@@ -136,7 +141,7 @@ def ranked_names(repo_tags: list[str], history_prefix: str, file_image: str) -> 
 
 
 def noun(action: str) -> str:
-    return "Rollback" if action == "rollback" else "Deployment"
+    return {"rollback": "Rollback", REMOVE: "Removal"}.get(action, "Deployment")
 
 
 def outcome_message(outcome: str, action: str) -> str:
@@ -157,6 +162,8 @@ def outcome_message(outcome: str, action: str) -> str:
 
 def outcome_of(state: dict[str, Any]) -> str:
     rollback = state.get("rollback")
+    if rollback is not None and state.get("removed"):
+        return "succeeded" if rollback["success"] else "failed"
     if rollback is not None:
         if rollback["rolled_back"]:
             return "rolled_back"

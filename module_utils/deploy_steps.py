@@ -21,7 +21,7 @@ from ansible.module_utils.deploy_docker import Docker, StepError
 from ansible.module_utils.deploy_health import HealthResult, Verdict, container_health
 from ansible.module_utils.deploy_history import Capture, CaptureResult, CleanupResult, capture_state, cleanup
 from ansible.module_utils.deploy_image import inspect, pull_image, rollback_image
-from ansible.module_utils.deploy_rules import ROUND_TRIPS, STEPS, next_steps, ranked_names
+from ansible.module_utils.deploy_rules import REMOVE, ROUND_TRIPS, STEPS, next_steps, ranked_names
 
 # The module's steps: the deploy's, and `status`, which only reads what the service runs.
 MODULE_STEPS = (*STEPS, "status")
@@ -34,6 +34,10 @@ UP_KEYS = ("container_id",)
 SKIPPED = "Skipped in check mode"
 # What finish_unchanged adds when the steps end with pull_image and the service runs the pulled image already.
 FINISH = ("compose_up", "health_check", "cleanup")
+# How often the rollback puts the captured image back when the engine went away during an attempt.
+RESTORE_ATTEMPTS = 3
+# A wait shorter than this (the engine was back at the first ping) is not worth a word in the record.
+ENGINE_WAIT_SHOWN = 0.5
 NO_PREVIOUS_CONTAINER = "Nothing to roll back to (no previous container); the half-started container was removed"
 
 
@@ -91,6 +95,7 @@ class StepRecord(_StepRecordKeys, total=False):
     container_id: str
     running: bool
     rolled_back: bool
+    engine_wait: float
 
 
 def lacking(given: dict[str, Any], keys: tuple[str, ...]) -> list[str]:
@@ -309,7 +314,8 @@ def run_steps(
         )
 
     def capture_step() -> StepRecord:
-        done = read_capture(check_mode)
+        # A removal keeps no history: the image it takes away never passed its health check.
+        done = read_capture(check_mode or action == REMOVE)
         state["capture"] = done["capture"]
         result["changed"] |= done["changed"]
         return capture_record(done["capture"])
@@ -385,51 +391,80 @@ def run_steps(
         return cleanup_record(done)
 
     def restore(capture: Capture) -> Rollback:
-        """Bring back the captured image and check it; the rollback's outcome (never raises a step's error)."""
-        if not capture["container_id"]:
-            done = compose(image="", state="absent")
-            result["changed"] |= done["changed"]
-            return {"success": True, "rolled_back": False, "image": "", "image_id": "", "detail": NO_PREVIOUS_CONTAINER}
+        """Bring back the captured image and check it; the rollback's outcome (never raises a step's error).
+
+        When the engine went away during an attempt (a daemon restart takes the restored container down with it when
+        it has no restart policy), the captured image is put back again once the engine answers, up to
+        RESTORE_ATTEMPTS times: the service must not stay stopped because the engine restarted while we rolled back.
+        """
         image, image_id = capture["image"], capture["image_id"]
         # A reference that is an ID or a digest cannot be tagged; the history tag then names the image.
         retaggable = bool(image) and "@" not in image and not image.startswith("sha256:")
-        restored = image if retaggable or "@" in image else capture["history_ref"]
-        try:
+        restored = image if retaggable or "@" in image else capture.get("history_ref", "")
+
+        def put_back() -> Verdict | dict[str, str]:
+            if not capture["container_id"]:
+                result["changed"] |= compose(image="", state="absent")["changed"]
+                return {"detail": NO_PREVIOUS_CONTAINER}
             if retaggable:
                 result["changed"] |= rollback_image(docker, image_id, image, "", check_mode)["changed"]
             up = compose(image=restored, state="present")
             result["changed"] |= up["changed"]
-            verdict: Verdict | dict[str, str] = {"detail": SKIPPED}
-            if not check_mode:
-                checked = health(up["container_id"])
-                verdict = checked["verdict"]
-                if not verdict["healthy"]:
-                    state["logs"] = result["logs"] = checked["logs"]
-                    raise StepError(verdict["detail"])
-                runs = rollback_image(docker, image_id, "", up["container_id"], check_mode)["container_image_id"]
-                if runs != image_id:
-                    raise StepError(
-                        f"the restored container runs {runs[7:19] or 'no image'}, not the captured {image_id[7:19]}"
-                    )
-            if params["stopped_at"] and not check_mode:
-                # The image that runs again becomes the newest of the service's history again.
-                cleanup(
-                    docker,
-                    repository=capture["history_repository"],
-                    current_image_id=image_id,
-                    previous_image_id=(state.get("pull") or {}).get("image_id", ""),
-                    keep_images=params["keep_images"],
-                    stamp=later_stamp(params["stamp"], clock() - started),
-                    check_mode=check_mode,
+            if check_mode:
+                return {"detail": SKIPPED}
+            checked = health(up["container_id"])
+            if not checked["verdict"]["healthy"]:
+                state["logs"] = result["logs"] = checked["logs"]
+                raise StepError(checked["verdict"]["detail"])
+            runs = rollback_image(docker, image_id, "", up["container_id"], check_mode)["container_image_id"]
+            if runs != image_id:
+                raise StepError(
+                    f"the restored container runs {runs[7:19] or 'no image'}, not the captured {image_id[7:19]}"
                 )
-        except StepError as error:
-            detail = f"Rollback to {restored} failed: {error.msg}"
-            return {"success": False, "rolled_back": False, "image": restored, "image_id": image_id, "detail": detail}
+            return checked["verdict"]
+
+        for attempt in range(1, RESTORE_ATTEMPTS + 1):
+            waited = docker.waited
+            try:
+                verdict = put_back()
+                if params["stopped_at"] and capture["container_id"] and not check_mode:
+                    # The image that runs again becomes the newest of the service's history again.
+                    cleanup(
+                        docker,
+                        repository=capture["history_repository"],
+                        current_image_id=image_id,
+                        previous_image_id=(state.get("pull") or {}).get("image_id", ""),
+                        keep_images=params["keep_images"],
+                        stamp=later_stamp(params["stamp"], clock() - started),
+                        check_mode=check_mode,
+                    )
+                break
+            except StepError as error:
+                engine_came_back = docker.waited > waited and not error.extra.get("engine_unreachable")
+                if engine_came_back and attempt < RESTORE_ATTEMPTS:
+                    continue
+                what = f"Rollback to {restored}" if capture["container_id"] else "Removing the half-started container"
+                detail = f"{what} failed: {error.msg}"
+                return {
+                    "success": False,
+                    "rolled_back": False,
+                    "image": restored,
+                    "image_id": image_id,
+                    "detail": detail,
+                }
+        if not capture["container_id"]:
+            return {"success": True, "rolled_back": False, "image": "", "image_id": "", "detail": verdict["detail"]}
         detail = f"Rolled back to {restored} ({image_id[7:19]}): {verdict['detail']}"
         return {"success": True, "rolled_back": True, "image": restored, "image_id": image_id, "detail": detail}
 
     def rollback_step() -> StepRecord:
-        rollback = restore(state["capture"])
+        if action == REMOVE:
+            state["removed"] = True
+        capture: Capture = state["capture"]
+        if action == REMOVE:
+            # A removal restores what a first deploy had before it: no container.
+            capture = {**capture, "container_id": ""}
+        rollback = restore(capture)
         if params["stopped_at"]:
             rollback["detail"] = f"Rollout stopped at {params['stopped_at']}: {rollback['detail']}"
             state.update(
@@ -464,7 +499,7 @@ def run_steps(
 
     def run(step: str) -> dict[str, Any] | None:
         """Run one step and keep its record; what failed, or None."""
-        began = clock()
+        began, waited = clock(), docker.waited
         failed: dict[str, Any] | None = None
         try:
             record = work[step]()
@@ -477,18 +512,24 @@ def run_steps(
             # Not a failure the step knows: its words, and the traceback for -vvv, keeping the result's keys.
             failed = {"msg": str(error) or type(error).__name__, "exception": traceback.format_exc()}
         result["timings"][step] = round(clock() - began, 3)
+        engine_wait = docker.waited - waited
         if failed:
             state["steps"].append(failure_record(step, failed["msg"]))
             state.update(failed_step=step, error=failed["msg"])
         # How long the step took on the host, in its record: what a person reading the deploy sees.
         if step != "status" or failed:
-            state["steps"][-1]["seconds"] = result["timings"][step]
+            record = state["steps"][-1]
+            record["seconds"] = result["timings"][step]
+            if engine_wait >= ENGINE_WAIT_SHOWN:
+                record["engine_wait"] = round(engine_wait, 1)
+                if not (failed or {}).get("engine_unreachable"):
+                    record["detail"] += f" (after waiting {engine_wait:.0f} s for the Docker engine)"
         return {**failed, "failed_step": step} if failed else None
 
     def finish(failed: dict[str, Any] | None = None) -> dict[str, Any]:
         result["next_steps"] = [] if "status" in result["timings"] else next_steps(state, action)
-        # The deploy's last step is done: the playbook needs no further round trip.
-        result["finished"] = not failed and "cleanup" in {record["step"] for record in state["steps"]}
+        # The action's last step is done: the playbook needs no further round trip.
+        result["finished"] = not failed and "status" not in result["timings"] and not next_steps(state, action)
         return {**result, **failed} if failed else result
 
     try:

@@ -90,7 +90,11 @@ def test_the_steps_are_the_modules_and_every_round_trip_runs_in_the_module_the_c
     assert set(contract.StepRecord.model_fields["step"].annotation.__args__) == set(deploy_rules.STEPS)
     engine = [task for task in role_tasks() if contract.ENGINE_MODULE in task]
     assert len(engine) == 6, "three round trips, the rollback, the undo of a rollout, the status read"
+    # A removal (the API's reconciliation of a first deploy) reads, then takes the container away.
+    assert deploy_rules.ROUND_TRIPS[deploy_rules.REMOVE] == (("capture_state", "rollback"),)
     for action, trips in deploy_rules.ROUND_TRIPS.items():
+        if action == deploy_rules.REMOVE:
+            continue
         assert [step for trip in trips for step in trip] == [
             step
             for step in deploy_rules.STEPS

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.util
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from ansible.module_utils import deploy_steps as steps
@@ -19,6 +20,8 @@ OLD_ID = "sha256:" + "0123456789ab" + "f" * 52
 NEW_ID = "sha256:" + "ba9876543210" + "e" * 52
 CONTAINER = "c0ffee123456" + "d" * 52
 STAMP = "20260301T120000999999"
+# The steps' work is patched out: the docker they get only says it never waited for the engine.
+ENGINE = SimpleNamespace(waited=0.0)
 
 
 def module_spec() -> dict:
@@ -295,7 +298,7 @@ def records(result: dict) -> list[str]:
 def test_a_deploy_runs_every_step_with_what_the_earlier_steps_found(monkeypatch):
     fake = Steps(monkeypatch, a_capture())
 
-    result = steps.run_steps(object(), params(image="web:v2", keep_images=2), check_mode=False, clock=ticking())
+    result = steps.run_steps(ENGINE, params(image="web:v2", keep_images=2), check_mode=False, clock=ticking())
 
     assert "failed_step" not in result
     assert fake.last("pull_image") == {"name": "web:v2", "pull": True, "platform": "", "check_mode": False}
@@ -336,7 +339,7 @@ def test_a_deploy_runs_every_step_with_what_the_earlier_steps_found(monkeypatch)
 def test_without_an_image_the_compose_files_image_is_deployed(monkeypatch):
     fake = Steps(monkeypatch, a_capture())
 
-    result = steps.run_steps(object(), params(pull=False), check_mode=False)
+    result = steps.run_steps(ENGINE, params(pull=False), check_mode=False)
 
     assert fake.last("pull_image")["name"] == "web:v1"
     assert fake.last("compose_service")["image"] == "web:v1"
@@ -346,7 +349,7 @@ def test_without_an_image_the_compose_files_image_is_deployed(monkeypatch):
 def test_a_compose_yaml_gets_its_pin_file_beside_it(monkeypatch):
     fake = Steps(monkeypatch, {**a_capture(), "compose_file": "compose.yaml"})
 
-    steps.run_steps(object(), params(image="web:v2"), check_mode=False)
+    steps.run_steps(ENGINE, params(image="web:v2"), check_mode=False)
 
     assert fake.last("compose_service")["pin_file"] == "compose.deploy.yml"
 
@@ -354,7 +357,7 @@ def test_a_compose_yaml_gets_its_pin_file_beside_it(monkeypatch):
 def test_a_failed_health_check_ends_the_run_with_the_verdict_the_logs_and_a_rollback_to_come(monkeypatch):
     fake = Steps(monkeypatch, a_capture(), healthy=False)
 
-    result = steps.run_steps(object(), params(image="web:v2"), check_mode=False, clock=stopped)
+    result = steps.run_steps(ENGINE, params(image="web:v2"), check_mode=False, clock=stopped)
 
     assert result["failed_step"] == "health_check"
     assert result["msg"] == "Container is unhealthy: its HEALTHCHECK failed"
@@ -378,7 +381,7 @@ def test_a_failed_step_keeps_its_extra_keys_but_not_over_the_results_own_and_nee
 
     monkeypatch.setattr(steps, "pull_image", failing_pull)
 
-    result = steps.run_steps(object(), params(image="web:v9"), check_mode=False, clock=stopped)
+    result = steps.run_steps(ENGINE, params(image="web:v9"), check_mode=False, clock=stopped)
 
     assert result["failed_step"] == "pull_image"
     assert result["msg"] == "Pulling web:v9 failed: manifest unknown"
@@ -398,7 +401,7 @@ def test_an_unexpected_error_still_names_its_step(monkeypatch):
     Steps(monkeypatch, a_capture())
     monkeypatch.setattr(steps, "compose_service", lambda docker, **_: {}["container_id"])
 
-    result = steps.run_steps(object(), params(), check_mode=False)
+    result = steps.run_steps(ENGINE, params(), check_mode=False)
 
     assert result["failed_step"] == "compose_up"
     assert result["msg"] == "'container_id'"
@@ -408,7 +411,7 @@ def test_an_unexpected_error_still_names_its_step(monkeypatch):
 def test_check_mode_skips_the_health_check_and_the_cleanup(monkeypatch):
     fake = Steps(monkeypatch, a_capture(container_id=""))
 
-    result = steps.run_steps(object(), params(image="web:v2"), check_mode=True)
+    result = steps.run_steps(ENGINE, params(image="web:v2"), check_mode=True)
 
     assert "failed_step" not in result
     assert "container_health" not in fake.calls and "cleanup" not in fake.calls
@@ -425,28 +428,28 @@ def test_check_mode_skips_the_health_check_and_the_cleanup(monkeypatch):
 def test_refused_options_run_nothing(monkeypatch):
     fake = Steps(monkeypatch, a_capture())
 
-    refused = steps.run_steps(object(), params(steps=["capture_state", "health_check"]), check_mode=False)
-    bad_stamp = steps.run_steps(object(), params(stamp="now"), check_mode=False)
-    bad_action = steps.run_steps(object(), params(action="promote"), check_mode=False)
+    refused = steps.run_steps(ENGINE, params(steps=["capture_state", "health_check"]), check_mode=False)
+    bad_stamp = steps.run_steps(ENGINE, params(stamp="now"), check_mode=False)
+    bad_action = steps.run_steps(ENGINE, params(action="promote"), check_mode=False)
 
     assert fake.calls == {}
     assert refused["failed_step"] is None and refused["state"]["steps"] == []
     assert refused["msg"].startswith("Step health_check needs compose_up")
     assert bad_stamp["msg"].startswith("stamp must be")
-    assert bad_action["msg"] == "action must be one of deploy, rollback, not 'promote'"
+    assert bad_action["msg"] == "action must be one of deploy, rollback, remove, not 'promote'"
 
 
 def test_a_deploy_in_three_round_trips_passes_each_state_on_and_ends_with_every_record(monkeypatch):
     fake = Steps(monkeypatch, a_capture())
 
     prepare = steps.run_steps(
-        object(), params(steps=["capture_state", "pull_image"], image="web:v2"), False, clock=stopped
+        ENGINE, params(steps=["capture_state", "pull_image"], image="web:v2"), False, clock=stopped
     )
     start = steps.run_steps(
-        object(), params(steps=["compose_up"], state=prepare["state"], image="web:v2"), False, clock=stopped
+        ENGINE, params(steps=["compose_up"], state=prepare["state"], image="web:v2"), False, clock=stopped
     )
     check = steps.run_steps(
-        object(), params(steps=["health_check", "cleanup"], state=start["state"]), False, clock=stopped
+        ENGINE, params(steps=["health_check", "cleanup"], state=start["state"]), False, clock=stopped
     )
 
     assert not prepare["finished"] and not start["finished"] and check["finished"]
@@ -461,7 +464,7 @@ def test_a_deploy_in_three_round_trips_passes_each_state_on_and_ends_with_every_
     assert fake.last("cleanup")["previous_image_id"] == OLD_ID
     assert len(fake.calls["capture_state"]) == 1
     # The last state holds every record: those of one call running every step.
-    whole = steps.run_steps(object(), params(image="web:v2"), False, clock=stopped)
+    whole = steps.run_steps(ENGINE, params(image="web:v2"), False, clock=stopped)
     assert check["state"]["steps"] == whole["state"]["steps"]
     assert (check["state"]["capture"], check["state"]["pull"]) == (
         prepare["state"]["capture"],
@@ -476,7 +479,7 @@ def test_finish_unchanged_finishes_a_redeploy_that_changes_nothing_in_the_same_c
     fake = Steps(monkeypatch, a_capture(), pulled=unchanged)
     prepare = ["capture_state", "pull_image"]
 
-    result = steps.run_steps(object(), params(steps=prepare, finish_unchanged=True), check_mode=False)
+    result = steps.run_steps(ENGINE, params(steps=prepare, finish_unchanged=True), check_mode=False)
 
     assert result["finished"] and result["next_steps"] == []
     assert records(result) == list(DEPLOY)
@@ -484,7 +487,7 @@ def test_finish_unchanged_finishes_a_redeploy_that_changes_nothing_in_the_same_c
     assert result["state"]["up"] == {"container_id": "f" * 64, "changed": True}
 
     fake.calls.clear()
-    without = steps.run_steps(object(), params(steps=prepare), check_mode=False)
+    without = steps.run_steps(ENGINE, params(steps=prepare), check_mode=False)
     assert not without["finished"] and "compose_service" not in fake.calls
 
 
@@ -492,7 +495,7 @@ def test_finish_unchanged_stops_after_the_pull_when_there_is_something_to_change
     fake = Steps(monkeypatch, a_capture())  # a new image was pulled
     prepare = ["capture_state", "pull_image"]
 
-    result = steps.run_steps(object(), params(steps=prepare, finish_unchanged=True), check_mode=False)
+    result = steps.run_steps(ENGINE, params(steps=prepare, finish_unchanged=True), check_mode=False)
 
     assert not result["finished"] and "compose_service" not in fake.calls
     assert records(result) == prepare
@@ -518,7 +521,7 @@ def test_a_rollback_brings_back_the_newest_previous_image_under_its_own_name_wit
     fake = Steps(monkeypatch, running_new(), images={OLD_ID: V1}, pulled={"changed": False, "image_id": OLD_ID})
     first = ["capture_state", "choose_image", "pull_image"]
 
-    result = steps.run_steps(object(), params(action="rollback", steps=first), check_mode=False, clock=stopped)
+    result = steps.run_steps(ENGINE, params(action="rollback", steps=first), check_mode=False, clock=stopped)
 
     choice = result["state"]["steps"][1]
     assert choice == {
@@ -538,7 +541,7 @@ def test_a_rollback_to_an_image_the_host_lacks_pulls_it_and_one_without_a_previo
     Steps(monkeypatch, running_new())
     first = ["capture_state", "choose_image", "pull_image"]
 
-    asked = steps.run_steps(object(), params(action="rollback", steps=first, image="web:v0"), check_mode=False)
+    asked = steps.run_steps(ENGINE, params(action="rollback", steps=first, image="web:v0"), check_mode=False)
     assert asked["state"]["choice"] == {
         "image": "web:v0",
         "image_id": "",
@@ -547,10 +550,10 @@ def test_a_rollback_to_an_image_the_host_lacks_pulls_it_and_one_without_a_previo
     }
 
     Steps(monkeypatch, {**running_new(), "history": a_history()[:1]})
-    nothing = steps.run_steps(object(), params(action="rollback", steps=first), check_mode=False)
+    nothing = steps.run_steps(ENGINE, params(action="rollback", steps=first), check_mode=False)
     assert nothing["failed_step"] == "choose_image"
     assert nothing["msg"] == "No previous image of web is kept on the host"
-    named = steps.run_steps(object(), params(action="rollback", steps=first, host="web1"), check_mode=False)
+    named = steps.run_steps(ENGINE, params(action="rollback", steps=first, host="web1"), check_mode=False)
     assert named["msg"] == "No previous image of web is kept on web1"
     assert nothing["next_steps"] == []
 
@@ -572,7 +575,7 @@ def failed_state() -> dict:
 def test_the_rollback_points_the_captured_reference_back_starts_it_checks_it_and_its_image_id(monkeypatch):
     fake = Steps(monkeypatch, a_capture())
 
-    result = steps.run_steps(object(), params(steps=["rollback"], state=failed_state()), check_mode=False)
+    result = steps.run_steps(ENGINE, params(steps=["rollback"], state=failed_state()), check_mode=False)
 
     assert "failed_step" not in result, "a rollback's outcome is its record, not a failed module"
     assert fake.calls["rollback_image"][0] == {0: OLD_ID, 1: "web:v1", 2: "", 3: False}
@@ -592,14 +595,14 @@ def test_the_rollback_points_the_captured_reference_back_starts_it_checks_it_and
 
 def test_a_rollback_whose_container_is_not_healthy_or_runs_another_image_failed(monkeypatch):
     Steps(monkeypatch, a_capture(), healthy=False)
-    unhealthy = steps.run_steps(object(), params(steps=["rollback"], state=failed_state()), check_mode=False)
+    unhealthy = steps.run_steps(ENGINE, params(steps=["rollback"], state=failed_state()), check_mode=False)
     assert unhealthy["state"]["rollback"]["detail"] == (
         "Rollback to web:v1 failed: Container is unhealthy: its HEALTHCHECK failed"
     )
     assert not unhealthy["state"]["rollback"]["success"] and unhealthy["logs"] == "fatal: no database"
 
     Steps(monkeypatch, a_capture(), runs=NEW_ID)
-    other = steps.run_steps(object(), params(steps=["rollback"], state=failed_state()), check_mode=False)
+    other = steps.run_steps(ENGINE, params(steps=["rollback"], state=failed_state()), check_mode=False)
     assert other["state"]["rollback"]["detail"] == (
         "Rollback to web:v1 failed: the restored container runs ba9876543210, not the captured 0123456789ab"
     )
@@ -610,14 +613,14 @@ def test_a_first_deploy_that_failed_has_its_container_removed_and_an_image_id_re
 ):
     fake = Steps(monkeypatch, a_capture(container_id=""))
     first = {**failed_state(), "capture": a_capture(container_id="")}
-    result = steps.run_steps(object(), params(steps=["rollback"], state=first), check_mode=False)
+    result = steps.run_steps(ENGINE, params(steps=["rollback"], state=first), check_mode=False)
     assert fake.last("compose_service")["state"] == "absent"
     assert result["state"]["rollback"]["detail"] == steps.NO_PREVIOUS_CONTAINER
     assert "rollback_image" not in fake.calls
 
     fake = Steps(monkeypatch, a_capture())
     by_id = {**failed_state(), "capture": {**a_capture(), "image": OLD_ID}}
-    result = steps.run_steps(object(), params(steps=["rollback"], state=by_id), check_mode=False)
+    result = steps.run_steps(ENGINE, params(steps=["rollback"], state=by_id), check_mode=False)
     assert fake.last("compose_service")["image"] == a_capture()["history_ref"]
     assert len(fake.calls["rollback_image"]) == 1, "an ID cannot be tagged: only the container is read"
 
@@ -626,7 +629,7 @@ def test_a_host_undone_because_the_rollout_stopped_elsewhere_makes_its_image_the
     fake = Steps(monkeypatch, a_capture())
     succeeded = {**failed_state(), "steps": [], "failed_step": None, "error": None}
 
-    result = steps.run_steps(object(), params(steps=["rollback"], state=succeeded, stopped_at="web2"), check_mode=False)
+    result = steps.run_steps(ENGINE, params(steps=["rollback"], state=succeeded, stopped_at="web2"), check_mode=False)
 
     assert fake.last("cleanup")["current_image_id"] == OLD_ID
     assert fake.last("cleanup")["previous_image_id"] == NEW_ID
@@ -641,7 +644,7 @@ def test_a_host_undone_because_the_rollout_stopped_elsewhere_makes_its_image_the
 def test_the_status_says_what_runs_and_changes_nothing(monkeypatch):
     fake = Steps(monkeypatch, a_capture())
 
-    result = steps.run_steps(object(), params(steps=["status"]), check_mode=False)
+    result = steps.run_steps(ENGINE, params(steps=["status"]), check_mode=False)
 
     assert fake.last("capture_state")["check_mode"] is True
     assert result["status"] == {

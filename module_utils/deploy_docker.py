@@ -37,12 +37,13 @@ ANSI_ESCAPE = re.compile(r"\x1b(?:\[[0-?]*[ -/]*[@-~]|\][^\x07\x1b]*(?:\x07|\x1b
 LOGRUS_LINE = re.compile(r'^time="[^"]*" level=(?P<level>\w+) msg="(?P<msg>(?:[^"\\]|\\.)*)"')
 CAUSE_LIMIT = 300
 # What the docker CLI and compose say when the engine does not answer, or stopped answering in the middle of a command
-# (a daemon restart): its socket is gone or refuses, or the stream was cut. A command that fails with one of these is
-# run again once the engine answers; any other failure is the command's own.
+# (a daemon restart): its socket is gone or refuses, the stream was cut, or the daemon lost its containerd as it shut
+# down ("transport is closing"). A command that fails with one of these is run again once the engine answers; any
+# other failure is the command's own.
 ENGINE_LOST = re.compile(
     r"Cannot connect to the Docker daemon|Is the docker daemon running|error during connect|"
     r"dial unix \S+: connect: (?:no such file or directory|connection refused)|connection reset by peer|"
-    r"broken pipe|unexpected EOF|\bEOF$|context canceled|daemon is shutting down",
+    r"broken pipe|unexpected EOF|\bEOF$|context canceled|daemon is shutting down|transport is closing",
     re.IGNORECASE | re.MULTILINE,
 )
 # How often a waiting step asks the engine whether it answers again, and how long one question may take.

@@ -173,12 +173,14 @@ def container_health(
     interval: int,
     log_lines: int,
     check_mode: bool,
+    earlier_outage: float = 0.0,
 ) -> HealthResult:
     """Poll the container until its verdict is known, then probe `url` (not under check mode).
 
     Returns `changed` (never), `verdict` (`healthy`, `status`, `detail`) and `logs` (the last `log_lines` lines of a
     container that is not healthy, else empty). An unhealthy container is a verdict, not an error: the caller fails
-    with its detail.
+    with its detail. `earlier_outage` is how long the engine did not answer earlier in the deploy: a container that is
+    down after an outage, during the check or before it, is said to have gone down with the engine.
     """
     # Time spent waiting for the engine (Docker.waited) is not the container's: the deadline moves by as much.
     waited_before = docker.waited
@@ -196,10 +198,10 @@ def container_health(
             # The engine was away: a restart policy may have started the container again, which is not a crash.
             start = poll
     verdict = judge(container, start, poll, settle, timeout)
-    engine_away = docker.waited - waited_before
+    engine_away = docker.waited - waited_before + earlier_outage
     if engine_away and not verdict["healthy"] and verdict["status"] in ("exited", "dead", "missing"):
         verdict["detail"] = (
-            f"The Docker engine did not answer for {engine_away:.0f} s during the check, and the container did not "
+            f"The Docker engine did not answer for {engine_away:.0f} s during the deploy, and the container did not "
             f"run again after it came back: {verdict['detail'][0].lower()}{verdict['detail'][1:]}"
         )
 

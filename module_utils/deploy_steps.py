@@ -300,6 +300,7 @@ def run_steps(
             interval=params["health_interval"],
             log_lines=params["health_log_lines"],
             check_mode=check_mode,
+            earlier_outage=state.get("engine_waited", 0.0),
         )
 
     def read_capture(read_only: bool) -> CaptureResult:
@@ -522,6 +523,8 @@ def run_steps(
             record["seconds"] = result["timings"][step]
             if engine_wait >= ENGINE_WAIT_SHOWN:
                 record["engine_wait"] = round(engine_wait, 1)
+                # The deploy's whole time without the engine, across round trips: what a later step may need to know.
+                state["engine_waited"] = round(state.get("engine_waited", 0.0) + engine_wait, 1)
                 if not (failed or {}).get("engine_unreachable"):
                     record["detail"] += f" (after waiting {engine_wait:.0f} s for the Docker engine)"
         return {**failed, "failed_step": step} if failed else None

@@ -55,6 +55,7 @@ def engine(monkeypatch: pytest.MonkeyPatch) -> Iterator[tuple[Clock, list[bool]]
         'error during connect: Get "http://%2Frun%2Fh1.sock/v1.47/containers/json": EOF',
         "unexpected EOF",
         "Error response from daemon: context canceled",
+        "Error response from daemon: transport is closing: unavailable",
         "dial unix /run/deploytest-h1.sock: connect: no such file or directory",
     ],
 )

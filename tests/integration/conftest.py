@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 import yaml
+from xdist.scheduler import LoadScopeScheduling
 
 import api.runner
 from tests.support.dockercli import REGISTRY, compose_down, container_of, docker, image_id
@@ -28,6 +29,43 @@ RUN_TIMEOUT = 900
 KEEP_RUNS = 1000
 # A history tag: `<stamp>-<short image id>`, or the older `<short image id>` alone.
 HISTORY_TAG = re.compile(r"(?:(?P<stamp>[0-9]{8}T[0-9]{12})-)?(?P<short_id>[0-9a-f]{12})")
+
+
+# The modules whose tests use the rig's extra engines h1-h3 and its sshd: some stop an engine or sshd, so they all run
+# in one worker, one after another, while the other worker runs the rest (pytest -n 2).
+RIG_HOSTS_MODULES = (
+    "test_environment_secrets.py",
+    "test_faults.py",
+    "test_fleet.py",
+    "test_reconcile.py",
+    "test_rig_faults.py",
+)
+
+
+class RigHostsScheduling(LoadScopeScheduling):
+    """Every test a scope of its own, as `--dist load` schedules them, except the RIG_HOSTS_MODULES': one scope.
+
+    (pytest-xdist's `xdist_group` marks do not group under pytest 9.2: pytest-dev/pytest-xdist#1386.)
+    """
+
+    def _split_scope(self, nodeid: str) -> str:
+        module = nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
+        return "rig_hosts" if module in RIG_HOSTS_MODULES else nodeid
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> RigHostsScheduling:
+    return RigHostsScheduling(config, log)
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """A module that reaches the rig's extra hosts (it imports tests.support.hosts) must be in RIG_HOSTS_MODULES."""
+    for item in items:
+        module = getattr(item, "module", None)
+        uses_hosts = module is not None and any(
+            getattr(value, "__module__", "") == "tests.support.hosts" for value in vars(module).values()
+        )
+        if uses_hosts and item.path.name not in RIG_HOSTS_MODULES:
+            raise pytest.UsageError(f"{item.path.name} uses the rig's hosts h1-h3: add it to RIG_HOSTS_MODULES")
 
 
 def service(image_ref: str, **extra: Any) -> dict[str, Any]:
@@ -227,7 +265,7 @@ def build_unique(tag: str) -> str:
         'CMD ["httpd", "-f", "-p", "8080", "-h", "/www"]\n'
     )
     completed = subprocess.run(
-        ["docker", "build", "-q", "-t", tag, "-"],
+        ["docker", "build", "-q", "--network", "host", "-t", tag, "-"],
         input=dockerfile,
         capture_output=True,
         text=True,

@@ -2,11 +2,19 @@
 # The multi-host part of the test rig: three extra Docker engines h1, h2, h3 (each its own
 # dockerd, data root, exec root, socket, bridge, address pool and cgroup parent), an sshd on
 # loopback with key auth, and $state/hosts.json describing them for the tests
-# (tests/integration/hosts.py reads it). The main engine is not touched.
+# (tests/support/hosts.py reads it). The main engine is not touched. Engine h3's data root is a
+# small filesystem of its own, so that a test can fill it.
 #
-#   hosts.sh          bring up what does not answer; a second call only checks
-#   hosts.sh verify   the same, then the smoke check on every engine and an Ansible run over SSH
-#   hosts.sh down     stop what this script started (engines, sshd), remove bridges and rules
+#   hosts.sh                  bring up what does not answer; a second call only checks
+#   hosts.sh verify           the same, then the smoke check on every engine and an Ansible run over SSH
+#   hosts.sh down             stop what this script started (engines, sshd), remove bridges and rules
+#   hosts.sh stop-engine hN   stop engine hN's dockerd as `systemctl stop docker` does; all else stays
+#   hosts.sh start-engine hN  start it again as `hosts.sh` would, without the smoke check
+#   hosts.sh stop-sshd        the sshd and every session of it gone at once, as a host off the network
+#   hosts.sh start-sshd       the sshd started again as `hosts.sh` would
+#
+# The stop and start modes are for the fault tests (tests/support/hosts.py: engine_stopped,
+# ssh_stopped); they leave hosts.json alone.
 #
 # Liveness is checked, never files: after a reboot or after the session's processes died, the
 # state dir still holds pid files and sockets; whatever does not answer is started again.
@@ -32,21 +40,33 @@ cmdline_has() { # cmdline_has PID TEXT: PID runs and its command line contains T
 
 pid_in() { cat "$1" 2>/dev/null || true; }
 
+wait_gone() { # wait_gone PID: until PID has exited (a zombie counts: it is not ours to reap)
+  while [ -d "/proc/$1" ] && ! grep -q '^State:.*Z' "/proc/$1/status" 2>/dev/null; do sleep 0.1; done
+}
+
 stop_pid() { # stop_pid PID SECONDS: TERM, wait, then KILL
   local pid="$1" deadline=$((SECONDS + $2))
   kill -TERM "$pid" 2>/dev/null || return 0
   while [ -d "/proc/$pid" ] && ((SECONDS < deadline)); do sleep 0.1; done
   if [ -d "/proc/$pid" ]; then kill -KILL "$pid" 2>/dev/null || true; fi
-  while [ -d "/proc/$pid" ] && ! grep -q '^State:.*Z' "/proc/$pid/status" 2>/dev/null; do sleep 0.1; done
+  wait_gone "$pid"
 }
 
 # --- engines ------------------------------------------------------------------------------
+
+# Engine h3's data root is a tmpfs of 512 MiB, so that a test can fill it (ENOSPC in the middle of
+# a pull). tmpfs rather than an ext4 image on a loop device: it needs neither a loop device (many
+# containers and CI runners have none) nor mkfs, leaves no image file behind, and `size=` gives
+# ENOSPC as a full disk does; overlay2 runs on it (d_type, xattrs). What that costs: its content
+# lives in memory (at most 512 MiB) and is gone after `down` or a reboot, so h3 pulls its images
+# again; its ID stays, kept in key.json outside the data root.
+declare -A data_root_sizes=([3]=512m)
 
 engine_vars() { # sets the names of engine hN
   n="$1"; name="h$n"; dir="$state/engines/$name"; sock="/run/deploytest-$name.sock"
   exec_root="/run/deploytest-$name"; pidfile="$dir/dockerd.pid"; bridge="dt-br$n"
   bridge_addr="10.231.$n.1/24"; bridge_net="10.231.$n.0/24"; pool="10.$((231 + n)).0.0/16"
-  cgroup="/deploytest-$name"
+  cgroup="/deploytest-$name"; data_size="${data_root_sizes[$n]:-}"
 }
 
 engine_id() { timeout 10 docker -H "unix://$1" info -f '{{.ID}}' 2>/dev/null; }
@@ -107,8 +127,32 @@ clear_stale_engine() { # makes way for a fresh dockerd of engine hN
   fi
 }
 
-start_engine() {
+# --- data roots: h3's own filesystem ------------------------------------------------------
+
+data_root_is_mount() { # engine hN's data dir is its own tmpfs, not the disk it lies on (nor a bind mount of it)
+  [ "$(findmnt -rn -M "$dir/data" -o SOURCE,FSTYPE | tail -1)" = "deploytest-$name tmpfs" ]
+}
+
+unmount_data_root() { # every mount on or under engine hN's data dir, innermost first
+  # A dockerd that was killed leaves its data root mounted (dockerd makes it a shared mount) and the
+  # overlays of its containers; the next one reuses them, but `make clean` could not remove them.
+  findmnt -rn -o TARGET | awk -v d="$dir/data" '$0 == d || index($0, d "/") == 1' | sort -r |
+    while read -r target; do umount "$target" 2>/dev/null || umount -l "$target"; done
+}
+
+ensure_data_root() { # engine hN's data dir, its own filesystem where it has one; no dockerd of hN runs
   mkdir -p "$dir/data"
+  if [ -z "$data_size" ] || data_root_is_mount; then return 0; fi
+  unmount_data_root
+  # What an older rig kept on the disk there would only be hidden under the new mount.
+  rm -rf --one-file-system "$dir/data" && mkdir "$dir/data"
+  log "$name: data root $dir/data on a tmpfs of its own (size=$data_size)"
+  mount -t tmpfs -o "size=$data_size,mode=0711" "deploytest-$name" "$dir/data"
+}
+
+# --- engines, continued -------------------------------------------------------------------
+
+start_engine() {
   # Its own trust key gives each engine its own ID (`docker info -f {{.ID}}`); its own config
   # file keeps it from reading /etc/docker/daemon.json.
   printf '{"deprecated-key-path": "%s"}\n' "$dir/key.json" >"$dir/daemon.json"
@@ -155,16 +199,52 @@ YAML
     { echo "$name: containers left behind"; return 1; }
 }
 
+stop_engine() { # TERMs engine hN's dockerd and waits until it has exited, as `systemctl stop docker` does
+  local pid
+  pid="$(pid_in "$pidfile")"
+  if ! cmdline_has "$pid" "--exec-root $exec_root "; then
+    ! engine_answers "$sock" || { log "$name answers on $sock, but not from a dockerd this script started"; exit 1; }
+    return 0
+  fi
+  log "$name: stopping dockerd $pid"
+  # dockerd gives each container its stop timeout (10 s by default) and stops its containerd;
+  # systemd would KILL after 90 s.
+  stop_pid "$pid" 60
+}
+
+# dockerd 20.10, started with --default-address-pool over a data root that holds its default network
+# (any restart of an engine), removes the interface named docker0 (removeDefaultBridgeInterface):
+# the bridge of the rig's own engine, not its own. It is put back as it was, so that the rig's engine
+# keeps its default network (the RUN steps of docker build use it).
+main_bridge=()
+remember_main_bridge() { mapfile -t main_bridge < <(ip -o -4 addr show dev docker0 2>/dev/null | awk '{print $4}'); }
+restore_main_bridge() {
+  local addr
+  [ "${#main_bridge[@]}" -gt 0 ] && [ "$(id -u)" = 0 ] || return 0
+  ! ip link show dev docker0 >/dev/null 2>&1 || return 0
+  log "putting back docker0, the rig's own engine's bridge, which starting an extra engine removed"
+  ip link add name docker0 type bridge
+  for addr in "${main_bridge[@]}"; do ip addr add "$addr" dev docker0; done
+  ip link set dev docker0 up
+}
+
 ensure_engines() { # sets started_engines
-  local n name dir sock exec_root pidfile bridge bridge_addr bridge_net pool cgroup
+  local n name dir sock exec_root pidfile bridge bridge_addr bridge_net pool cgroup data_size
   started_engines=()
+  remember_main_bridge
   for n in "${engines[@]}"; do
     engine_vars "$n"
     if [ "$(id -u)" = 0 ]; then ensure_bridge; forward_rules -I; fi
-    if engine_answers "$sock"; then continue; fi
+    if engine_answers "$sock"; then
+      if [ -z "$data_size" ] || data_root_is_mount; then continue; fi
+      [ "$(id -u)" = 0 ] || { log "$name: its data root is not its own tmpfs, and moving it there needs root"; exit 1; }
+      log "$name: its data root is not its own tmpfs (an older rig): restarting it on a new one, empty"
+      stop_engine
+    fi
     [ "$(id -u)" = 0 ] || { log "$name does not answer on $sock, and starting it needs root"; exit 1; }
     command -v dockerd >/dev/null || { log "dockerd is missing: run tests/rig/up.sh"; exit 1; }
     clear_stale_engine
+    ensure_data_root
     log "$name: starting dockerd on $sock (bridge $bridge $bridge_addr, pool $pool)"
     start_engine
     started_engines+=("$n")
@@ -173,11 +253,12 @@ ensure_engines() { # sets started_engines
     engine_vars "$n"
     wait_for 60 engine_answers "$sock" || { tail -20 "$dir/dockerd.log"; log "$name: dockerd did not start"; exit 1; }
   done
+  restore_main_bridge
 }
 
 smoke_pids=()
 start_smoke() { # start_smoke N...: one smoke check per engine in the background, logs in rigcheck.log
-  local n name dir sock exec_root pidfile bridge bridge_addr bridge_net pool cgroup
+  local n name dir sock exec_root pidfile bridge bridge_addr bridge_net pool cgroup data_size
   for n in "$@"; do
     engine_vars "$n"
     smoke_engine >"$dir/rigcheck.log" 2>&1 &
@@ -186,7 +267,7 @@ start_smoke() { # start_smoke N...: one smoke check per engine in the background
 }
 
 wait_smoke() {
-  local job n name dir sock exec_root pidfile bridge bridge_addr bridge_net pool cgroup failed=0
+  local job n name dir sock exec_root pidfile bridge bridge_addr bridge_net pool cgroup data_size failed=0
   for job in "${smoke_pids[@]}"; do
     engine_vars "${job%%:*}"
     if ! wait "${job#*:}"; then cat "$dir/rigcheck.log"; log "$name: smoke check failed"; failed=1; fi
@@ -241,6 +322,34 @@ CONF
   wait_for 10 ssh_answers || { tail -20 "$ssh_dir/sshd.log"; log "sshd did not answer on 127.0.0.1:$ssh_port"; exit 1; }
 }
 
+# As a host that drops off the network: the listener and every session (the per-connection sshd
+# processes and the commands under them) end at once, without a word to the clients. Each process
+# found is stopped (SIGSTOP) before its children are looked for, so none forks a session the sweep
+# would miss; then all are killed.
+stop_sshd() {
+  local listener pid child found
+  local -a frozen=()
+  listener="$(pid_in "$ssh_dir/sshd.pid")"
+  cmdline_has "$listener" "-f $ssh_dir/sshd_config" || return 0
+  kill -STOP "$listener"
+  frozen=("$listener")
+  found=1
+  while [ "$found" = 1 ]; do
+    found=0
+    for pid in "${frozen[@]}"; do
+      for child in $(pgrep -P "$pid" || true); do
+        [[ " ${frozen[*]} " == *" $child "* ]] && continue
+        kill -STOP "$child" 2>/dev/null || true
+        frozen+=("$child"); found=1
+      done
+    done
+  done
+  log "stopping sshd $listener and its sessions (${#frozen[@]} processes)"
+  for pid in "${frozen[@]}"; do kill -KILL "$pid" 2>/dev/null || true; done
+  for pid in "${frozen[@]}"; do wait_gone "$pid"; done
+  rm -f "$ssh_dir/sshd.pid"
+}
+
 # Ansible over SSH to 127.0.0.1 reaches the main engine by default and engine h3 with
 # DOCKER_HOST in the task's environment (community.docker answers with h3's ID).
 smoke_ansible() {
@@ -287,13 +396,14 @@ YAML
 # --- hosts.json ---------------------------------------------------------------------------
 
 write_hosts_json() {
-  local n name dir sock exec_root pidfile bridge bridge_addr bridge_net pool cgroup sep=""
+  local n name dir sock exec_root pidfile bridge bridge_addr bridge_net pool cgroup data_size mounted sep=""
   {
     printf '{\n  "hosts": {\n'
     for n in "${engines[@]}"; do
       engine_vars "$n"
-      printf '%s    "%s": {"docker_host": "unix://%s", "engine_id": "%s", "bridge": "%s", "address_pool": "%s", "data_root": "%s"}' \
-        "$sep" "$name" "$sock" "${engine_ids[$sock]}" "$bridge" "$pool" "$dir/data"
+      mounted=false; if data_root_is_mount; then mounted=true; fi
+      printf '%s    "%s": {"docker_host": "unix://%s", "engine_id": "%s", "bridge": "%s", "address_pool": "%s", "data_root": "%s", "data_root_mount": %s}' \
+        "$sep" "$name" "$sock" "${engine_ids[$sock]}" "$bridge" "$pool" "$dir/data" "$mounted"
       sep=$',\n'
     done
     printf '\n  },\n'
@@ -304,7 +414,7 @@ write_hosts_json() {
 }
 
 down() {
-  local n name dir sock exec_root pidfile bridge bridge_addr bridge_net pool cgroup pid
+  local n name dir sock exec_root pidfile bridge bridge_addr bridge_net pool cgroup data_size pid
   local -a pids=()
   for n in "${engines[@]}"; do
     engine_vars "$n"
@@ -317,10 +427,7 @@ down() {
   for pid in "${pids[@]}"; do stop_pid "$pid" 60; done
   for n in "${engines[@]}"; do
     engine_vars "$n"
-    # A dockerd that was killed leaves its data root mounted (dockerd makes it a shared mount);
-    # the next one reuses it, but `make clean` could not remove it.
-    findmnt -rn -o TARGET | awk -v d="$dir/data" 'index($0, d) == 1' | sort -r |
-      while read -r target; do umount "$target" 2>/dev/null || umount -l "$target"; done
+    unmount_data_root # h3's tmpfs too: its content goes with it
     forward_rules -D
     ! ip link show dev "$bridge" >/dev/null 2>&1 || ip link del dev "$bridge"
   done
@@ -332,10 +439,30 @@ down() {
 exec 9>"$state/hosts.lock"
 flock 9
 
+usage() { echo "usage: $0 [up|verify|down|stop-engine hN|start-engine hN|stop-sshd|start-sshd]" >&2; exit 2; }
+
+engine_number() { # engine_number hN: N, when hN is one of the engines
+  local n
+  for n in "${engines[@]}"; do [ "${1:-}" != "h$n" ] || { echo "$n"; return; }; done
+  usage
+}
+
 case "$mode" in
   down) down; exit 0 ;;
+  stop-engine)
+    n="$(engine_number "${2:-}")" # exits with usage's status when $2 is not an engine
+    engine_vars "$n"
+    stop_engine
+    exit 0 ;;
+  start-engine)
+    n="$(engine_number "${2:-}")"
+    engines=("$n")
+    ensure_engines
+    exit 0 ;;
+  stop-sshd) stop_sshd; exit 0 ;;
+  start-sshd) ensure_sshd; exit 0 ;;
   up | verify) ;;
-  *) echo "usage: $0 [up|verify|down]" >&2; exit 2 ;;
+  *) usage ;;
 esac
 
 ensure_engines

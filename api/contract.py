@@ -17,8 +17,15 @@ from module_utils.deploy_rules import ROUND_TRIPS, STEPS
 
 PLAYBOOKS = Path(__file__).resolve().parents[1] / "playbooks"
 DEPLOY_PLAYBOOK = PLAYBOOKS / "deploy.yml"
-# The siblings of the deploy playbook, by action (the status read is the crash recovery's).
-SIBLINGS = {"deploy": "deploy.yml", "rollback": "rollback.yml", "remove": "remove.yml", "status": "status.yml"}
+# The siblings of the deploy playbook, by action: the status read is the reconciliation's, as is the removal of what a
+# first deploy half-started; the engine check is the engine watch's.
+SIBLINGS = {
+    "deploy": "deploy.yml",
+    "rollback": "rollback.yml",
+    "remove": "remove.yml",
+    "status": "status.yml",
+    "engines": "engines.yml",
+}
 
 # The extra vars a request becomes (runner.deploy_extravars), and the status read's.
 VAR_SERVICE = "service"
@@ -28,10 +35,16 @@ VAR_BATCHES = "deploy_batches"
 VAR_ROLLBACK_UPDATED = "deploy_rollback_updated"
 VAR_REQUEST = "deploy_request"
 EXTRA_VARS = (VAR_SERVICE, VAR_IMAGE, VAR_ENVIRONMENT, VAR_BATCHES, VAR_ROLLBACK_UPDATED, VAR_REQUEST)
+# How long a step waits for a Docker engine that does not answer; the reconciliation's status reads pass 0, so that a
+# probe of an engine that is down costs one quick run.
+VAR_ENGINE_WAIT = "deploy_engine_wait"
 
 # What the playbooks publish with set_stats, one entry per host: the deploy's record, and what a service runs.
 RESULT_KEY = "deploy"
 STATUS_KEY = "status"
+# What the engine check publishes, one entry per host: whether its Docker engine answers, and in one line why not.
+ENGINE_KEY = "engine"
+ENGINE_FIELDS = ("reachable", "detail")
 # The fields of a host's published record (module_utils/deploy_rules.py, host_record), besides `request`.
 RESULT_FIELDS = (
     "action",

@@ -7,7 +7,8 @@ import asyncio
 import logging
 import secrets
 import threading
-from collections.abc import Awaitable, Callable, Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,6 +25,12 @@ from api.text import printable
 
 log = logging.getLogger("deploy")
 BANNER = "=" * 40
+STARTED = {"deploy": "🚀 Deployment", "rollback": "⏪ Rollback", "remove": "🧹 Removal"}
+DEFAULT_IMAGE = {
+    "deploy": "(as the compose file names it)",
+    "rollback": "(the previous kept image)",
+    "remove": "(none: what the first deploy half-started goes)",
+}
 
 
 @dataclass(frozen=True)
@@ -49,11 +56,26 @@ def new_deployment_id(now: datetime) -> str:
     return f"{now:%Y%m%dT%H%M%S}-{secrets.token_hex(4)}"
 
 
+@dataclass(frozen=True)
+class StepInProgress:
+    """A running deploy's current step and since when (Unix time), for the engine probes of api/engines.py."""
+
+    claim: RunningDeploy
+    step: str
+    since: float
+
+
+# Outcomes that may leave a service on no known healthy image: such a record awaits reconciliation (api/recovery.py).
+UNSETTLED = ("interrupted", "rollback_failed")
+
+
 class Deployer:
     """Runs deploys and rollbacks under their claims and records them in the history.
 
-    Each finished record goes to the `on_finished` callbacks (metrics, notifications). An interrupted one goes to
-    `on_interrupted` (api/recovery.py, which inspects its service first, so that they can say what runs now).
+    Each finished record goes to the `on_finished` callbacks (metrics, notifications). One whose service may be left
+    on no known healthy image (UNSETTLED) is marked awaiting reconciliation and goes to `on_awaiting` instead
+    (api/reconciler.py, which checks its service first, so that they can say what runs now); a record of the
+    reconciliation's own actions (source `recovery`) never is: the record it acts for keeps waiting when it fails.
     """
 
     def __init__(self, settings: Settings, history: History, on_finished: Sequence[Callable[[Record], None]] = ()):
@@ -62,17 +84,30 @@ class Deployer:
         self.on_finished = list(on_finished)
         self.shutting_down = threading.Event()
         self._running: dict[str, RunningDeploy] = {}  # by deployment id
+        self._steps: dict[str, tuple[str, float]] = {}  # by deployment id: the current step, since when
         self._lock = threading.Lock()
         self._tasks: set[asyncio.Task[Any]] = set()
-        self.on_interrupted: Callable[[list[str]], Awaitable[None]] = self._finish_all
-
-    async def _finish_all(self, deployment_ids: list[str]) -> None:
-        for deployment_id in deployment_ids:
-            self.finished(deployment_id)
+        self.on_awaiting: Callable[[str], None] = lambda deployment_id: None
 
     def running(self) -> list[RunningDeploy]:
         with self._lock:
             return list(self._running.values())
+
+    def steps_in_progress(self) -> list[StepInProgress]:
+        """The running deploys whose playbook has announced a step, with that step and since when."""
+        with self._lock:
+            return [
+                StepInProgress(claim, *self._steps[deployment_id])
+                for deployment_id, claim in self._running.items()
+                if deployment_id in self._steps
+            ]
+
+    def set_waiting(self, deployment_id: str, waiting: str | None, since: str | None = None) -> None:
+        """Say in a running deploy's record what it waits for (None: nothing), and since when; nothing once it ended,
+        so that a probe that answers late never writes over the end."""
+        with self._lock:
+            if deployment_id in self._running:
+                self.history.update(deployment_id, waiting=waiting, waiting_since=since if waiting else None)
 
     def claim(self, service: str, hosts: tuple[str, ...]) -> RunningDeploy:
         """The service on these hosts, for one deploy; DeployConflict when a deploy of it runs on one of them
@@ -89,6 +124,7 @@ class Deployer:
     def release(self, claim: RunningDeploy) -> None:
         with self._lock:
             self._running.pop(claim.deployment_id, None)
+            self._steps.pop(claim.deployment_id, None)
 
     def reject(self, action: str, document: Any, source: str, status: int, detail: Any) -> str:
         """Record a signed request refused at validation (400, 403, 409, 422, 429); nothing ran."""
@@ -147,12 +183,13 @@ class Deployer:
                 message=request.message,
                 source=source,
                 started_at=history_now(),
+                targets=list(claim.hosts),
             )
         except BaseException:
             self.release(claim)
             raise
         self._log_start(claim, request, action, source)
-        work = self._run(claim, request, action)
+        work = self._run(claim, request, action, source)
         if wait:
             status, body = await work
             return claim.deployment_id, status, body
@@ -160,7 +197,7 @@ class Deployer:
         return claim.deployment_id, 202, None
 
     async def _run(
-        self, claim: RunningDeploy, request: DeployRequest, action: str
+        self, claim: RunningDeploy, request: DeployRequest, action: str, source: str
     ) -> tuple[int, DeploySuccess | DeployFailure]:
         deployment_id = claim.deployment_id
         host_steps: dict[str, list[dict[str, Any]]] = {}
@@ -168,6 +205,8 @@ class Deployer:
         def on_step(step: str, announcement: str) -> None:
             logs.bind(step=step)
             log.info("[%s] %s", deployment_id, announcement)
+            with self._lock:
+                self._steps[deployment_id] = (step, time.time())
             self.history.update(deployment_id, current_step=step)
 
         def on_steps(host: str, steps: list[dict[str, Any]]) -> None:
@@ -199,25 +238,40 @@ class Deployer:
                 on_step=on_step,
                 on_steps=on_steps,
             )
-            summary = summarize(request.service, run, self.settings.deploy_timeout, request.environment)
+            recorded = self.history.get(deployment_id) or {}
+            summary = summarize(
+                request.service,
+                run,
+                self.settings.deploy_timeout,
+                request.environment,
+                hosts=claim.hosts,
+                current_step=recorded.get("current_step"),
+            )
             status, body, outcome = summary.status_code, summary.body, summary.outcome
             images: dict[str, Any] = dict(summary.images)
             if body.hosts:
-                images["hosts"] = {host: entry.model_dump() for host, entry in body.hosts.items()}
+                # A host that published nothing keeps the images its finished steps named while it ran.
+                running = recorded.get("hosts") or {}
+                images["hosts"] = {
+                    host: {
+                        **running.get(host, {}),
+                        **{key: value for key, value in entry.model_dump().items() if value},
+                    }
+                    for host, entry in body.hosts.items()
+                }
             self.history.update(
                 deployment_id,
                 outcome=outcome,
                 finished_at=history_now(),
                 current_step=None,
-                steps=[step.model_dump() for step in body.steps]
-                or (self.history.get(deployment_id) or {}).get("steps", []),
+                steps=[step.model_dump() for step in body.steps] or recorded.get("steps", []),
                 error=getattr(body, "error", None),
                 logs=getattr(body, "logs", None) or None,
                 http_status=status,
                 **images,
             )
         except BaseException as error:
-            # Whatever went wrong here, the record must not stay `running`.
+            # Whatever went wrong here, the record must not stay `running`; what the service runs is not known.
             self.history.update(
                 deployment_id,
                 outcome="interrupted",
@@ -225,20 +279,26 @@ class Deployer:
                 error=f"The deployment API failed while running the deploy: {error!r}",
                 http_status=500,
             )
-            self.finished(deployment_id)
+            self._settle(deployment_id, "interrupted", source)
             raise
         finally:
             self.release(claim)
-        self._log_end(claim, status, body)
-        if outcome == "interrupted" and self.shutting_down.is_set():
-            # Stopped by a shutdown: the next start inspects the service, as after a crash.
-            self.history.update(deployment_id, to_inspect=1)
-        elif outcome == "interrupted":
-            # A deploy stopped by its timeout: say what runs now, and restore the previous image if needed.
-            self._spawn(self.on_interrupted([deployment_id]), f"inspect-{deployment_id}")
+            # After the release: a probe that answers late no longer writes (set_waiting).
+            self.history.update(deployment_id, waiting=None, waiting_since=None)
+        self._log_end(claim, action, status, body)
+        self._settle(deployment_id, outcome, source)
+        return status, body
+
+    def _settle(self, deployment_id: str, outcome: str, source: str) -> None:
+        """A record that may leave its service on no known healthy image awaits reconciliation, which checks it and
+        brings the service back once its hosts answer (after a shutdown, the next start does: Recovery.recover). Any
+        other goes to the on_finished callbacks now."""
+        if outcome in UNSETTLED and source != "recovery":
+            self.history.update(deployment_id, to_inspect=1, awaiting_since=history_now())
+            if not self.shutting_down.is_set():
+                self.on_awaiting(deployment_id)
         else:
             self.finished(deployment_id)
-        return status, body
 
     def finished(self, deployment_id: str) -> None:
         """Pass the finished record to the on_finished callbacks."""
@@ -257,26 +317,26 @@ class Deployer:
         task.add_done_callback(self._tasks.discard)
 
     def playbook(self, action: str) -> Path:
-        """playbooks/deploy.yml (DEPLOY_PLAYBOOK), and its siblings rollback.yml and status.yml."""
+        """playbooks/deploy.yml (DEPLOY_PLAYBOOK), and its siblings (contract.SIBLINGS)."""
         return contract.playbook(self.settings.deploy_playbook, action)
 
-    async def drain(self, grace: float, timeout: float) -> None:
-        """On shutdown: let running deploys finish for `grace` seconds, then stop them and write their records."""
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=grace)
+    async def drain(self, grace: float, timeout: float, others: Sequence[asyncio.Task[Any]] = ()) -> None:
+        """On shutdown: let running deploys (and `others`, the reconciliation's checks, whose rollbacks are deploys
+        too) finish for `grace` seconds, then stop them and write their records."""
+        if self._tasks or others:
+            await asyncio.wait([*self._tasks, *others], timeout=grace)
         self.shutting_down.set()
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=timeout)
+        if self._tasks or others:
+            await asyncio.wait([*self._tasks, *others], timeout=timeout)
 
     @staticmethod
     def _log_start(claim: RunningDeploy, request: DeployRequest, action: str, source: str) -> None:
         log.info(BANNER)
-        log.info("%s Started: %s", "🚀 Deployment" if action == "deploy" else "⏪ Rollback", request.service)
+        log.info("%s Started: %s", STARTED.get(action, STARTED["deploy"]), request.service)
         log.info(BANNER)
         log.info("🆔 Deployment: %s", claim.deployment_id)
         log.info("📦 Service: %s", request.service)
-        default_image = "(as the compose file names it)" if action == "deploy" else "(the previous kept image)"
-        log.info("🖼️  Image: %s", request.image or default_image)
+        log.info("🖼️  Image: %s", request.image or DEFAULT_IMAGE.get(action, DEFAULT_IMAGE["deploy"]))
         if request.repository or request.commit:
             log.info("🔖 Source: %r @ %r from %s", request.repository, request.commit, source)
         if request.message:
@@ -285,9 +345,11 @@ class Deployer:
         log.info(BANNER)
 
     @staticmethod
-    def _log_end(claim: RunningDeploy, status: int, body: DeploySuccess | DeployFailure) -> None:
+    def _log_end(claim: RunningDeploy, action: str, status: int, body: DeploySuccess | DeployFailure) -> None:
         log.info(BANNER)
-        if isinstance(body, DeploySuccess):
+        if isinstance(body, DeploySuccess) and action == "remove":
+            log.info("✅ Removed what the first deploy half-started: %s", body.old_image or "(none)")
+        elif isinstance(body, DeploySuccess):
             log.info("✅ Deployment Successful! %s -> %s", body.old_image or "(none)", body.new_image)
         else:
             rolled_back = any(step.step == "rollback" and step.rolled_back for step in body.steps)

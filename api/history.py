@@ -70,6 +70,18 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE deployments ADD COLUMN recovery_action TEXT;
     ALTER TABLE deployments ADD COLUMN recovered_by TEXT;
     """,
+    # 6: reconciliation while the API runs (to_inspect = 1 now means "awaiting reconciliation"): the hosts a run was
+    # for, when the record began to wait, how many checks it had, when it ended; what a running deploy waits for.
+    """
+    ALTER TABLE deployments ADD COLUMN targets TEXT NOT NULL DEFAULT '[]';
+    ALTER TABLE deployments ADD COLUMN awaiting_since TEXT;
+    ALTER TABLE deployments ADD COLUMN reconcile_checks INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE deployments ADD COLUMN reconciled_at TEXT;
+    ALTER TABLE deployments ADD COLUMN reconciliation TEXT;
+    ALTER TABLE deployments ADD COLUMN waiting TEXT;
+    ALTER TABLE deployments ADD COLUMN waiting_since TEXT;
+    CREATE INDEX deployments_awaiting ON deployments (to_inspect) WHERE to_inspect = 1;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -104,10 +116,19 @@ _FIELDS = (
     "recovery",
     "recovery_action",
     "recovered_by",
+    "reconciled_at",
+    "reconciliation",
+    "waiting",
     "to_inspect",
+    "targets",
+    "awaiting_since",
+    "reconcile_checks",
+    "waiting_since",
 )
-# Kept for the service's own use, not part of a record's public form.
-_INTERNAL = ("to_inspect",)
+# Kept for the service's own use, not part of a record's public form (which says `awaiting_reconciliation` instead of
+# to_inspect, and in `waiting` how long it has waited).
+_INTERNAL = ("to_inspect", "targets", "awaiting_since", "reconcile_checks", "waiting_since")
+_JSON_FIELDS = {"steps": "[]", "hosts": "{}", "targets": "[]"}
 
 
 class RecordFields(TypedDict, total=False):
@@ -142,13 +163,22 @@ class RecordFields(TypedDict, total=False):
     recovery: str | None
     recovery_action: str | None
     recovered_by: str | None
+    reconciled_at: str | None
+    reconciliation: str | None
+    waiting: str | None
     to_inspect: int
+    targets: builtins.list[str]
+    awaiting_since: str | None
+    reconcile_checks: int
+    waiting_since: str | None
 
 
 class Record(RecordFields, total=False):
-    """A record as get(), list() and unfinished() return it."""
+    """A record as get(), list() and unfinished() return it. `awaiting_reconciliation` is to_inspect as a truth value;
+    `waiting` adds how many seconds the deploy has waited so far (since waiting_since)."""
 
     duration_seconds: float | None
+    awaiting_reconciliation: bool
 
 
 @dataclass(frozen=True)
@@ -263,10 +293,11 @@ class History:
         with self._lock:
             self._db.execute(f"UPDATE deployments SET {assignments} WHERE id = ?", [*values, deployment_id])
 
-    def get(self, deployment_id: str) -> Record | None:
+    def get(self, deployment_id: str, *, internal: bool = False) -> Record | None:
+        """One record; with `internal`, its internal fields too (those the service keeps for itself)."""
         with self._lock:
             row = self._db.execute("SELECT * FROM deployments WHERE id = ?", (deployment_id,)).fetchone()
-        return _decode(row) if row else None
+        return _decode(row, internal) if row else None
 
     def list(
         self,
@@ -306,6 +337,32 @@ class History:
             ).fetchall()
         return [_decode(row, internal=True) for row in rows]
 
+    def awaiting(self) -> builtins.list[Record]:
+        """The records awaiting reconciliation, oldest first, with their internal fields."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM deployments WHERE to_inspect = 1 ORDER BY started_at, rowid"
+            ).fetchall()
+        return [_decode(row, internal=True) for row in rows]
+
+    def started_after(self, service: str, started_at: str) -> builtins.list[Record]:
+        """The records of `service` started after `started_at` that ran (not refused), oldest first."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM deployments WHERE service = ? AND started_at > ? AND outcome != 'rejected'"
+                " ORDER BY started_at, rowid",
+                (service, started_at),
+            ).fetchall()
+        return [_decode(row, internal=True) for row in rows]
+
+    def awaiting_by_service(self) -> dict[str, int]:
+        """How many records of each service await reconciliation."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT service, count(*) FROM deployments WHERE to_inspect = 1 GROUP BY service"
+            ).fetchall()
+        return {service: count for service, count in rows}
+
     def first_receipt(self, digest: str, expires_at: float | None, now: float) -> bool:
         """Remember a signed request until `expires_at` (None: for good); False when it was received before (a
         replay). `now` is the reading of the clock the request's window was checked with, so that a record is never
@@ -343,7 +400,7 @@ class History:
 
 
 def _encode(field: str, value: Any) -> Any:
-    if field == "steps":
+    if field in ("steps", "targets"):
         return json.dumps(list(value))
     if field == "hosts":
         return json.dumps(dict(value))
@@ -352,10 +409,19 @@ def _encode(field: str, value: Any) -> Any:
 
 def _decode(row: sqlite3.Row, internal: bool = False) -> Record:
     record = cast(Record, {field: row[_column(field)] for field in _FIELDS if internal or field not in _INTERNAL})
-    record["steps"] = json.loads(row["steps"] or "[]")
-    record["hosts"] = json.loads(row["hosts"] or "{}")
+    for field, empty in _JSON_FIELDS.items():
+        if field in record:
+            record[field] = json.loads(row[field] or empty)  # type: ignore[literal-required]
     record["duration_seconds"] = _duration(record["started_at"], record["finished_at"])
+    record["awaiting_reconciliation"] = bool(row["to_inspect"])
+    if not internal and row["waiting"] and row["waiting_since"]:
+        record["waiting"] = f"{row['waiting']}, {waited_seconds(row['waiting_since']):.0f} s"
     return record
+
+
+def waited_seconds(since: str) -> float:
+    """Seconds from `since` (a time as now() writes it) until now."""
+    return max(0.0, (datetime.now(UTC) - datetime.fromisoformat(since)).total_seconds())
 
 
 def _duration(started: str | None, finished: str | None) -> float | None:

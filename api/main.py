@@ -14,10 +14,12 @@ from fastapi import FastAPI
 
 from api import __version__, logs
 from api.deployer import Deployer
+from api.engines import EngineWatch
 from api.history import History
 from api.inventory import Inventory
 from api.metrics import Metrics
 from api.notify import Notifier
+from api.reconciler import Reconciler
 from api.recovery import Recovery
 from api.routes import deploy, deployments, info
 from api.routes import metrics as metrics_route
@@ -60,17 +62,34 @@ def create_app(settings: Settings | None = None, clock: Callable[[], float] = ti
             history = History(current.history_file, current.deploy_history_retention)
             history.prune()
             app.state.rate_limits = RateLimits(current)
-            app.state.metrics = metrics = Metrics(history, services=lambda: inventory.view().services)
+            app.state.deployer = deployer = Deployer(current, history)
+            app.state.engines = engines = EngineWatch(
+                current, deployer, hosts=lambda: inventory.view().everywhere.hosts
+            )
+            app.state.metrics = metrics = Metrics(
+                history, services=lambda: inventory.view().services, engines=engines.reachability
+            )
             urls = current.deploy_notify_urls.get_secret_value() if current.deploy_notify_urls else None
             notifier = Notifier(urls, current.deploy_notify_events, on_result=metrics.notification)
             metrics.know_notification_schemes(target.scheme for target in notifier.targets)
-            app.state.deployer = deployer = Deployer(current, history, on_finished=[metrics.observe, notifier.submit])
+            deployer.on_finished += [metrics.observe, notifier.submit]
             notifier.start()
-            recovery = Recovery(deployer)
-            inspection = asyncio.create_task(recovery.inspect(recovery.recover()))
+            recovery = Recovery(
+                deployer,
+                on_engine=engines.heard_from_status,
+                inventory_hosts=lambda: inventory.view().everywhere.hosts,
+            )
+            reconciler = Reconciler(recovery, current.deploy_reconcile_interval)
+            deployer.on_awaiting = reconciler.add
+            engines.on_answer = reconciler.host_answers
+            reconciler.start(recovery.recover())
+            engines.start()
             yield
-            await deployer.drain(grace=SHUTDOWN_GRACE_SECONDS, timeout=SHUTDOWN_STOP_SECONDS)
-            await asyncio.wait([inspection], timeout=SHUTDOWN_STOP_SECONDS)
+            # No reconciliation check starts any more; those under way end with the deploys (a rollback is one).
+            checking = reconciler.close()
+            await deployer.drain(grace=SHUTDOWN_GRACE_SECONDS, timeout=SHUTDOWN_STOP_SECONDS, others=checking)
+            await reconciler.stop(SHUTDOWN_STOP_SECONDS)
+            await engines.stop(SHUTDOWN_STOP_SECONDS)
             await asyncio.to_thread(notifier.close, SHUTDOWN_NOTIFY_SECONDS)
             history.close()
 

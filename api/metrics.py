@@ -1,7 +1,8 @@
 """Prometheus metrics under the `deployer_` prefix, for GET /metrics.
 
-Counters and the duration histogram count what this process saw finish. The two gauges are read from the
-history when Prometheus scrapes, so they are true after a restart as well.
+Counters and the duration histogram count what this process saw finish. The history's gauges are read from it when
+Prometheus scrapes, so they are true after a restart as well; the engines' gauge is what the engine watch
+(api/engines.py) last heard.
 """
 
 from __future__ import annotations
@@ -40,7 +41,8 @@ DURATION_BUCKETS = (2.5, 5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 300, 600, 900)
 
 
 class HistoryCollector(Collector):
-    """Deploys in progress and the last successful deploy of each service, as the history has them."""
+    """Deploys in progress, deploys awaiting reconciliation and the last successful deploy of each service, as the
+    history has them."""
 
     def __init__(self, history: History, services: Callable[[], Iterable[str]]):
         self.history = history
@@ -54,6 +56,16 @@ class HistoryCollector(Collector):
         for service in sorted({*self.services(), *running}):
             in_progress.add_metric([service], running.get(service, 0))
         yield in_progress
+        awaiting = GaugeMetricFamily(
+            "deployer_awaiting_reconciliation",
+            "Deployments whose service awaits reconciliation: their rollback could not run, or they were interrupted, "
+            "and the service is brought back once its hosts answer",
+            labels=["service"],
+        )
+        waiting = self.history.awaiting_by_service()
+        for service in sorted({*self.services(), *waiting}):
+            awaiting.add_metric([service], waiting.get(service, 0))
+        yield awaiting
         last_success = GaugeMetricFamily(
             "deployer_last_success_timestamp_seconds",
             "When the service's last successful deploy finished, in Unix time",
@@ -64,10 +76,30 @@ class HistoryCollector(Collector):
         yield last_success
 
 
+class EngineCollector(Collector):
+    """Whether the Docker engine of each host answers, as the engine watch last heard (hosts never heard of: none)."""
+
+    def __init__(self, engines: Callable[[], Mapping[str, bool]]):
+        self.engines = engines
+
+    def collect(self) -> Iterator[Metric]:
+        up = GaugeMetricFamily(
+            "deployer_engine_up", "1 when the host's Docker engine answered the last check, 0 when not", labels=["host"]
+        )
+        for host, reachable in sorted(self.engines().items()):
+            up.add_metric([host], 1 if reachable else 0)
+        yield up
+
+
 class Metrics:
     """One registry per app, so that tests may build many."""
 
-    def __init__(self, history: History, services: Callable[[], Iterable[str]]):
+    def __init__(
+        self,
+        history: History,
+        services: Callable[[], Iterable[str]],
+        engines: Callable[[], Mapping[str, bool]] = dict,
+    ):
         # The `_created` series would double every counter, and dashboards do not use them.
         disable_created_metrics()
         self.registry = registry = CollectorRegistry()
@@ -107,6 +139,7 @@ class Metrics:
             registry=registry,
         )
         registry.register(HistoryCollector(history, services))
+        registry.register(EngineCollector(engines))
         for endpoint in ACTIONS:
             for result in WEBHOOK_RESULTS:
                 self.webhook_requests.labels(endpoint, result)
@@ -125,9 +158,10 @@ class Metrics:
                     self.rollbacks.labels(service, trigger, result)
 
     def observe(self, record: Mapping[str, Any]) -> None:
-        """Count a deploy or rollback that has finished (not one refused at validation)."""
+        """Count a deploy or rollback that has finished (not one refused at validation); once: a record heard of again
+        when its reconciliation ends (`reconciled_at`) was counted when it began to wait."""
         service, action, outcome = record["service"], record["action"], record["outcome"]
-        if not service or outcome in ("running", "rejected"):
+        if not service or outcome in ("running", "rejected") or record.get("reconciled_at"):
             return
         self._know([service])
         self.deployments.labels(service, action, outcome).inc()

@@ -75,7 +75,8 @@ class HostOutcome(BaseModel):
 
     outcome: str = Field(
         description="succeeded, rolled_back (its own failure, or undone when a later batch failed), failed, "
-        "rollback_failed, or not_reached (the rollout stopped before its batch)"
+        "rollback_failed, not_reached (the rollout stopped before its batch), or interrupted (it published no record: "
+        "it became unreachable, or the run ended first)"
     )
     old_image: str | None = None
     old_image_id: str | None = None
@@ -109,6 +110,7 @@ class DeployFailure(BaseModel):
 FinishedOutcome = Literal["succeeded", "failed", "rolled_back", "rollback_failed", "interrupted"]
 FINISHED_OUTCOMES: tuple[FinishedOutcome, ...] = get_args(FinishedOutcome)
 Outcome = Literal["running", FinishedOutcome, "rejected"]
+Reconciliation = Literal["restored", "removed", "superseded", "nothing", "failed"]
 
 
 class DeploymentAccepted(BaseModel):
@@ -124,7 +126,9 @@ class DeploymentRecord(BaseModel):
     """One signed request that reached validation, and what became of it."""
 
     id: str
-    action: Literal["deploy", "rollback"]
+    action: Literal["deploy", "rollback", "remove"] = Field(
+        description="deploy, rollback; remove: reconciliation took away what a first deploy half-started"
+    )
     service: str | None = Field(description="Null when a rejected body named none")
     image: str | None = Field(
         description="The image requested; null means the compose file's (deploy) or the previous one (rollback)"
@@ -144,6 +148,11 @@ class DeploymentRecord(BaseModel):
     finished_at: str | None
     duration_seconds: float | None
     current_step: str | None = Field(description="The step in progress while the outcome is running")
+    waiting: str | None = Field(
+        None,
+        description="While the deploy runs: what it waits for and for how long so far, e.g. 'waiting for the Docker "
+        "engine on prod1, 12 s'; null otherwise",
+    )
     steps: list[StepRecord]
     error: str | None
     logs: str | None
@@ -151,9 +160,25 @@ class DeploymentRecord(BaseModel):
     running_image: str | None = Field(description="After an interruption: what the service was found running")
     running_image_id: str | None
     running_state: str | None
-    recovery: str | None = Field(None, description="After an interruption: what the service was found running")
-    recovery_action: str | None = Field(None, description="After an interruption: what recovery did about it")
-    recovered_by: str | None = Field(None, description="The automatic rollback that recovery started, if any")
+    recovery: str | None = Field(
+        None,
+        description="After an interruption or a failed rollback: what the service was found running, or while it "
+        "awaits reconciliation, why (a host's engine does not answer, the host cannot be reached)",
+    )
+    recovery_action: str | None = Field(None, description="What reconciliation did about it")
+    recovered_by: str | None = Field(None, description="The rollback or removal that reconciliation started, if any")
+    awaiting_reconciliation: bool = Field(
+        False, description="The service is to be brought back to a known healthy image once its hosts answer"
+    )
+    reconciled_at: str | None = Field(
+        None, description="When reconciliation ended, for a record that had to wait for it (null otherwise)"
+    )
+    reconciliation: Reconciliation | None = Field(
+        None,
+        description="How reconciliation ended: restored (the previous image), removed (what a first deploy "
+        "half-started), superseded (a later deployment succeeded there), nothing (nothing to undo), failed (its action "
+        "failed for good: a person must look)",
+    )
 
 
 class DeploymentPage(BaseModel):

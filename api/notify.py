@@ -12,6 +12,7 @@ import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -41,6 +42,26 @@ TITLES = {
     ("rollback", "failed"): "❌ Rollback of {service} failed",
     ("rollback", "rollback_failed"): "🔥 Rollback of {service} failed, and so did restoring the image before it",
     ("rollback", "interrupted"): "⚠️ Rollback of {service} was interrupted",
+    ("remove", "succeeded"): "🧹 Removed what the first deploy of {service} half-started",
+    ("remove", "rolled_back"): "❌ Removal of what the first deploy of {service} half-started failed",
+    ("remove", "failed"): "❌ Removal of what the first deploy of {service} half-started failed",
+    ("remove", "rollback_failed"): "❌ Removal of what the first deploy of {service} half-started failed",
+    ("remove", "interrupted"): "⚠️ Removal of what the first deploy of {service} half-started was interrupted",
+}
+# A record that had to wait for reconciliation is notified again when it ends, by how it ended.
+RECONCILED_TITLES = {
+    "restored": "🩹 {service} runs its previous image again: reconciled after the {action} {outcome}",
+    "removed": "🩹 What the first deploy of {service} half-started is removed: reconciled after the {action} {outcome}",
+    "superseded": "🩹 Reconciliation of {service} ended: a later deployment succeeded",
+    "nothing": "🩹 Reconciliation of {service} ended: nothing to undo",
+    "failed": "❌ Reconciliation of {service} failed: it needs a look",
+}
+RECONCILED_TYPES = {
+    "restored": apprise.NotifyType.SUCCESS,
+    "removed": apprise.NotifyType.SUCCESS,
+    "superseded": apprise.NotifyType.INFO,
+    "nothing": apprise.NotifyType.INFO,
+    "failed": apprise.NotifyType.FAILURE,
 }
 NOTIFY_TYPES = {
     "succeeded": apprise.NotifyType.SUCCESS,
@@ -91,9 +112,56 @@ def _image(name: str | None, image_id: str | None) -> str:
     return f"{name or '(unnamed)'}{short_id}"
 
 
+def _seconds(started: str | None, ended: str | None) -> float | None:
+    if not started or not ended:
+        return None
+    return (datetime.fromisoformat(ended) - datetime.fromisoformat(started)).total_seconds()
+
+
+def _duration(seconds: float) -> str:
+    if seconds < 60:
+        return f"{seconds:.0f} s"
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes} min {rest:02d} s" if minutes < 60 else f"{minutes // 60} h {minutes % 60:02d} min"
+
+
+def reconciled_message(record: Mapping[str, Any]) -> Message:
+    """What a record that had to wait for reconciliation says when it ends: what reconciliation found and did, by
+    which deployment, and how long after the deploy had ended."""
+    result = record.get("reconciliation") or "nothing"
+    title = RECONCILED_TITLES.get(result, RECONCILED_TITLES["nothing"]).format(
+        service=record["service"], action=record["action"], outcome=record["outcome"].replace("_", " ")
+    )
+    lines = [f"Service: {record['service']}", f"Reconciliation: {record.get('recovery_action') or 'nothing to undo'}"]
+    if record.get("recovery"):
+        lines.append(f"Found: {record['recovery']}")
+    waited = _seconds(record.get("finished_at"), record.get("reconciled_at"))
+    if waited is not None:
+        lines.append(f"After: {_duration(waited)} (from the end of the {record['action']} to its reconciliation)")
+    if record.get("old_image") or record.get("old_image_id"):
+        lines.append(f"Previous image: {_image(record.get('old_image'), record.get('old_image_id'))}")
+    if record.get("new_image") or record.get("new_image_id"):
+        lines.append(f"Image of the {record['action']}: {_image(record.get('new_image'), record.get('new_image_id'))}")
+    if record.get("error"):
+        lines.append(f"Error of the {record['action']}: {record['error']}")
+    lines.append(f"Deployment: {record['id']} (from {record.get('source') or 'unknown'})")
+    if record.get("recovered_by"):
+        lines.append(f"Reconciled by: {record['recovered_by']}")
+    return Message(
+        title=title,
+        body="\n".join(lines),
+        notify_type=RECONCILED_TYPES.get(result, apprise.NotifyType.INFO),
+        deployment_id=record["id"],
+        service=record["service"],
+    )
+
+
 def message_for(record: Mapping[str, Any]) -> Message:
     """What a finished deploy or rollback says: service, images, commit and message, duration; for a failure,
-    the error and the last log lines."""
+    the error and the last log lines. A record that had to wait for reconciliation says, when that ends, what it
+    did (reconciled_message)."""
+    if record.get("reconciled_at"):
+        return reconciled_message(record)
     outcome = record["outcome"]
     title = TITLES[(record["action"], outcome)].format(service=record["service"])
     lines = [f"Service: {record['service']}"]
@@ -200,7 +268,7 @@ class Notifier:
             log.info("Notifying %s of: %s", names, ", ".join(sorted(self.events)))
 
     def submit(self, record: Mapping[str, Any]) -> None:
-        """Queue the notification of a finished record; returns at once."""
+        """Queue the notification of a finished record, or of the end of its reconciliation; returns at once."""
         if record.get("outcome") not in self.events or not record.get("service") or not self.targets:
             return
         message = message_for(record)

@@ -56,10 +56,51 @@ LOCALE_DEFAULT = {"LC_CTYPE": "C.UTF-8"}
 
 @dataclass
 class RunResult:
+    """A finished run: ansible-runner's status and exit code (None when ansible-playbook was killed by a signal), what
+    the hosts published under the stats key, and what the events said of the hosts that may not have: the ones Ansible
+    found unreachable, the last failure of each host, and the hosts whose Docker engine did not answer (the deploy
+    module's failure says so), one line each."""
+
     status: str
     rc: int | None
     results: dict[str, dict[str, Any]] = field(default_factory=dict)
     output_tail: str = ""
+    unreachable: dict[str, str] = field(default_factory=dict)
+    failures: dict[str, str] = field(default_factory=dict)
+    engine_unreachable: dict[str, str] = field(default_factory=dict)
+
+
+def one_line(message: object) -> str:
+    """An Ansible message as one line: its first, without the "Task failed: " that ansible-core 2.19 puts first and
+    the colon it ends with when the details follow on the next lines."""
+    first = next((line.strip() for line in str(message or "").splitlines() if line.strip()), "")
+    return first.removeprefix("Task failed: ").rstrip(":").strip()
+
+
+class HostEvents:
+    """Follows a run's events for what they say of each host beyond its published record: unreachable (the
+    connection dropped, the host is gone), failed (the last failure that was not ignored) and whether that failure was
+    the Docker engine's silence (the deploy module marks it `engine_unreachable`). Passes every event on."""
+
+    def __init__(self, then: Callable[[dict[str, Any]], bool]) -> None:
+        self.then = then
+        self.unreachable: dict[str, str] = {}
+        self.failures: dict[str, str] = {}
+        self.engine_unreachable: dict[str, str] = {}
+
+    def on_event(self, event: dict[str, Any]) -> bool:
+        data = event.get("event_data") or {}
+        kind = event.get("event")
+        host = str(data.get("host", ""))
+        result = data.get("res") or {}
+        message = one_line(result.get("msg"))
+        if kind == "runner_on_unreachable" and host:
+            self.unreachable[host] = message or "unreachable"
+        elif kind == "runner_on_failed" and host and not data.get("ignore_errors"):
+            self.failures[host] = message or f"{data.get('task') or 'a task'} failed"
+            if result.get("engine_unreachable"):
+                self.engine_unreachable[host] = self.failures[host]
+        return self.then(event)
 
 
 class _ExtraVarsDumper(yaml.SafeDumper):
@@ -131,16 +172,28 @@ def runner_environment(prepared: Mapping[str, str], inherited: Mapping[str, str]
 
 
 def leftover_processes(run_dir: Path) -> list[int]:
-    """Processes still running a run directory's playbook (Linux /proc), e.g. after the API was killed."""
+    """Processes still running a run directory's playbook (Linux /proc), e.g. after the API or ansible-playbook was
+    killed, and every process under them: a module that a worker started (its command line names no run directory)
+    goes on changing the host after its worker died."""
     marker = str(run_dir).encode()
-    found = []
+    found: set[int] = set()
+    children: dict[int, list[int]] = {}
     for proc in Path("/proc").glob("[0-9]*"):
         try:
-            if marker in (proc / "cmdline").read_bytes():
-                found.append(int(proc.name))
-        except OSError:
+            command = (proc / "cmdline").read_bytes()
+            parent = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+        except (OSError, ValueError, IndexError):
             continue
-    return found
+        children.setdefault(parent, []).append(int(proc.name))
+        if marker in command:
+            found.add(int(proc.name))
+    tree = list(found)
+    while tree:
+        for child in children.get(tree.pop(), []):
+            if child not in found:
+                found.add(child)
+                tree.append(child)
+    return sorted(found)
 
 
 # How often stop_leftover_run looks again for what is left of a run, within its grace: a poll, not a wait.
@@ -150,8 +203,8 @@ LEFTOVER_POLL_SECONDS = 0.1
 def stop_leftover_run(run_dir: Path, grace: float = 10.0) -> int:
     """Wait up to `grace` seconds for what is left of a run to end, then kill it; how many processes were left.
 
-    A killed API's playbook run usually dies with it (its terminal hangs up), but a module may still be finishing.
-    Nothing may touch the service while it does.
+    A killed API's playbook run usually dies with it (its terminal hangs up), but a module may still be finishing, and
+    the workers of a killed ansible-playbook wait for it. Nothing may touch the service while it does.
     """
     deadline = time.monotonic() + grace
     left = leftover_processes(run_dir)
@@ -201,6 +254,7 @@ def run_playbook(
     extravars_file.write_text(unsafe_extravars(extravars), encoding="utf-8")
     extravars_file.chmod(0o600)
 
+    host_events = HostEvents(contract.StepProgress(action, on_step, on_steps).on_event)
     # ansible_runner.run() is init_runner() then run(): in between, the run's environment is narrowed.
     runner = init_runner(
         private_data_dir=str(run_dir),
@@ -214,7 +268,7 @@ def run_playbook(
         },
         timeout=timeout,
         quiet=True,
-        event_handler=contract.StepProgress(action, on_step, on_steps).on_event,
+        event_handler=host_events.on_event,
         limit=",".join(limit) if limit else None,
         # The API never deploys in check mode; an operator's dry run (ansible-playbook --check) does.
         cmdline="--check" if check else None,
@@ -226,7 +280,15 @@ def run_playbook(
     results = (stats or {}).get("event_data", {}).get("artifact_data", {}).get(stats_key, {})
     output_tail = "\n".join(runner.stdout.read().splitlines()[-30:]) if runner.stdout else ""
     _prune_runs(runs_dir, keep_runs)
-    return RunResult(status=runner.status, rc=runner.rc, results=results, output_tail=output_tail)
+    return RunResult(
+        status=runner.status,
+        rc=runner.rc,
+        results=results,
+        output_tail=output_tail,
+        unreachable=host_events.unreachable,
+        failures=host_events.failures,
+        engine_unreachable=host_events.engine_unreachable,
+    )
 
 
 def deploy_extravars(

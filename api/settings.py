@@ -130,6 +130,20 @@ class Settings(BaseSettings):
         description="After a deploy was interrupted (crash, timeout) with an unverified image running: roll back "
         "to the previous image, or only report what runs",
     )
+    deploy_reconcile_interval: float = Field(
+        30,
+        ge=2,
+        le=3600,
+        description="Seconds at most between two checks of a record awaiting reconciliation (the first comes within "
+        "2 s, each next one twice as late)",
+    )
+    deploy_engine_check_interval: float = Field(
+        30,
+        ge=0,
+        le=86400,
+        description="Seconds between two checks of every host's Docker engine (/health, metrics); 0: no engine "
+        "checks at all, nor probes of a running deploy's hosts (its `waiting`)",
+    )
     deploy_max_body_bytes: int = Field(64 * 1024, ge=1024, description="Larger request bodies get 413")
     deploy_keep_runs: int = Field(100, ge=1, description="Run directories kept under DEPLOY_STATE_DIR/runs")
     deploy_history_retention: Annotated[Retention, NoDecode] = Field(

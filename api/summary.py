@@ -44,20 +44,68 @@ def host_images(result: Mapping[str, Any]) -> dict[str, Any]:
     }
 
 
-def succeeded(run: RunResult) -> bool:
+def succeeded(run: RunResult, hosts: tuple[str, ...] = ()) -> bool:
     """The one definition of success: the run ended well, and every host it was for published a success."""
     return (
         run.status == "successful"
         and bool(run.results)
+        and not missing_hosts(run, hosts)
         and all(result.get("outcome") == "succeeded" for result in run.results.values())
     )
 
 
-def outcome_of(run: RunResult) -> str:
-    """One outcome for the history: a stopped run is interrupted; with many hosts, the worst host's outcome."""
+def missing_hosts(run: RunResult, hosts: tuple[str, ...]) -> tuple[str, ...]:
+    """The hosts the run was for that published no record; with `hosts` unknown (empty), none, or a nameless one
+    when no host published anything."""
+    if not hosts:
+        return () if run.results else ("",)
+    return tuple(host for host in hosts if host not in run.results)
+
+
+def missing_causes(run: RunResult, hosts: tuple[str, ...], step: str | None = None) -> dict[str, tuple[str, str]]:
+    """Why each host the run was for published no record, as (outcome, one line that names the cause and the host).
+
+    A record is published in the deploy's `always`, which a host reaches unless its connection dropped (Ansible marks
+    it unreachable and runs nothing more there: no rescue, no always) or the run itself ended first (ansible-playbook
+    killed, a crash): the host may be left in the middle of its deploy, so it is `interrupted`, and reconciled. A host
+    that failed a task before its deploy began (a refusal of the playbook's own preflight) changed nothing: `failed`.
+    """
+    during = f" during {step}" if step else ""
+    causes: dict[str, tuple[str, str]] = {}
+    for host in missing_hosts(run, hosts):
+        name = host or "any host"
+        if host in run.unreachable:
+            causes[host] = (
+                "interrupted",
+                f"{name} became unreachable{during} before it published its result: {run.unreachable[host]}",
+            )
+        elif run.rc is None:
+            causes[host] = (
+                "interrupted",
+                f"The playbook run ended (ansible-playbook was killed by a signal){during} before {name} published "
+                "its result",
+            )
+        elif host in run.failures:
+            causes[host] = ("failed", f"{name}: {run.failures[host]}" if host else run.failures[host])
+        elif host == "" and run.failures:
+            causes[host] = ("failed", "; ".join(dict.fromkeys(run.failures.values())))
+        else:
+            causes[host] = (
+                "interrupted",
+                f"The playbook run ended (exit code {run.rc}){during} before {name} published its result",
+            )
+    return causes
+
+
+def outcome_of(run: RunResult, hosts: tuple[str, ...] = ()) -> str:
+    """One outcome for the history: a stopped run is interrupted, as is one that ended before a host it was for
+    published its record; with many hosts, the worst host's outcome."""
     if run.status in ("timeout", "canceled"):
         return "interrupted"
-    if succeeded(run):
+    causes = missing_causes(run, hosts)
+    if any(outcome == "interrupted" for outcome, _ in causes.values()):
+        return "interrupted"
+    if succeeded(run, hosts):
         return "succeeded"
     outcomes = {str(result.get("outcome") or "failed") for result in run.results.values()}
     return next((worst for worst in WORST_FIRST if worst in outcomes), "failed")
@@ -69,8 +117,11 @@ def first_reached(results: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
     return next(iter(reached or results.values()), {})
 
 
-def host_outcomes(results: Mapping[str, dict[str, Any]]) -> dict[str, HostOutcome]:
-    return {
+def host_outcomes(
+    results: Mapping[str, dict[str, Any]], causes: Mapping[str, tuple[str, str]] | None = None
+) -> dict[str, HostOutcome]:
+    """Each host's outcome: its published record's, or for a host that published none, why (missing_causes)."""
+    published = {
         host: HostOutcome(
             outcome=str(result.get("outcome") or "failed"),
             error=None if result.get("outcome") == "succeeded" else result.get("error"),
@@ -78,6 +129,8 @@ def host_outcomes(results: Mapping[str, dict[str, Any]]) -> dict[str, HostOutcom
         )
         for host, result in results.items()
     }
+    missing = {host: HostOutcome(outcome=outcome, error=error) for host, (outcome, error) in (causes or {}).items()}
+    return {**published, **{host: entry for host, entry in missing.items() if host}}
 
 
 @dataclass(frozen=True)
@@ -91,8 +144,9 @@ class Summary:
     images: dict[str, Any] = field(default_factory=dict)
 
 
-def run_error(run: RunResult, timeout: int) -> str:
-    """Why a run that did not succeed failed, in one line; with many hosts, each host's."""
+def run_error(run: RunResult, timeout: int, causes: Mapping[str, tuple[str, str]] | None = None) -> str:
+    """Why a run that did not succeed failed, in one line; with many hosts, each host's, and why a host published no
+    record (missing_causes)."""
     if run.status == "timeout":
         return f"Deployment timed out after {timeout} s"
     if run.status == "canceled":
@@ -103,20 +157,40 @@ def run_error(run: RunResult, timeout: int) -> str:
         for host, result in run.results.items()
         if result.get("outcome") != "succeeded"
     ]
+    errors += [error for _, error in (causes or {}).values()]
     return "; ".join(dict.fromkeys(errors)) if errors else "Deployment failed before it published a result"
 
 
-def summarize(service: str, run: RunResult, timeout: int, environment: str | None = None) -> Summary:
-    """The summary of a finished run; many hosts are one outcome, their steps tagged by host."""
+def summarize(
+    service: str,
+    run: RunResult,
+    timeout: int,
+    environment: str | None = None,
+    *,
+    hosts: tuple[str, ...] = (),
+    current_step: str | None = None,
+) -> Summary:
+    """The summary of a finished run for `hosts` (the hosts it was for; empty: those that published), `current_step`
+    the one in progress when it ended; many hosts are one outcome, their steps tagged by host."""
     results = run.results
     steps = [
         StepRecord.model_validate(step)
         for step in tagged_steps({host: result.get("steps", []) for host, result in results.items()})
     ]
     first = first_reached(results)
-    hosts = host_outcomes(results)
+    if run.status in ("timeout", "canceled"):
+        # Stopped: no host's deploy ended, whatever a host had published by then.
+        stopped = ("interrupted", run_error(run, timeout))
+        causes: dict[str, tuple[str, str]] = {}
+        outcomes = {
+            host: entry.model_copy(update={"outcome": "interrupted"}) for host, entry in host_outcomes(results).items()
+        }
+        outcomes.update(host_outcomes({}, {host: stopped for host in hosts if host not in results}))
+    else:
+        causes = missing_causes(run, hosts, current_step)
+        outcomes = host_outcomes(results, causes)
     images = host_images(first) if first else {}
-    outcome = outcome_of(run)
+    outcome = outcome_of(run, hosts)
     if outcome == "succeeded":
         body: DeploySuccess | DeployFailure = DeploySuccess(
             service=service,
@@ -125,17 +199,17 @@ def summarize(service: str, run: RunResult, timeout: int, environment: str | Non
             new_image=images.get("new_image"),
             steps=steps,
             environment=environment,
-            hosts=hosts,
+            hosts=outcomes,
         )
         return Summary(200, body, outcome, images)
     failed_logs = [result.get("logs") or "" for result in results.values() if result.get("outcome") != "succeeded"]
     logs = "\n".join(part for part in failed_logs if part) or ("" if results else run.output_tail)
     body = DeployFailure(
         service=service,
-        error=run_error(run, timeout),
+        error=run_error(run, timeout, causes),
         logs=logs,
         steps=steps,
         environment=environment,
-        hosts=hosts,
+        hosts=outcomes,
     )
     return Summary(500, body, outcome, images)

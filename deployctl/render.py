@@ -85,6 +85,11 @@ def outcome_lines(record: dict[str, Any]) -> list[str]:
         lines.append(f"  found     {running}{state}")
     if record.get("error"):
         lines.append(f"  error     {shown(record, 'error')}")
+    # What reconciliation found (or why it waits: the API brings the service back once its hosts answer) and did.
+    if record.get("recovery"):
+        lines.append(f"  recovery  {shown(record, 'recovery')}")
+    if record.get("recovery_action"):
+        lines.append(f"  recovered {shown(record, 'recovery_action')}")
     logs = printable_lines((record.get("logs") or "").rstrip())
     if logs:
         tail = logs[-LOG_TAIL_LINES:]
@@ -117,6 +122,11 @@ def record_lines(record: dict[str, Any]) -> list[str]:
     ]
     if record.get("current_step"):
         fields.append(("in progress", shown(record, "current_step")))
+    if record.get("waiting"):
+        fields.append(("waiting", shown(record, "waiting")))
+    if record.get("reconciliation"):
+        when = f" at {timestamp(record['reconciled_at'])} UTC" if record.get("reconciled_at") else ""
+        fields.append(("reconciled", shown(record, "reconciliation") + when))
     lines = [f"{name:<12} {value}" for name, value in fields if value]
     steps = record.get("steps") or []
     if steps:
@@ -154,8 +164,18 @@ def history_table(page: dict[str, Any]) -> list[str]:
     return lines
 
 
+def waited_for(waiting: str) -> str:
+    """What a record's `waiting` says is awaited, without the seconds it has waited ("..., 12 s")."""
+    head, _, tail = waiting.rpartition(", ")
+    return head if head and tail.endswith(" s") else waiting
+
+
 class Progress:
-    """Prints each step once, as it appears in the record; on a terminal, a spinner with the running step's time."""
+    """Prints each step once, as it appears in the record; on a terminal, a spinner with the running step's time.
+
+    While the record says the deploy waits (for a host's Docker engine), a line says so once when the wait begins,
+    and the spinner shows it with the seconds waited so far.
+    """
 
     def __init__(self, stream: TextIO, *, tty: bool, clock: Callable[[], float] = time.monotonic):
         self.stream = stream
@@ -166,6 +186,7 @@ class Progress:
         self.current_since = 0.0
         self.frame = 0
         self.spinning = False
+        self.waiting: str | None = None
 
     def update(self, record: dict[str, Any]) -> None:
         steps = record.get("steps") or []
@@ -175,9 +196,15 @@ class Progress:
             for step in new_steps:
                 self.stream.write(step_line(step) + "\n")
             self.printed = len(steps)
-        current = (shown(record, "current_step") or None) if record.get("outcome") == "running" else None
+        running = record.get("outcome") == "running"
+        current = (shown(record, "current_step") or None) if running else None
         if current != self.current:
             self.current, self.current_since = current, self.clock()
+        waiting = (shown(record, "waiting") or None) if running else None
+        if waiting is not None and waited_for(waiting) != waited_for(self.waiting or ""):
+            self._clear()
+            self.stream.write(f"  … {waiting}\n")
+        self.waiting = waiting
         self.tick()
 
     def tick(self) -> None:
@@ -189,7 +216,8 @@ class Progress:
             return
         self.frame = (self.frame + 1) % len(SPINNER)
         elapsed = self.clock() - self.current_since
-        self.stream.write(f"\r\x1b[K  {SPINNER[self.frame]} {self.current:<13} {elapsed:.0f} s")
+        waiting = f", {self.waiting}" if self.waiting else ""
+        self.stream.write(f"\r\x1b[K  {SPINNER[self.frame]} {self.current:<13} {elapsed:.0f} s{waiting}")
         self.stream.flush()
         self.spinning = True
 

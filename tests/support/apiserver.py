@@ -32,7 +32,8 @@ def free_port() -> int:
 class ApiServer:
     """Started by the constructor, answering /health when it returns; `stop()` ends it.
 
-    `settings` are more of the API's environment (DEPLOY_NOTIFY_URLS="..."). With `compose_dir`, the server counts
+    `settings` are more of the API's environment (DEPLOY_NOTIFY_URLS="..."); the engine watch is off unless they
+    set DEPLOY_ENGINE_CHECK_INTERVAL. With `compose_dir`, the server counts
     as started once /health names that directory: this server, not another test's that took the same free port
     meanwhile.
     """
@@ -65,6 +66,9 @@ class ApiServer:
             "DEPLOY_STATE_DIR": str(self.state_dir),
             "DEPLOY_PORT": str(self.port),
             "PYTHONPATH": str(REPO),
+            # No engine watch unless a test asks for one (DEPLOY_ENGINE_CHECK_INTERVAL in `settings`): its checks are
+            # runs of their own, every 30 s by default.
+            "DEPLOY_ENGINE_CHECK_INTERVAL": "0",
             **(settings or {}),
         }
         self.process = subprocess.Popen(

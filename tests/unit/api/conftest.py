@@ -6,6 +6,7 @@ import pytest
 from fakerunner import FakeRunner
 
 from api import deployer as deployer_module
+from api import engines as engines_module
 from api import recovery as recovery_module
 
 
@@ -14,4 +15,11 @@ def fake_runner(monkeypatch) -> FakeRunner:
     runner = FakeRunner()
     monkeypatch.setattr(deployer_module, "run_playbook", runner)
     monkeypatch.setattr(recovery_module, "run_playbook", runner)
+    monkeypatch.setattr(engines_module, "run_playbook", runner)
     return runner
+
+
+@pytest.fixture(autouse=True)
+def no_engine_watch(monkeypatch) -> None:
+    """The engine watch is off unless a test turns it on: its checks would be runs of their own."""
+    monkeypatch.setenv("DEPLOY_ENGINE_CHECK_INTERVAL", "0")

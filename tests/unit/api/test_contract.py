@@ -45,7 +45,7 @@ def test_the_playbooks_exist_where_the_contract_says_and_each_runs_the_deploy_ro
     for action, name in contract.SIBLINGS.items():
         path = contract.playbook(contract.DEPLOY_PLAYBOOK, action)
         assert path.name == name and path.is_file(), action
-    for action in ("deploy", "status"):
+    for action in ("deploy", "status", "engines"):
         plays = load(contract.playbook(contract.DEPLOY_PLAYBOOK, action))
         roles = [task["ansible.builtin.import_role"]["name"] for play in plays for task in play["tasks"]]
         assert set(roles) == {"deploy"}, action
@@ -64,6 +64,27 @@ def test_every_extra_var_the_api_passes_is_read_by_the_playbooks_or_the_role():
         assert name in text or name in specs["finish"]["options"], name
     assert contract.VAR_SERVICE in words(REPO / "playbooks" / "status.yml")
     assert contract.VAR_ENVIRONMENT in words(REPO / "playbooks" / "status.yml")
+    # The reconciliation's status reads pass deploy_engine_wait=0: the status entry point takes it.
+    assert contract.VAR_ENGINE_WAIT in specs["status"]["options"]
+    assert contract.VAR_ENGINE_WAIT in words(ROLE / "tasks" / "status.yml")
+
+
+def test_the_engine_check_publishes_what_the_engine_watch_reads_and_never_fails():
+    (check, publish) = load(ROLE / "tasks" / "engine.yml")
+    assert check["failed_when"] is False and check["changed_when"] is False and check["check_mode"] is False
+    assert check["ignore_unreachable"] is True, "an SSH host that cannot be reached is an answer, not a failure"
+    assert check["environment"] == "{{ __deploy_docker_environment }}", "the host's engine, as the deploy's"
+    data = publish["ansible.builtin.set_stats"]["data"]
+    assert data.startswith("{{ {'" + contract.ENGINE_KEY + "': {inventory_hostname: {")
+    assert all(f"'{field}'" in data for field in contract.ENGINE_FIELDS)
+    assert publish["ansible.builtin.set_stats"]["aggregate"] is True
+    specs = load(ROLE / "meta" / "argument_specs.yml")["argument_specs"]
+    assert "engine" in specs
+    (play,) = load(REPO / "playbooks" / "engines.yml")
+    assert play["hosts"] == "all" and play["gather_facts"] is False
+    assert [task["ansible.builtin.import_role"] for task in play["tasks"]] == [
+        {"name": "deploy", "tasks_from": "engine"}
+    ]
 
 
 def test_what_the_playbooks_publish_is_under_the_keys_and_with_the_fields_the_contract_names():
@@ -71,7 +92,7 @@ def test_what_the_playbooks_publish_is_under_the_keys_and_with_the_fields_the_co
         task["ansible.builtin.set_stats"]["data"] for task in role_tasks() if "ansible.builtin.set_stats" in task
     ]
     keys = {text.split("{'", 1)[1].split("'", 1)[0] for text in published}
-    assert keys == {contract.RESULT_KEY, contract.STATUS_KEY}
+    assert keys == {contract.RESULT_KEY, contract.STATUS_KEY, contract.ENGINE_KEY}
     record = deploy_rules.host_record({}, "deploy", "web")
     assert tuple(record) == contract.RESULT_FIELDS
 

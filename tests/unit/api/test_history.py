@@ -320,12 +320,14 @@ def test_an_unverified_image_left_running_is_rolled_back_at_restart(tmp_path, fa
         record = wait_for(client, "20261127T000000-deadbeef", lambda record: record["recovered_by"])
         rollbacks = read(client, "/deployments", outcome="succeeded").json()["items"]
 
-    assert [call["playbook"].name for call in fake_runner.calls] == ["status.yml", "rollback.yml"]
+    assert fake_runner.playbooks() == ["status.yml", "rollback.yml"]
     (rollback,) = rollbacks
     assert (rollback["action"], rollback["source"]) == ("rollback", "recovery")
     assert "20261127T000000-deadbeef" in rollback["message"]
     assert record["recovered_by"] == rollback["id"]
     assert record["recovery_action"] == f"Rolled back to the previous image by {rollback['id']}"
+    assert (record["reconciliation"], record["awaiting_reconciliation"]) == ("restored", False)
+    assert record["reconciled_at"] is None, "reconciled at its first check: it never had to wait"
     assert record["error"] == "Interrupted: the deployment API stopped during health_check", "the deploy's own error"
 
 
@@ -428,10 +430,12 @@ def test_a_database_of_schema_1_is_migrated_and_keeps_its_records(tmp_path):
 
     history = History(tmp_path / "h.sqlite3")
 
-    assert history.schema_version() == SCHEMA_VERSION == 5
+    assert history.schema_version() == SCHEMA_VERSION == 6
     record = history.get("d1")
     assert (record["service"], record["outcome"]) == ("portal", "succeeded")
-    assert "to_inspect" not in record, "internal columns stay internal"
+    for internal in ("to_inspect", "targets", "awaiting_since", "reconcile_checks", "waiting_since"):
+        assert internal not in record, "internal columns stay internal"
+    assert (record["awaiting_reconciliation"], record["reconciled_at"], record["waiting"]) == (False, None, None)
 
 
 def test_a_deploy_stopped_by_a_shutdown_is_inspected_at_the_next_start(tmp_path, fake_runner, monkeypatch):

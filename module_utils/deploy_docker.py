@@ -181,7 +181,7 @@ class Docker:
                 waited = self.clock() - began
                 self.waited += waited
                 raise StepError(
-                    f"The Docker engine at {self.engine} did not answer within {waited:.0f} s: {cause}",
+                    f"The Docker engine at {self.engine} did not answer within {self.engine_wait:g} s: {cause}",
                     engine_unreachable=True,
                 )
             time.sleep(ENGINE_POLL_SECONDS)

@@ -525,7 +525,8 @@ def run_steps(
                 record["engine_wait"] = round(engine_wait, 1)
                 # The deploy's whole time without the engine, across round trips: what a later step may need to know.
                 state["engine_waited"] = round(state.get("engine_waited", 0.0) + engine_wait, 1)
-                if not (failed or {}).get("engine_unreachable"):
+                # A step that gave up on the engine says so already, in its own words.
+                if not (failed or {}).get("engine_unreachable") and "did not answer within" not in record["detail"]:
                     record["detail"] += f" (after waiting {engine_wait:.0f} s for the Docker engine)"
         return {**failed, "failed_step": step} if failed else None
 

@@ -22,7 +22,6 @@ from tests.support.faultproxy import RegistryProxy
 from tests.support.hosts import engine_stopped, fill_data_root, rig_hosts, ssh_stopped
 
 
-
 @pytest.fixture
 def cleanup() -> Iterator[list[tuple[str, str, str]]]:
     """(host, "container" or "image", name): what a test made on an engine, removed after it, whatever happened. An

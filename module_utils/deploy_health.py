@@ -200,9 +200,11 @@ def container_health(
     verdict = judge(container, start, poll, settle, timeout)
     engine_away = docker.waited - waited_before + earlier_outage
     if engine_away and not verdict["healthy"] and verdict["status"] in ("exited", "dead", "missing"):
+        # It did start: the engine stopped it. What is left of the verdict is how it ended ("exited with code 143").
+        how = verdict["detail"].replace("Container failed to start: ", "")
         verdict["detail"] = (
             f"The Docker engine did not answer for {engine_away:.0f} s during the deploy, and the container did not "
-            f"run again after it came back: {verdict['detail'][0].lower()}{verdict['detail'][1:]}"
+            f"run again after it came back ({how[0].lower()}{how[1:]})"
         )
 
     if url and verdict["healthy"] and not check_mode:

@@ -44,6 +44,15 @@ SLOW_START = {
         "start_period": "20s",
     },
 }
+# A service whose HEALTHCHECK fails on the v2 images, five times in a row before it counts (v1 passes).
+FAILS_ON_V2 = {
+    "healthcheck": {
+        "test": ["CMD-SHELL", "wget -q -O- http://127.0.0.1:8080/version | grep -qv v2"],
+        "interval": "1s",
+        "timeout": "2s",
+        "retries": 5,
+    }
+}
 FAULT_WAIT = 60  # the longest a case waits for the phase its fault is injected in
 
 
@@ -222,9 +231,13 @@ def daemon_restart_after_compose_up(root: Path, engine: str) -> Outcome:
     return outcome
 
 
-def daemon_restart_during_health_check(root: Path, engine: str, restart: str = "no") -> Outcome:
+def daemon_restart_during_health_check(
+    root: Path, engine: str, restart: str = "no", checked: dict[str, Any] = SLOW_START
+) -> Outcome:
+    """The engine restarts while the new container's health check runs (its image answers only after 6 s, or its
+    check fails on v2 after five tries: `checked`)."""
     project = EngineProject(
-        root, engine, {"image": image("healthy", "v1"), "init": True, "restart": restart, **SLOW_START}
+        root, engine, {"image": image("healthy", "v1"), "init": True, "restart": restart, **checked}
     )
     project.up(SERVICE)
     project.wait_healthy(SERVICE)
@@ -234,7 +247,7 @@ def daemon_restart_during_health_check(root: Path, engine: str, restart: str = "
     docker("pull", "-q", target, host=project.docker_host)
 
     def in_the_check() -> bool:
-        # Starting for a second and a half: compose up has returned, the health check polls it (it answers at 6 s).
+        # Starting for a second and a half: compose up has returned, the health check polls it.
         return new_container(project, before, project.image_id(target), "starting")() and any(
             container["Id"] != before["Id"] and started_ago(container) >= 1.5 for container in containers(project)
         )
@@ -316,6 +329,12 @@ CASES: dict[str, tuple[str, Callable[[Path, str], Outcome]]] = {
     ),
     "missing_manifest": ("h2", missing_manifest_during_pull),
     "restart_during_rollback": ("h3", daemon_restart_during_rollback),
+    "restart_during_a_failing_health_check_with_restart_policy": (
+        "h3",
+        lambda root, engine: daemon_restart_during_health_check(
+            root, engine, restart="unless-stopped", checked=FAILS_ON_V2
+        ),
+    ),
     "disk_full_during_pull": ("h3", disk_full_during_pull),
 }
 
@@ -420,6 +439,17 @@ def test_with_a_restart_policy_the_restarted_container_is_checked_before_it_coun
     assert outcome.record["outcome"] == "succeeded", outcome.record["error"]
     check = outcome.step("health_check")
     assert check["engine_wait"] > 0 and check["detail"].startswith("Container is healthy")
+
+
+def test_with_a_restart_policy_a_restarted_container_that_fails_its_check_is_rolled_back(
+    matrix: dict[str, Outcome | str],
+) -> None:
+    outcome = seen(matrix, "restart_during_a_failing_health_check_with_restart_policy")
+    assert_truth(outcome)
+    assert outcome.record["outcome"] == "rolled_back", outcome.record["error"]
+    check = outcome.step("health_check")
+    assert check["engine_wait"] > 0 and "unhealthy" in check["detail"], check
+    assert outcome.step("rollback")["rolled_back"] is True
 
 
 def test_a_daemon_restart_during_the_rollback_is_waited_out(matrix: dict[str, Outcome | str]) -> None:

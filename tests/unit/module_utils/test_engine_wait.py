@@ -4,11 +4,14 @@ test_faults.py restarts real engines."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator
 
 import pytest
 from ansible.module_utils import deploy_docker
+from ansible.module_utils import deploy_health as health
 from ansible.module_utils.deploy_docker import ENGINE_LOST, Docker, StepError
+from fakedocker import FakeDocker
 
 GONE = "Cannot connect to the Docker daemon at unix:///run/h1.sock. Is the docker daemon running?\n"
 
@@ -119,3 +122,32 @@ def test_a_real_failure_asks_the_engine_nothing(engine: tuple[Clock, list[bool]]
     docker = Docker(module, engine_wait=60, clock=clock)  # type: ignore[arg-type]
     assert docker.run("image", "inspect", "web:v9")[0] == 1
     assert module.calls == 1 and clock.now == 0
+
+
+def test_a_container_the_engine_took_down_is_said_to_have_gone_down_with_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The health check's inspect waited for the engine (a daemon restart), and the container, without a restart
+    policy, is exited afterwards: the verdict names the engine, and the wait moved the deadline."""
+    states = iter(
+        [
+            {"Status": "running", "Running": True, "Health": {"Status": "starting"}},
+            {"Status": "exited", "Running": False, "ExitCode": 143, "Error": ""},
+        ]
+    )
+
+    def inspect(args: tuple[str, ...]) -> tuple[int, str, str]:
+        state = next(states)
+        if state["Status"] == "exited":
+            docker.waited += 4  # this inspect waited for the engine
+        return 0, json.dumps([{"State": {"StartedAt": "2026-01-02T03:04:05Z", **state}, "RestartCount": 0}]), ""
+
+    docker = FakeDocker({("container", "inspect"): inspect, ("logs",): (0, "", "")})
+    monkeypatch.setattr(health.time, "sleep", lambda seconds: None)
+    checked = health.container_health(
+        docker, container="c0ffee", timeout=5, url="", settle=5, interval=1, log_lines=5, check_mode=False
+    )
+    assert checked["verdict"] == {
+        "healthy": False,
+        "status": "exited",
+        "detail": "The Docker engine did not answer for 4 s during the deploy, and the container did not run again "
+        "after it came back (exited with code 143)",
+    }

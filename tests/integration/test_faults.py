@@ -122,6 +122,19 @@ def poll(what: str, predicate: Callable[[], bool], timeout: float = FAULT_WAIT) 
         time.sleep(0.1)
 
 
+def running_v1(root: Path, engine: str, pulled: str = "", **web: Any) -> tuple[EngineProject, dict[str, Any]]:
+    """A project whose service runs healthy:v1 on `engine`, healthy, with the image `pulled` on the engine already
+    (so that the fault strikes the phase it is meant for, not a pull): the project and its container."""
+    project = EngineProject(root, engine, {"image": image("healthy", "v1"), "init": True, **web})
+    project.up(SERVICE)
+    project.wait_healthy(SERVICE)
+    if pulled:
+        docker("pull", "-q", pulled, host=project.docker_host)
+    before = project.container()
+    assert before is not None
+    return project, before
+
+
 def restart_engine(engine: str, between: Callable[[], None] = lambda: None) -> None:
     """A daemon restart, as `systemctl restart docker` does it; `between` runs while the engine is down."""
     stop_engine(engine)
@@ -194,8 +207,7 @@ def new_container(
 
 def daemon_restart_during_pull(root: Path, engine: str) -> Outcome:
     with RegistryProxy() as proxy:
-        project = EngineProject(root, engine, {"image": image("healthy", "v1"), "init": True})
-        project.up(SERVICE)
+        project, _ = running_v1(root, engine)
         target = f"{proxy.address}/deploytest/healthy:v2"
         proxy.hold()
 
@@ -214,13 +226,8 @@ def daemon_restart_during_pull(root: Path, engine: str) -> Outcome:
 
 
 def daemon_restart_after_compose_up(root: Path, engine: str) -> Outcome:
-    project = EngineProject(root, engine, {"image": image("healthy", "v1"), "init": True, **SLOW_START})
-    project.up(SERVICE)
-    project.wait_healthy(SERVICE)
     target = image("healthy", "v2")
-    docker("pull", "-q", target, host=project.docker_host)
-    before = project.container()
-    assert before is not None
+    project, before = running_v1(root, engine, target, **SLOW_START)
 
     def fault() -> None:
         poll("the new container", new_container(project, before, project.image_id(target)))
@@ -236,15 +243,8 @@ def daemon_restart_during_health_check(
 ) -> Outcome:
     """The engine restarts while the new container's health check runs (its image answers only after 6 s, or its
     check fails on v2 after five tries: `checked`)."""
-    project = EngineProject(
-        root, engine, {"image": image("healthy", "v1"), "init": True, "restart": restart, **checked}
-    )
-    project.up(SERVICE)
-    project.wait_healthy(SERVICE)
     target = image("healthy", "v2")
-    before = project.container()
-    assert before is not None
-    docker("pull", "-q", target, host=project.docker_host)
+    project, before = running_v1(root, engine, target, restart=restart, **checked)
 
     def in_the_check() -> bool:
         # Starting for a second and a half: compose up has returned, the health check polls it.
@@ -262,13 +262,8 @@ def daemon_restart_during_health_check(
 
 
 def daemon_restart_during_rollback(root: Path, engine: str) -> Outcome:
-    project = EngineProject(root, engine, {"image": image("healthy", "v1"), "init": True})
-    project.up(SERVICE)
-    project.wait_healthy(SERVICE)
-    before = project.container()
-    assert before is not None
     target = image("crash", "v2")
-    docker("pull", "-q", target, host=project.docker_host)
+    project, before = running_v1(root, engine, target)
 
     def fault() -> None:
         # The rollback's container: the captured image again, in a container other than the one captured.
@@ -281,9 +276,7 @@ def daemon_restart_during_rollback(root: Path, engine: str) -> Outcome:
 
 
 def disk_full_during_pull(root: Path, engine: str) -> Outcome:
-    project = EngineProject(root, engine, {"image": image("healthy", "v1"), "init": True})
-    project.up(SERVICE)
-    project.wait_healthy(SERVICE)
+    project, _ = running_v1(root, engine)
     tag = f"disk-{uuid.uuid4().hex[:8]}"
     build_unique(f"{image('healthy', 'v1').rsplit(':', 1)[0]}:{tag}")
     with RegistryProxy() as proxy, contextlib.ExitStack() as filled:
@@ -302,9 +295,7 @@ def registry_down_during_pull(root: Path, engine: str) -> Outcome:
     with RegistryProxy() as proxy:
         target = f"{proxy.address}/deploytest/healthy:v2"
         proxy.close()
-        project = EngineProject(root, engine, {"image": image("healthy", "v1"), "init": True})
-        project.up(SERVICE)
-        project.wait_healthy(SERVICE)
+        project, _ = running_v1(root, engine)
         return run_with_fault(project, target, lambda: None)
 
 
@@ -312,9 +303,7 @@ def missing_manifest_during_pull(root: Path, engine: str) -> Outcome:
     with RegistryProxy() as proxy:
         target = f"{proxy.address}/deploytest/healthy:v2"
         proxy.missing()
-        project = EngineProject(root, engine, {"image": image("healthy", "v1"), "init": True})
-        project.up(SERVICE)
-        project.wait_healthy(SERVICE)
+        project, _ = running_v1(root, engine)
         return run_with_fault(project, target, lambda: None)
 
 

@@ -170,6 +170,35 @@ def reconciled(site: Site, deployment_id: str) -> tuple[dict[str, Any], dict[str
     return record, recovery
 
 
+def seen_once_reconciled(
+    site: Site,
+    deployment_id: str,
+    awaiting: dict[str, Any],
+    before: dict[str, Any] | None,
+    *,
+    struck: float,
+    ended: float,
+    back: float | None = None,
+) -> Seen:
+    """Wait for the reconciliation, then what the engine and the records say; with when the fault struck, when the
+    deploy's run ended and (when it came back during the case) when the host answered again."""
+    record, recovery = reconciled(site, deployment_id)
+    done = time.monotonic()
+    figures = {"run": ended - struck, "converge": done - (back or struck), "total": done - struck}
+    if back is not None:
+        figures["down"] = back - struck
+    return Seen(
+        awaiting=awaiting,
+        record=record,
+        recovery=recovery,
+        before=before,
+        after=site.container(),
+        previous_image_id=before["Image"] if before else None,
+        new_image_id=site.image_id(image("healthy", "v2")),
+        figures=figures,
+    )
+
+
 def rollback_past_its_bound(root: Path) -> Seen:
     """Engine h1 stops during the health check of an image that fails it, and stays down until the deploy's run has
     ended: the rollback gives up after deploy_engine_wait. The engine watch runs (every 5 s), for /health."""
@@ -194,22 +223,12 @@ def rollback_past_its_bound(root: Path) -> Seen:
         finally:
             start_engine("h1")
         back = time.monotonic()
-        record, recovery = reconciled(site, deployment_id)
-        done = time.monotonic()
+        seen = seen_once_reconciled(site, deployment_id, awaiting, before, struck=struck, ended=ended, back=back)
         observed["gauge_after"] = site.metric("deployer_awaiting_reconciliation", service=SERVICE)
         observed["health_up"] = site.health_until("the engine up", lambda health: health["docker"] == "reachable")
         observed["engine_up_up"] = site.metric("deployer_engine_up", host=HOST)
-        return Seen(
-            awaiting=awaiting,
-            record=record,
-            recovery=recovery,
-            before=before,
-            after=site.container(),
-            previous_image_id=before["Image"],
-            new_image_id=site.image_id(image("healthy", "v2")),
-            figures={"run": ended - struck, "down": back - struck, "converge": done - back, "total": done - struck},
-            observed=observed,
-        )
+        seen.observed = observed
+        return seen
     finally:
         site.tear_down()
 
@@ -229,18 +248,7 @@ def first_deploy_past_its_bound(root: Path) -> Seen:
         finally:
             start_engine("h2")
         back = time.monotonic()
-        record, recovery = reconciled(site, deployment_id)
-        done = time.monotonic()
-        return Seen(
-            awaiting=awaiting,
-            record=record,
-            recovery=recovery,
-            before=None,
-            after=site.container(),
-            previous_image_id=None,
-            new_image_id=site.image_id(image("healthy", "v2")),
-            figures={"run": ended - struck, "down": back - struck, "converge": done - back, "total": done - struck},
-        )
+        return seen_once_reconciled(site, deployment_id, awaiting, None, struck=struck, ended=ended, back=back)
     finally:
         site.tear_down()
 
@@ -273,18 +281,7 @@ def playbook_killed(root: Path) -> Seen:
         struck = time.monotonic()
         awaiting = site.until(deployment_id, "the end of the run", lambda record: record["outcome"] != "running")
         ended = time.monotonic()
-        record, recovery = reconciled(site, deployment_id)
-        done = time.monotonic()
-        return Seen(
-            awaiting=awaiting,
-            record=record,
-            recovery=recovery,
-            before=before,
-            after=site.container(),
-            previous_image_id=before["Image"],
-            new_image_id=site.image_id(image("healthy", "v2")),
-            figures={"run": ended - struck, "converge": done - struck, "total": done - struck},
-        )
+        return seen_once_reconciled(site, deployment_id, awaiting, before, struck=struck, ended=ended)
     finally:
         site.tear_down()
 
@@ -305,18 +302,7 @@ def ssh_host_dropped(root: Path) -> Seen:
             ended = time.monotonic()
             time.sleep(max(0.0, 4 - (ended - struck)))
         back = time.monotonic()
-        record, recovery = reconciled(site, deployment_id)
-        done = time.monotonic()
-        return Seen(
-            awaiting=awaiting,
-            record=record,
-            recovery=recovery,
-            before=before,
-            after=site.container(),
-            previous_image_id=before["Image"],
-            new_image_id=site.image_id(image("healthy", "v2")),
-            figures={"run": ended - struck, "down": back - struck, "converge": done - back, "total": done - struck},
-        )
+        return seen_once_reconciled(site, deployment_id, awaiting, before, struck=struck, ended=ended, back=back)
     finally:
         site.tear_down()
 

@@ -7,7 +7,6 @@ import json
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -18,11 +17,9 @@ from fakeapi import (
     READ_TOKEN,
     SECRET,
     STEPS,
-    FakeApi,
     hostile_record,
     progressing,
     record,
-    serving,
     unprintable,
 )
 
@@ -34,22 +31,6 @@ from deployctl.client import Client, Refused
 from deployctl.render import Progress
 
 REPO = Path(__file__).resolve().parents[3]
-
-
-@pytest.fixture
-def fake_api() -> Iterator[FakeApi]:
-    yield from serving()
-
-
-@pytest.fixture(autouse=True)
-def environment(monkeypatch, tmp_path, fake_api) -> None:
-    """Only what each test sets: no `.env` (the working directory is empty), no variables from the shell."""
-    for name in ("WEBHOOK_SECRET", "DEPLOY_URL", "DEPLOY_READ_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("WEBHOOK_SECRET", SECRET)
-    monkeypatch.setenv("DEPLOY_URL", fake_api.url)
-    monkeypatch.setattr(deployctl.follow, "POLL_INTERVAL", 0.01)
 
 
 def run(capsys, *argv: str) -> tuple[int, str, str]:

@@ -4,31 +4,13 @@ per wait, the spinner with it, and what reconciliation found and did."""
 from __future__ import annotations
 
 import io
-from collections.abc import Iterator
 
-import pytest
-from fakeapi import HOSTILE, HOSTILE_ESCAPED, SECRET, STEPS, FakeApi, record, serving, unprintable
+from fakeapi import HOSTILE, HOSTILE_ESCAPED, STEPS, record, unprintable
 
-import deployctl.follow
 from deployctl.cli import main
 from deployctl.render import Progress, outcome_lines, record_lines, waited_for
 
 WAITING = "waiting for the Docker engine on prod1"
-
-
-@pytest.fixture
-def fake_api() -> Iterator[FakeApi]:
-    yield from serving()
-
-
-@pytest.fixture(autouse=True)
-def environment(monkeypatch, tmp_path, fake_api) -> None:
-    for name in ("WEBHOOK_SECRET", "DEPLOY_URL", "DEPLOY_READ_TOKEN"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("WEBHOOK_SECRET", SECRET)
-    monkeypatch.setenv("DEPLOY_URL", fake_api.url)
-    monkeypatch.setattr(deployctl.follow, "POLL_INTERVAL", 0.01)
 
 
 def in_health_check(waiting: str | None) -> dict:

@@ -16,10 +16,11 @@ from tests.conftest import REPO
 
 @pytest.fixture
 def exposed(tmp_path) -> set[str]:
-    """Every sample name of GET /metrics, once a deploy has succeeded and a notification target is known."""
+    """Every sample name of GET /metrics, once a deploy has succeeded, a notification target is known and the engine
+    watch has heard a host."""
     history = History(tmp_path / "deployments.sqlite3")
     history.create(id="d1", action="deploy", service="portal", outcome="succeeded", finished_at=now())
-    metrics = Metrics(history, services=lambda: ("portal",))
+    metrics = Metrics(history, services=lambda: ("portal",), engines=lambda: {"prod1": True})
     metrics.know_notification_schemes(["tgram"])
     text, _ = metrics.exposition(None)
     history.close()

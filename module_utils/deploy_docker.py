@@ -155,19 +155,28 @@ class Docker:
                     return rc, stdout, stderr
                 again_at_once = False
 
-    def engine_answers(self) -> bool:
-        """Whether the engine answers now: `docker version` reaches the server, within ENGINE_PING_TIMEOUT."""
+    def ping(self, timeout: float = ENGINE_PING_TIMEOUT) -> tuple[bool, str]:
+        """Whether the engine answers now (`docker version` reaches the server within `timeout`), and in one line its
+        version or why it does not answer."""
         try:
             ping = subprocess.run(
                 [self.binary, "version", "--format", "{{.Server.Version}}"],
                 capture_output=True,
                 text=True,
-                timeout=ENGINE_PING_TIMEOUT,
+                timeout=timeout,
                 check=False,
             )
-        except (OSError, subprocess.TimeoutExpired):
-            return False
-        return ping.returncode == 0 and bool(ping.stdout.strip())
+        except subprocess.TimeoutExpired:
+            return False, f"The Docker engine at {self.engine} did not answer within {timeout:g} s"
+        except OSError as error:
+            return False, f"Running docker version failed: {error}"
+        version = ping.stdout.strip()
+        if ping.returncode == 0 and version:
+            return True, f"Docker {version} at {self.engine}"
+        return False, cli_cause(ping.stderr, ping.returncode)
+
+    def engine_answers(self) -> bool:
+        return self.ping()[0]
 
     def wait_for_engine(self, cause: str) -> bool:
         """Wait until the engine answers, at most `engine_wait` seconds; whether it had to wait (False: it answered

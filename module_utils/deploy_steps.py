@@ -459,11 +459,10 @@ def run_steps(
         return {"success": True, "rolled_back": True, "image": restored, "image_id": image_id, "detail": detail}
 
     def rollback_step() -> StepRecord:
-        if action == REMOVE:
-            state["removed"] = True
         capture: Capture = state["capture"]
         if action == REMOVE:
             # A removal restores what a first deploy had before it: no container.
+            state["removed"] = True
             capture = {**capture, "container_id": ""}
         rollback = restore(capture)
         if params["stopped_at"]:

@@ -97,12 +97,11 @@ def missing_causes(run: RunResult, hosts: tuple[str, ...], step: str | None = No
     return causes
 
 
-def outcome_of(run: RunResult, hosts: tuple[str, ...] = ()) -> str:
+def outcome_of(run: RunResult, hosts: tuple[str, ...], causes: Mapping[str, tuple[str, str]]) -> str:
     """One outcome for the history: a stopped run is interrupted, as is one that ended before a host it was for
-    published its record; with many hosts, the worst host's outcome."""
+    published its record (`causes`: missing_causes); with many hosts, the worst host's outcome."""
     if run.status in ("timeout", "canceled"):
         return "interrupted"
-    causes = missing_causes(run, hosts)
     if any(outcome == "interrupted" for outcome, _ in causes.values()):
         return "interrupted"
     if succeeded(run, hosts):
@@ -190,7 +189,7 @@ def summarize(
         causes = missing_causes(run, hosts, current_step)
         outcomes = host_outcomes(results, causes)
     images = host_images(first) if first else {}
-    outcome = outcome_of(run, hosts)
+    outcome = outcome_of(run, hosts, causes)
     if outcome == "succeeded":
         body: DeploySuccess | DeployFailure = DeploySuccess(
             service=service,

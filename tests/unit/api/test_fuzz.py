@@ -416,7 +416,7 @@ def test_signed_bodies_run_exactly_when_valid_and_allowed(client, fake_runner):
     statuses: Counter[int] = Counter()
     received: set[tuple[str, str, bytes]] = set()
 
-    @settings(FUZZ, max_examples=300)
+    @settings(FUZZ, max_examples=450)
     @given(
         raw=st.one_of(
             encoded(plausible_documents),
@@ -451,7 +451,8 @@ def test_signed_bodies_run_exactly_when_valid_and_allowed(client, fake_runner):
     assert set(statuses) == {200, 400, 403, 413, 422}, statuses
     # Enough valid bodies to exercise the run, with room: derandomize fixes the seed, but Hypothesis also draws the
     # literals of the project's modules loaded in the session (its "local constants"), so one more module imported
-    # anywhere in the suite draws other examples. Over 12 seeds this count ranged from 19 to 43.
+    # anywhere in the suite draws other examples. Over 12 seeds this count ranged from 19 to 43 of 300 examples; with
+    # the reconciliation's modules loaded, 300 drew 13, so 450 are drawn (49 valid then).
     assert statuses[200] >= 15, statuses
 
 

@@ -110,6 +110,10 @@ def authorize(
         place = f" in {where}" if where else ""
         detail = f"The secret that signed this request may not deploy {service!r}{place}"
         raise Refused(status.HTTP_403_FORBIDDEN, detail + elsewhere(view, service, signers, where), "wrong_secret")
+    problems = environment.settings_problems(service)
+    if problems:
+        detail = "; ".join(problems) + ". Fix deploy_services in the inventory"
+        raise Refused(status.HTTP_400_BAD_REQUEST, detail, "not_allowed")
     image = deploy_request.image
     if image is not None and environment.hosts_refusing_image(service, image):
         allowed = ", ".join(environment.image_repositories(service)) or "none on every host"

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, model_serializer
 
-from module_utils.deploy_rules import ROUND_TRIPS, STEPS
+from module_utils.deploy_rules import RECREATE, ROUND_TRIPS, STEPS, round_trips
 
 PLAYBOOKS = Path(__file__).resolve().parents[1] / "playbooks"
 DEPLOY_PLAYBOOK = PLAYBOOKS / "deploy.yml"
@@ -67,14 +67,28 @@ STATUS_FIELDS = ("service", "container_id", "image", "image_id", "state")
 # The module every step runs in; its results carry the host's state.
 ENGINE_MODULE = "compose_deploy"
 
-StepName = Literal["capture_state", "choose_image", "pull_image", "compose_up", "health_check", "cleanup", "rollback"]
+StepName = Literal[
+    "preflight",
+    "capture_state",
+    "choose_image",
+    "pull_image",
+    "compose_up",
+    "health_check",
+    "observe",
+    "drain",
+    "cleanup",
+    "rollback",
+]
 # How the log announces each step when it starts.
 ANNOUNCEMENTS: dict[str, str] = {
+    "preflight": "🧭 Checking that two containers can run side by side...",
     "capture_state": "📸 Capturing current state for rollback...",
     "choose_image": "🔎 Choosing the image to roll back to...",
     "pull_image": "⬇️  Pulling image...",
     "compose_up": "🔄 Restarting service via docker compose...",
     "health_check": "🏥 Checking container health...",
+    "observe": "👀 Watching the new container beside the old one...",
+    "drain": "🚰 Draining the old container...",
     "cleanup": "🧹 Cleaning up previous images...",
     "rollback": "⏪ Rolling back to the captured image...",
 }
@@ -93,7 +107,9 @@ class StepRecord(BaseModel):
     seconds: float | None = Field(None, description="How long the step took on the host")
     image: str | None = Field(None, description="capture_state, choose_image, pull_image, rollback: the image")
     image_id: str | None = Field(None, description="capture_state, choose_image, pull_image: its ID")
-    container_id: str | None = Field(None, description="compose_up: the service's container, 12 characters")
+    container_id: str | None = Field(
+        None, description="compose_up: the service's container (blue_green: the new one), drain: the one left"
+    )
     running: bool | None = Field(None, description="health_check: the container runs")
     rolled_back: bool | None = Field(None, description="rollback: the captured image runs again")
     engine_wait: float | None = Field(
@@ -125,8 +141,9 @@ class StepProgress:
         action: str = "deploy",
         on_step: Callable[[str, str], None] | None = None,
         on_steps: Callable[[str, list[dict[str, Any]]], None] | None = None,
+        strategy: str = RECREATE,
     ) -> None:
-        self.first_steps = ROUND_TRIPS.get(action, ((),))[0]
+        self.first_steps = round_trips(action, strategy)[0] if action in ROUND_TRIPS else ()
         self.on_step = on_step
         self.on_steps = on_steps
         self.announced: set[str] = set()

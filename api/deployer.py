@@ -22,6 +22,7 @@ from api.runner import deploy_extravars, run_playbook
 from api.settings import Settings
 from api.summary import step_images, summarize, tagged_steps
 from api.text import printable
+from module_utils.deploy_rules import RECREATE
 
 log = logging.getLogger("deploy")
 BANNER = "=" * 40
@@ -164,10 +165,11 @@ class Deployer:
         action: str = "deploy",
         wait: bool = True,
         claim: RunningDeploy | None = None,
+        strategy: str = RECREATE,
     ) -> tuple[str, int, DeploySuccess | DeployFailure | None]:
         """Start a deploy (or rollback) of the service on `hosts` (those of its environment that the request may
         reach: the playbook runs on no other), under `claim` or a claim of its own. With wait, the finished outcome;
-        else (id, 202, None) at once."""
+        else (id, 202, None) at once. `strategy`: the service's on those hosts, which the progress follows."""
         claim = claim or self.claim(request.service, hosts)
         logs.bind(deployment_id=claim.deployment_id, service=request.service)
         try:
@@ -189,7 +191,7 @@ class Deployer:
             self.release(claim)
             raise
         self._log_start(claim, request, action, source)
-        work = self._run(claim, request, action, source)
+        work = self._run(claim, request, action, source, strategy)
         if wait:
             status, body = await work
             return claim.deployment_id, status, body
@@ -197,7 +199,7 @@ class Deployer:
         return claim.deployment_id, 202, None
 
     async def _run(
-        self, claim: RunningDeploy, request: DeployRequest, action: str, source: str
+        self, claim: RunningDeploy, request: DeployRequest, action: str, source: str, strategy: str
     ) -> tuple[int, DeploySuccess | DeployFailure]:
         deployment_id = claim.deployment_id
         host_steps: dict[str, list[dict[str, Any]]] = {}
@@ -223,6 +225,7 @@ class Deployer:
                 run_id=deployment_id,
                 playbook=self.playbook(action),
                 action=action,
+                strategy=strategy,
                 extravars=deploy_extravars(
                     deployment_id,
                     request,

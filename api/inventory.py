@@ -20,7 +20,7 @@ from ansible.vars.manager import VariableManager
 
 from api.settings import DEFAULT_SIGNER, SECRET_ENV
 from module_utils import deploy_rules
-from module_utils.deploy_rules import allows_image
+from module_utils.deploy_rules import RECREATE, allows_image
 
 log = logging.getLogger("deploy")
 
@@ -37,6 +37,10 @@ class ServicePolicy:
     secret_envs: tuple[str, ...] = ()
     # The image repositories it may run; None: any (as the compose file and the request say).
     image_repositories: tuple[str, ...] | None = None
+    # How its container is replaced (deploy_rules.STRATEGIES), and what is wrong with its deploy settings, if anything
+    # (deploy_rules.settings_problem): a deploy of it is refused until the inventory is fixed.
+    strategy: str = RECREATE
+    problem: str = ""
 
     def signs(self, signers: Collection[str]) -> bool:
         """Whether one of the secret sets that signed a request may deploy the service."""
@@ -80,6 +84,19 @@ class Environment:
     def services_for(self, signers: Collection[str]) -> tuple[str, ...]:
         """The services the signers may deploy here: the allow-list as far as they may know it."""
         return tuple(service for service in self.services if self.signs(service, signers))
+
+    def strategy(self, service: str) -> str:
+        """The service's strategy where every host that allows it agrees; else recreate's progress is followed."""
+        strategies = {policy.strategy for policy in self.policies(service).values()}
+        return strategies.pop() if len(strategies) == 1 else RECREATE
+
+    def settings_problems(self, service: str) -> tuple[str, ...]:
+        """What is wrong with the service's deploy settings, on each host of the environment where something is."""
+        return tuple(
+            f"{host}: {policy.problem}" if len(self.hosts) > 1 else policy.problem
+            for host, policy in self.policies(service).items()
+            if policy.problem
+        )
 
     def hosts_refusing_image(self, service: str, image: str) -> tuple[str, ...]:
         return tuple(host for host, policy in self.policies(service).items() if not policy.allows_image(image))
@@ -129,9 +146,16 @@ def _names(value: object) -> list[str]:
     return [str(item) for item in value] if isinstance(value, list | tuple) else [str(value)]
 
 
-def _policy(entry: dict[str, Any]) -> ServicePolicy:
+def _policy(service: str, entry: dict[str, Any]) -> ServicePolicy:
     repositories = deploy_rules.repositories(entry)
-    return ServicePolicy(tuple(sorted(set(_names(entry.get("secret_env"))))), tuple(sorted(set(repositories))) or None)
+    problem = deploy_rules.settings_problem(service, entry)
+    strategy = str(entry.get("strategy") or RECREATE) if not problem else RECREATE
+    return ServicePolicy(
+        tuple(sorted(set(_names(entry.get("secret_env"))))),
+        tuple(sorted(set(repositories))) or None,
+        strategy,
+        problem,
+    )
 
 
 def _newest_change(path: Path) -> float:
@@ -169,7 +193,7 @@ def read_inventory(path: Path) -> InventoryView:
         host_vars = variables.get_vars(host=host)
         services = host_vars.get("deploy_services") or {}
         host_services[host.name] = {
-            str(name): _policy(entry if isinstance(entry, dict) else {}) for name, entry in services.items()
+            str(name): _policy(str(name), entry if isinstance(entry, dict) else {}) for name, entry in services.items()
         }
         if "deploy_compose_dir" in host_vars:
             compose_dir = Templar(loader=loader, variables=host_vars).template(host_vars["deploy_compose_dir"])

@@ -235,6 +235,7 @@ def run_playbook(
     cancel: threading.Event,
     stats_key: str = contract.RESULT_KEY,
     action: str = "deploy",
+    strategy: str = "recreate",
     limit: tuple[str, ...] | None = None,
     check: bool = False,
     on_step: Callable[[str, str], None] | None = None,
@@ -242,8 +243,8 @@ def run_playbook(
 ) -> RunResult:
     """Run `playbook` in its own private directory; the result is what it published with set_stats under `stats_key`.
 
-    on_step(step, announcement) is called when a step of `action` starts; on_steps(host, steps) when a host finished
-    one (contract.StepProgress).
+    on_step(step, announcement) is called when a step of `action` (deployed with `strategy`) starts; on_steps(host,
+    steps) when a host finished one (contract.StepProgress).
     """
     runs_dir = state_dir / "runs"
     runs_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -254,7 +255,7 @@ def run_playbook(
     extravars_file.write_text(unsafe_extravars(extravars), encoding="utf-8")
     extravars_file.chmod(0o600)
 
-    host_events = HostEvents(contract.StepProgress(action, on_step, on_steps).on_event)
+    host_events = HostEvents(contract.StepProgress(action, on_step, on_steps, strategy).on_event)
     # ansible_runner.run() is init_runner() then run(): in between, the run's environment is narrowed.
     runner = init_runner(
         private_data_dir=str(run_dir),

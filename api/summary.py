@@ -110,6 +110,20 @@ def outcome_of(run: RunResult, hosts: tuple[str, ...], causes: Mapping[str, tupl
     return next((worst for worst in WORST_FIRST if worst in outcomes), "failed")
 
 
+def refused_at_preflight(results: Mapping[str, dict[str, Any]]) -> bool:
+    """Whether the deploy was refused before anything changed: some host failed its preflight (two containers of the
+    service cannot run side by side there), and every other host was not reached."""
+    refused = [
+        host
+        for host, result in results.items()
+        if result.get("outcome") == "failed"
+        and any(step.get("step") == "preflight" and not step.get("success") for step in result.get("steps") or [])
+    ]
+    return bool(refused) and all(
+        host in refused or result.get("outcome") == "not_reached" for host, result in results.items()
+    )
+
+
 def first_reached(results: Mapping[str, dict[str, Any]]) -> dict[str, Any]:
     """The result of the first host the rollout reached (its images stand for the deploy's), else of the first."""
     reached = [result for result in results.values() if result.get("outcome") != "not_reached"]
@@ -211,4 +225,6 @@ def summarize(
         environment=environment,
         hosts=outcomes,
     )
-    return Summary(500, body, outcome, images)
+    # A refusal is the request's fault, as the API's own refusals are; nothing was changed.
+    code = 400 if outcome == "failed" and not causes and refused_at_preflight(results) else 500
+    return Summary(code, body, outcome, images)

@@ -8,8 +8,11 @@ module: compose_deploy
 short_description: Run steps of a deploy of one compose service in one module round trip
 description:
   - The one implementation of each step of a deploy (module_utils/deploy_steps.py), run by the deploy role. Runs the
-    requested O(steps) in the deploy's order C(capture_state), C(choose_image), C(pull_image), C(compose_up),
-    C(health_check), C(cleanup), C(rollback); or C(status) alone.
+    requested O(steps) in the deploy's order C(preflight), C(capture_state), C(choose_image), C(pull_image),
+    C(compose_up), C(health_check), C(observe), C(drain), C(cleanup), C(rollback); or C(status) alone.
+  - C(preflight) (O(strategy=blue_green)) refuses, before anything changes, a service two containers of which would
+    collide (a container_name, a published host port, network_mode host, more than one replica), or that runs two
+    containers already.
   - C(capture_state) records the service's container, image ID and reference, its compose file (found as
     C(docker compose) finds it when O(compose_file) is empty) and its history, and tags a running image the history
     lacks C(<history_prefix>/<project>/<service>:<stamp>-<short id>).
@@ -19,7 +22,11 @@ description:
     always asking the registry; with O(pull=false) it only finds the image on the host.
   - C(compose_up) pins the target image in the pin file beside the compose file (C(<name>.deploy.yml); the pin is
     dropped when it is the compose file's image) and runs C(docker compose up --detach --no-deps -- <service>).
-  - C(health_check) waits until the new container is healthy, settled or down, then probes O(health_url).
+  - C(health_check) waits until the new container is healthy, settled or down, then probes O(health_url), where
+    C({address}) stands for the container's own IP address.
+  - C(observe) and C(drain) (O(strategy=blue_green)) watch the new container for O(observe_seconds) while the old one
+    serves, then let the old one serve O(drain_seconds) more, stop it with its own grace period and remove it, and
+    check that the new one alone is left, running the pulled image ID.
   - C(cleanup) stamps the pulled image as the newest of the service's history, keeps O(keep_images) previous images
     and removes the older ones. Its stamp is O(stamp) plus the time elapsed on the host since the module started.
   - C(rollback) brings back the captured image (points its reference at it again, compose up, health check, checks the
@@ -50,7 +57,8 @@ options:
     description: The steps to run; they run in the deploy's order whatever the order given.
     type: list
     elements: str
-    choices: [capture_state, choose_image, pull_image, compose_up, health_check, cleanup, rollback, status]
+    choices: [preflight, capture_state, choose_image, pull_image, compose_up, health_check, observe, drain, cleanup,
+      rollback, status]
     required: true
   project_dir:
     description: Directory that holds the compose file (C(~) and variables are expanded).
@@ -133,6 +141,23 @@ options:
       the step fails and names the engine.
     type: int
     default: 60
+  strategy:
+    description: >-
+      How the service's container is replaced - C(recreate) (compose recreates it) or C(blue_green) (C(preflight)
+      checks that two can run side by side; C(compose_up) starts the new one beside the old one, which serves until
+      C(health_check) and C(observe) have proven the new one; C(drain) then retires the old one; a failure before
+      that removes the new one). A round trip after the first follows the strategy in O(state).
+    type: str
+    choices: [recreate, blue_green]
+    default: recreate
+  drain_seconds:
+    description: C(blue_green) - seconds the old container serves beside the proven new one before its stop signal.
+    type: int
+    default: 3
+  observe_seconds:
+    description: C(blue_green) - seconds the healthy new container is watched beside the old one (a canary window).
+    type: int
+    default: 0
 attributes:
   check_mode:
     support: full
@@ -239,6 +264,9 @@ ARGUMENT_SPEC = {
     "keep_images": {"type": "int", "default": 1},
     "stop_timeout": {"type": "int", "default": 10},
     "engine_wait": {"type": "int", "default": 60},
+    "strategy": {"type": "str", "choices": ["recreate", "blue_green"], "default": "recreate"},
+    "drain_seconds": {"type": "int", "default": 3},
+    "observe_seconds": {"type": "int", "default": 0},
 }
 
 

@@ -18,7 +18,15 @@ import re
 import tempfile
 from typing import Any, TypedDict
 
-from ansible.module_utils.deploy_docker import Docker, StepError, cli_error, logrus_record, service_container
+from ansible.module_utils.deploy_docker import (
+    Docker,
+    StepError,
+    cli_error,
+    logrus_record,
+    newest_container,
+    service_container,
+    service_containers,
+)
 from ansible.module_utils.deploy_image import image_id
 
 HEADER_KEY = "x-deploy"
@@ -57,10 +65,11 @@ class PinFile(TypedDict):
 
 
 class ComposeResult(PinFile):
-    """What compose_service returns."""
+    """What compose_service returns: `container_id` the service's container after `up` (beside: the new one)."""
 
     changed: bool
     container_id: str
+    beside: bool
 
 
 def find_compose_file(project_dir: str) -> str:
@@ -99,6 +108,42 @@ def locate(docker: Docker, project_dir: str, compose_file: str) -> tuple[str, st
     if not os.path.exists(compose_path):
         raise StepError(f"Compose file {compose_path} does not exist")
     return project_dir, compose_file, compose_path
+
+
+class Project(TypedDict):
+    """A compose project as `docker compose config` reads it: where it is, and its configuration."""
+
+    project_dir: str
+    compose_file: str
+    compose_path: str
+    config: dict[str, Any]
+
+
+def read_project(docker: Docker, project_dir: str, compose_file: str) -> Project:
+    """The project in `project_dir` (`~` and `$VAR` expanded) with its compose file (found as compose finds it when
+    empty), as `docker compose -f <file> config --format json` reads it; a StepError names the file at fault."""
+    expanded = os.path.expanduser(os.path.expandvars(project_dir))
+    project_dir, compose_file, compose_path = locate(docker, expanded, compose_file)
+    config_args = ["compose", "-f", compose_file, "config", "--format", "json"]
+    rc, stdout, stderr = docker.run(*config_args, cwd=project_dir)
+    if rc != 0:
+        # With the keys of ansible.builtin.command's failures (rc, stdout, stderr, cmd), which callers read.
+        what = f"docker compose config failed for {compose_path}"
+        raise cli_error(what, [docker.binary, *config_args], rc, stderr, stdout=stdout)
+    return {
+        "project_dir": project_dir,
+        "compose_file": compose_file,
+        "compose_path": compose_path,
+        "config": json.loads(stdout),
+    }
+
+
+def service_config(project: Project, service: str) -> dict[str, Any]:
+    """The service's entry of the project's configuration; a StepError when the compose file does not define it."""
+    config: dict[str, Any] | None = (project["config"].get("services") or {}).get(service)
+    if config is None:
+        raise StepError(f"Service '{service}' is not defined in {project['compose_path']}")
+    return config
 
 
 def unread_override(project_dir: str, compose_file: str) -> str:
@@ -258,6 +303,7 @@ def compose_service(
     check_mode: bool,
     project: str = "",
     before: dict[str, Any] | None = None,
+    beside: bool = False,
 ) -> ComposeResult:
     """Pin `image` (or drop the pin: an empty `image`, `file_image`, or state absent) and run
     `docker compose up --detach --no-deps --pull missing -- <service>`, or `down -- <service>`.
@@ -276,6 +322,9 @@ def compose_service(
     Under check mode no pin is written and compose runs with `--dry-run`, which checks the files and the request.
     `changed` then says what `up` would do (would_change), unless the pin would change, which is a change already.
     With state absent: the pin would change, or a container exists.
+
+    `beside` (a blue-green deploy, `before` running) starts a second container of the service with the pinned image
+    and leaves `before` as it is (`--scale <service>=2 --no-recreate`); `container_id` is the new one's.
     """
     project_dir, compose_file, compose_path = locate(docker, project_dir, compose_file)
     pin_file = pin_file or pin_file_for(compose_file)
@@ -308,20 +357,36 @@ def compose_service(
     if before is None:
         before = service_container(docker, project, service)
 
+    reference = image if pinned else file_image
+    if beside and before.get("State") != "running":
+        # Nothing serves: nothing to start beside.
+        beside = False
+    if beside and state == "present" and not check_mode:
+        # Only a container compose would replace gets a twin: an unchanged service starts nothing.
+        beside = would_change(docker, compose, project_dir, service, before, reference, config_failure)
+
     timeout = ["--timeout", str(stop_timeout)]
     dry_run = ["--dry-run"] if check_mode else []
     if state == "present":
         action = ["up", "--detach", "--no-color", "--quiet-pull", "--pull", "missing", "--no-deps"]
+        if beside:
+            action += ["--no-recreate", "--scale", f"{service}=2"]
     else:
         action = ["down"]
     command = [*compose, *action, *timeout, *dry_run, "--", service]
     compose_output(docker, command, project_dir, f"docker compose {action[0]} failed for {where}", **result)
 
     if state == "absent":
-        return {"changed": pin_changed or bool(before), "container_id": "", **result}
+        return {"changed": pin_changed or bool(before), "container_id": "", "beside": False, **result}
     if check_mode:
         reference = ((config.get("services") or {}).get(service) or {}).get("image", "")
         changed = pin_changed or would_change(docker, compose, project_dir, service, before, reference, config_failure)
-        return {"changed": changed, "container_id": before.get("ID", ""), **result}
+        return {"changed": changed, "container_id": before.get("ID", ""), "beside": beside and changed, **result}
+    if beside:
+        started = [row for row in service_containers(docker, project, service) if row["ID"] != before["ID"]]
+        if not started:
+            raise StepError(f"docker compose up started no second container of {where}")
+        return {"changed": True, "container_id": newest_container(started)["ID"], "beside": True, **result}
     after = service_container(docker, project, service)
-    return {"changed": pin_changed or container_changed(before, after), "container_id": after.get("ID", ""), **result}
+    changed = pin_changed or container_changed(before, after)
+    return {"changed": changed, "container_id": after.get("ID", ""), "beside": False, **result}

@@ -215,12 +215,13 @@ def newest_container(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return sorted(rows, key=lambda row: cli_time(row["CreatedAt"]))[-1] if rows else {}
 
 
-def service_container(docker: Docker, project: str, service: str) -> dict[str, Any]:
-    """The newest container of a compose service (also a stopped one), found by compose's labels: its `docker ps` row.
+def service_containers(docker: Docker, project: str, service: str) -> list[dict[str, Any]]:
+    """Every container of a compose service (also stopped ones), found by compose's labels: their `docker ps` rows,
+    newest first.
 
     Not a one-off container of `docker compose run`, which carries the service's labels too.
     """
-    rows = json_lines(
+    return json_lines(
         docker.output(
             "ps",
             "--all",
@@ -236,4 +237,8 @@ def service_container(docker: Docker, project: str, service: str) -> dict[str, A
             what=f"Listing the containers of service {service} in compose project {project}",
         )
     )
-    return newest_container(rows)
+
+
+def service_container(docker: Docker, project: str, service: str) -> dict[str, Any]:
+    """The newest container of a compose service (also a stopped one): its `docker ps` row, {} for none."""
+    return newest_container(service_containers(docker, project, service))

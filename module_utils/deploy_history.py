@@ -8,12 +8,10 @@ the older form `<short image id>` reads as the oldest entry.
 
 from __future__ import annotations
 
-import json
-import os
 import re
 from typing import Any, TypedDict
 
-from ansible.module_utils.deploy_compose import locate
+from ansible.module_utils.deploy_compose import Project, read_project, service_config
 from ansible.module_utils.deploy_docker import (
     Docker,
     StepError,
@@ -133,6 +131,7 @@ def capture_state(
     history_prefix: str,
     stamp: str,
     check_mode: bool,
+    read: Project | None = None,
 ) -> CaptureResult:
     """What the service runs, its history, and a protecting tag for a running image the history lacks.
 
@@ -143,19 +142,12 @@ def capture_state(
     file it found, and compose reads no override then.
 
     Returns `changed` and `capture` (what the later steps read of it), which names the compose file
-    read (`compose_file`, relative to `project_dir`) and `project_dir` (expanded, absolute).
+    read (`compose_file`, relative to `project_dir`) and `project_dir` (expanded, absolute). `read`: the project as
+    an earlier step of the same round trip read it (read_project), not read again.
     """
-    expanded = os.path.expanduser(os.path.expandvars(project_dir))
-    project_dir, compose_file, compose_path = locate(docker, expanded, compose_file)
-    config_args = ["compose", "-f", compose_file, "config", "--format", "json"]
-    rc, stdout, stderr = docker.run(*config_args, cwd=project_dir)
-    if rc != 0:
-        # With the keys of ansible.builtin.command's failures (rc, stdout, stderr, cmd), which callers read.
-        what = f"docker compose config failed for {compose_path}"
-        raise cli_error(what, [docker.binary, *config_args], rc, stderr, stdout=stdout)
-    project = json.loads(stdout)
-    if service not in (project.get("services") or {}):
-        raise StepError(f"Service '{service}' is not defined in {compose_path}")
+    found = read or read_project(docker, project_dir, compose_file)
+    project_dir, compose_file, project = found["project_dir"], found["compose_file"], found["config"]
+    settings = service_config(found, service)
 
     repository = history_repository(history_prefix, project["name"], service)
     history = list_history(docker, repository)
@@ -193,7 +185,7 @@ def capture_state(
             "project": project["name"],
             "project_dir": project_dir,
             "compose_file": compose_file,
-            "file_image": project["services"][service].get("image", ""),
+            "file_image": settings.get("image", ""),
             "container_id": container.get("ID", ""),
             "container_state": container.get("State", "absent"),
             "image_id": image_id,

@@ -17,8 +17,25 @@ ACTIONS = ("deploy", "rollback")
 # not do it itself (the engine did not answer, the run was killed). Its one round trip reads (no history is written)
 # and removes.
 REMOVE = "remove"
-# The steps, in the order they run. `rollback` runs only after a failure that changed the host (ROLLBACK_AFTER).
-STEPS = ("capture_state", "choose_image", "pull_image", "compose_up", "health_check", "cleanup", "rollback")
+# The steps, in the order they run. `rollback` runs only after a failure that changed the host (ROLLBACK_AFTER);
+# `preflight`, `observe` and `drain` only in a blue-green deploy (BLUE_GREEN_TRIPS).
+STEPS = (
+    "preflight",
+    "capture_state",
+    "choose_image",
+    "pull_image",
+    "compose_up",
+    "health_check",
+    "observe",
+    "drain",
+    "cleanup",
+    "rollback",
+)
+# How a deploy replaces the service's container: `recreate` (compose recreates it: the old one stops before the new one
+# starts) or `blue_green` (the new one starts beside the old one, which serves until the new one is proven, then
+# drains and is removed).
+RECREATE, BLUE_GREEN = "recreate", "blue_green"
+STRATEGIES = (RECREATE, BLUE_GREEN)
 # The module round trips of a deploy and a rollback: each costs about 0.25 s of Ansible, so the steps that need no
 # look at the host between them share one. Three, so that the record follows the deploy (what ran before is known
 # before anything changes, the new container before its health check); the first one finishes a redeploy that changes
@@ -28,9 +45,27 @@ ROUND_TRIPS = {
     "rollback": (("capture_state", "choose_image", "pull_image"), ("compose_up",), ("health_check", "cleanup")),
     REMOVE: (("capture_state", "rollback"),),
 }
+# A blue-green deploy first checks that two containers of the service can run side by side (before anything changes),
+# and has one more round trip: the record knows the new container passed its health check (and the observation)
+# before the old one is drained, so that a run that dies in between is finished the right way (api/recovery.py).
+BLUE_GREEN_TRIPS = {
+    "deploy": (
+        ("preflight", "capture_state", "pull_image"),
+        ("compose_up",),
+        ("health_check", "observe"),
+        ("drain", "cleanup"),
+    ),
+    "rollback": (
+        ("preflight", "capture_state", "choose_image", "pull_image"),
+        ("compose_up",),
+        ("health_check", "observe"),
+        ("drain", "cleanup"),
+    ),
+    REMOVE: ROUND_TRIPS[REMOVE],
+}
 # A failure in these left the host changed: the captured image is brought back. (A cleanup that fails after a
 # healthy start too: the deploy is reported failed, and the host must not run what a failed deploy brought.)
-ROLLBACK_AFTER = ("compose_up", "health_check", "cleanup")
+ROLLBACK_AFTER = ("compose_up", "health_check", "observe", "drain", "cleanup")
 OUTCOMES = ("succeeded", "rolled_back", "rollback_failed", "failed", "not_reached")
 
 # The distribution reference grammar, [registry[:port]/]path[:tag][@digest], bounded to 255 characters.
@@ -44,7 +79,18 @@ IMAGE_REFERENCE = re.compile(
 
 # Every key of a deploy_services entry the deploy reads, and its default. An empty compose_file is found as
 # `docker compose` finds it (deploy_compose.find_compose_file).
-SERVICE_DEFAULTS = {"compose_file": "", "health_timeout": 60, "health_url": "", "keep_images": 1, "pull": True}
+SERVICE_DEFAULTS = {
+    "compose_file": "",
+    "health_timeout": 60,
+    "health_url": "",
+    "keep_images": 1,
+    "pull": True,
+    "strategy": RECREATE,
+    "drain_seconds": 3,
+    "observe_seconds": 0,
+}
+# What a health URL names as its host to be probed at the new container's own address on the project network.
+ADDRESS = "{address}"
 
 
 def image_repository(image: str) -> str:
@@ -87,7 +133,78 @@ def refusal(action: object, service: object, services: object, image: str) -> st
             f"Image {image!r} is not allowed for service {service!r}. "
             f"Allowed repositories: {', '.join(repositories(settings))}"
         )
+    return settings_problem(service, settings)
+
+
+def _whole(value: object, low: int) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= low
+
+
+def settings_problem(service: str, entry: dict[str, Any]) -> str:
+    """What is wrong with the deploy settings of a service's deploy_services entry, in one line; empty when nothing.
+
+    The strategy is one of STRATEGIES, drain_seconds and observe_seconds are whole seconds (0 or more), and a
+    blue-green service's health_url, if any, is probed at the new container's own address: its host is `{address}`,
+    since a published port both containers share would answer for either of them.
+    """
+    settings = {**SERVICE_DEFAULTS, **entry}
+    strategy = settings["strategy"]
+    if strategy not in STRATEGIES:
+        return f"Service {service!r}: strategy {strategy!r} is neither {' nor '.join(STRATEGIES)}"
+    for key in ("drain_seconds", "observe_seconds"):
+        if not _whole(settings[key], 0):
+            return f"Service {service!r}: {key} must be a whole number of seconds, 0 or more, not {settings[key]!r}"
+    url = str(settings["health_url"] or "")
+    if strategy == BLUE_GREEN and url and ADDRESS not in url:
+        return (
+            f"Service {service!r} deploys blue_green, so its health_url must probe the new container itself: write its "
+            f"host as {ADDRESS} (for example http://{ADDRESS}:8080/health), not {url!r}"
+        )
     return ""
+
+
+def twin_problem(service: str, config: dict[str, Any], compose_path: str) -> str:
+    """Why two containers of a compose service cannot run side by side, in one line that says how to fix it; empty
+    when they can. `config` is the service's entry of `docker compose config --format json`.
+
+    A fixed container_name, a published host port (an ephemeral one, `"8080"` alone, is fine), the host's network
+    namespace, or more than one replica (blue_green replaces one container; several would need as many twins).
+    """
+    where = f"service {service} of {compose_path}"
+    instead = "or deploy it with strategy recreate"
+    if config.get("container_name"):
+        return (
+            f"Cannot deploy {where} blue_green: it sets container_name {config['container_name']!r}, which two "
+            f"containers cannot share. Remove container_name (compose then names each container itself), {instead}"
+        )
+    for port in config.get("ports") or []:
+        published = port.get("published") if isinstance(port, dict) else None
+        if published not in (None, "", "0", 0):
+            host_ip = f"{port.get('host_ip')}:" if port.get("host_ip") else ""
+            return (
+                f"Cannot deploy {where} blue_green: it publishes host port {host_ip}{published} (container port "
+                f"{port.get('target')}), which two containers cannot share. Reach it through a reverse proxy on the "
+                f"project's network and publish no host port, {instead}"
+            )
+    if config.get("network_mode") == "host":
+        return (
+            f"Cannot deploy {where} blue_green: it uses network_mode host, where two containers would listen on the "
+            f"same ports. Give it a network of its own behind a reverse proxy, {instead}"
+        )
+    replicas = (config.get("deploy") or {}).get("replicas")
+    scale = config.get("scale")
+    count = next((value for value in (replicas, scale) if isinstance(value, int)), 1)
+    if count != 1:
+        return (
+            f"Cannot deploy {where} blue_green: it runs {count} replicas, and a blue-green deploy replaces one "
+            f"container. Run one replica, {instead}"
+        )
+    return ""
+
+
+def round_trips(action: str, strategy: str = RECREATE) -> tuple[tuple[str, ...], ...]:
+    """The round trips of an action with a strategy."""
+    return (BLUE_GREEN_TRIPS if strategy == BLUE_GREEN else ROUND_TRIPS)[action]
 
 
 def service_settings(services: object, service: str) -> dict[str, Any]:
@@ -99,7 +216,8 @@ def service_settings(services: object, service: str) -> dict[str, Any]:
 def first_unfinished(state: dict[str, Any], action: str) -> str:
     """The first step of the action that has no record yet: where a failure outside the steps stopped it."""
     done = {step["step"] for step in state.get("steps", [])}
-    return next((step for trip in ROUND_TRIPS[action] for step in trip if step not in done), "cleanup")
+    trips = round_trips(action, state.get("strategy", RECREATE))
+    return next((step for trip in trips for step in trip if step not in done), "cleanup")
 
 
 def failed_outside(state: dict[str, Any], action: str, msg: str) -> dict[str, Any]:
@@ -120,7 +238,8 @@ def next_steps(state: dict[str, Any], action: str) -> list[str]:
     if state.get("failed_step"):
         return ["rollback"] if state["failed_step"] in ROLLBACK_AFTER and "rollback" not in state else []
     done = {step["step"] for step in state.get("steps", [])}
-    return next((list(trip) for trip in ROUND_TRIPS[action] if not set(trip) <= done), [])
+    trips = round_trips(action, state.get("strategy", RECREATE))
+    return next((list(trip) for trip in trips if not set(trip) <= done), [])
 
 
 def ranked_names(repo_tags: list[str], history_prefix: str, file_image: str) -> list[str]:

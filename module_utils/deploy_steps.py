@@ -16,12 +16,29 @@ from collections.abc import Callable
 from datetime import datetime, timedelta
 from typing import Any, TypedDict
 
-from ansible.module_utils.deploy_compose import ComposeResult, compose_service, pin_file_for
-from ansible.module_utils.deploy_docker import Docker, StepError
-from ansible.module_utils.deploy_health import HealthResult, Verdict, container_health
+from ansible.module_utils.deploy_bluegreen import discard, health_url_for, observe, others, retire
+from ansible.module_utils.deploy_compose import (
+    ComposeResult,
+    Project,
+    compose_service,
+    pin_file_for,
+    read_project,
+    service_config,
+)
+from ansible.module_utils.deploy_docker import Docker, StepError, service_containers
+from ansible.module_utils.deploy_health import HealthResult, Verdict, container_health, inspect_container
 from ansible.module_utils.deploy_history import Capture, CaptureResult, CleanupResult, capture_state, cleanup
 from ansible.module_utils.deploy_image import inspect, pull_image, rollback_image
-from ansible.module_utils.deploy_rules import REMOVE, ROUND_TRIPS, STEPS, next_steps, ranked_names
+from ansible.module_utils.deploy_rules import (
+    BLUE_GREEN,
+    RECREATE,
+    REMOVE,
+    ROUND_TRIPS,
+    STEPS,
+    next_steps,
+    ranked_names,
+    twin_problem,
+)
 
 # The module's steps: the deploy's, and `status`, which only reads what the service runs.
 MODULE_STEPS = (*STEPS, "status")
@@ -33,7 +50,10 @@ PULL_KEYS = ("image", "image_id")
 UP_KEYS = ("container_id",)
 SKIPPED = "Skipped in check mode"
 # What finish_unchanged adds when the steps end with pull_image and the service runs the pulled image already.
-FINISH = ("compose_up", "health_check", "cleanup")
+FINISH = {
+    RECREATE: ("compose_up", "health_check", "cleanup"),
+    BLUE_GREEN: ("compose_up", "health_check", "observe", "drain", "cleanup"),
+}
 # How often the rollback puts the captured image back when the engine went away during an attempt.
 RESTORE_ATTEMPTS = 3
 # A wait shorter than this (the engine was back at the first ping) is not worth a word in the record.
@@ -62,10 +82,12 @@ class Pull(TypedDict):
 
 
 class Up(TypedDict):
-    """The container compose_up left."""
+    """The container compose_up left; `beside` the one that served before it, when it started the new one beside it
+    (blue_green), else empty."""
 
     container_id: str
     changed: bool
+    beside: str
 
 
 class Rollback(TypedDict):
@@ -125,9 +147,9 @@ def ordered_steps(requested: list[str], image: str, state: dict[str, Any]) -> li
                 f"Step {step} needs a capture: add capture_state to the steps, or pass the state of an earlier call "
                 f"(its capture lacks {', '.join(lacking(captured, CAPTURE_KEYS))})"
             )
-        if step == "health_check" and "compose_up" not in ordered and lacking(started, UP_KEYS):
+        if step in ("health_check", "observe", "drain") and "compose_up" not in ordered and lacking(started, UP_KEYS):
             raise StepError(
-                "Step health_check needs compose_up in the same call, or the state of an earlier call that ran it"
+                f"Step {step} needs compose_up in the same call, or the state of an earlier call that ran it"
             )
         if step == "cleanup" and "pull_image" not in ordered and lacking(pulled, PULL_KEYS):
             raise StepError(
@@ -188,8 +210,11 @@ def pull_record(pull: Pull, not_pulled_reason: str) -> StepRecord:
     }
 
 
-def up_record(up: Up, captured_container_id: str) -> StepRecord:
-    if up["changed"]:
+def up_record(up: Up, captured_container_id: str, check_mode: bool = False) -> StepRecord:
+    if up["beside"]:
+        what = "Would start a second container" if check_mode else f"Started {up['container_id'][:12]}"
+        detail = f"{what} beside {up['beside'][:12]}, which keeps serving"
+    elif up["changed"]:
         detail = "Container recreated" if captured_container_id else "Container created"
     else:
         detail = "Container already up to date"
@@ -210,6 +235,10 @@ def cleanup_record(cleaned: CleanupResult | None) -> StepRecord:
         else SKIPPED
     )
     return {"step": "cleanup", "success": True, "detail": detail}
+
+
+def preflight_record(service: str) -> StepRecord:
+    return {"step": "preflight", "success": True, "detail": f"Two containers of {service} can run side by side"}
 
 
 def failure_record(step: str, msg: str) -> StepRecord:
@@ -264,7 +293,12 @@ def run_steps(
         # What a failure before the pull still names as the image it was to deploy.
         state.setdefault("target", params["image"])
     action = params["action"]
+    # The strategy the deploy began with: the round trips after the first follow it, whatever they are given.
+    state.setdefault("strategy", params["strategy"])
+    blue_green = state["strategy"] == BLUE_GREEN and action != REMOVE
     result: dict[str, Any] = {"changed": False, "finished": False, "state": state, "logs": "", "timings": {}}
+    # The project as preflight read it, for capture_state in the same round trip.
+    read: list[Project] = []
 
     def target() -> str:
         """The image this run deploys: the one asked for, else the one chosen or pulled before, else the compose
@@ -291,11 +325,12 @@ def run_steps(
         )
 
     def health(container_id: str) -> HealthResult:
+        url = params["health_url"]
         return container_health(
             docker,
             container=container_id,
             timeout=params["health_timeout"],
-            url=params["health_url"],
+            url=health_url_for(docker, url, container_id) if url and not check_mode else url,
             settle=params["health_settle"],
             interval=params["health_interval"],
             log_lines=params["health_log_lines"],
@@ -312,7 +347,31 @@ def run_steps(
             history_prefix=params["history_prefix"],
             stamp=params["stamp"],
             check_mode=read_only,
+            read=read[0] if read else None,
         )
+
+    def preflight_step() -> StepRecord:
+        """Before anything changes: two containers of the service can run side by side (twin_problem), and only one
+        runs now (two are a blue-green deploy that did not finish)."""
+        if not blue_green:
+            return {"step": "preflight", "success": True, "detail": "Nothing to check: the strategy is recreate"}
+        project = read_project(docker, params["project_dir"], params["compose_file"])
+        read.append(project)
+        problem = twin_problem(params["service"], service_config(project, params["service"]), project["compose_path"])
+        if problem:
+            raise StepError(problem)
+        running = [
+            row["ID"][:12]
+            for row in service_containers(docker, project["config"]["name"], params["service"])
+            if row.get("State") == "running"
+        ]
+        if len(running) > 1:
+            raise StepError(
+                f"Service {params['service']} runs {len(running)} containers ({', '.join(running)}): a blue-green "
+                "deploy did not finish. The API finishes it at its next start; by hand, remove the one that did not "
+                "pass its health check"
+            )
+        return preflight_record(params["service"])
 
     def capture_step() -> StepRecord:
         # A removal keeps no history: the image it takes away never passed its health check.
@@ -359,11 +418,12 @@ def run_steps(
         capture = state["capture"]
         # The container as the capture found it, this round trip or the one before: no second `docker ps`.
         found = {"ID": capture["container_id"], "State": capture["container_state"]} if capture["container_id"] else {}
-        done = compose(image=target(), state="present", before=found)
-        state["up"] = {"container_id": done["container_id"], "changed": done["changed"]}
+        done = compose(image=target(), state="present", before=found, beside=blue_green)
+        beside = capture["container_id"] if done["beside"] else ""
+        state["up"] = {"container_id": done["container_id"], "changed": done["changed"], "beside": beside}
         result["diff"] = done["diff"]
         result["changed"] |= done["changed"]
-        return up_record(state["up"], state["capture"]["container_id"])
+        return up_record(state["up"], state["capture"]["container_id"], check_mode)
 
     def health_step() -> StepRecord:
         if check_mode:
@@ -374,6 +434,52 @@ def run_steps(
             state["logs"] = result["logs"] = done["logs"]
             raise StepError(done["verdict"]["detail"])
         return health_record(done["verdict"])
+
+    def observe_step() -> StepRecord:
+        """The canary window of a blue-green deploy: the new container, healthy, is watched while the old one still
+        serves beside it."""
+        up, seconds = state["up"], params["observe_seconds"]
+        if check_mode:
+            return {"step": "observe", "success": True, "detail": SKIPPED}
+        if not up.get("beside") or not seconds:
+            why = "no container was started beside the old one" if not up.get("beside") else "observe_seconds is 0"
+            return {"step": "observe", "success": True, "detail": f"Not observed: {why}"}
+        url = params["health_url"]
+        problem = observe(
+            docker,
+            up["container_id"],
+            seconds,
+            health_url_for(docker, url, up["container_id"]) if url else "",
+            params["health_interval"],
+        )
+        if problem:
+            raise StepError(problem)
+        detail = f"Watched {up['container_id'][:12]} for {seconds} s beside {up['beside'][:12]}: it stayed healthy"
+        return {"step": "observe", "success": True, "detail": detail}
+
+    def drain_step() -> StepRecord:
+        """The old container leaves: it serves `drain_seconds` more, gets its stop signal and grace period, and is
+        removed. Then exactly one container of the service is left, running the new image."""
+        up, capture = state["up"], state["capture"]
+        if check_mode:
+            return {"step": "drain", "success": True, "detail": SKIPPED}
+        if not up.get("beside"):
+            return {"step": "drain", "success": True, "detail": "Nothing to drain: no container was started beside"}
+        retired = retire(docker, up["beside"], params["drain_seconds"])
+        left = service_containers(docker, capture["project"], params["service"])
+        expected = (state.get("pull") or {}).get("image_id", "")
+        runs = rollback_image(docker, expected, "", up["container_id"], check_mode)["container_image_id"]
+        if [row["ID"] for row in left] != [up["container_id"]] or runs != expected:
+            names = ", ".join(f"{row['ID'][:12]} ({row.get('State')})" for row in left) or "none"
+            raise StepError(
+                f"After the drain the service has {names}, not {up['container_id'][:12]} alone running "
+                f"{expected[7:19]} (it runs {runs[7:19] or 'no image'})"
+            )
+        detail = (
+            f"Drained {up['beside'][:12]} for {retired['drained']:.0f} s, stopped it in {retired['stopped_in']:.1f} s "
+            f"and removed it; {up['container_id'][:12]} serves alone ({expected[7:19]})"
+        )
+        return {"step": "drain", "success": True, "container_id": up["container_id"][:12], "detail": detail}
 
     def cleanup_step() -> StepRecord:
         if check_mode:
@@ -403,7 +509,22 @@ def run_steps(
         retaggable = bool(image) and "@" not in image and not image.startswith("sha256:")
         restored = image if retaggable or "@" in image else capture.get("history_ref", "")
 
+        # The new containers a blue-green rollback removed while the old one kept serving.
+        kept_serving: list[str] = []
+
         def put_back() -> Verdict | dict[str, str]:
+            started_beside = (state.get("up") or {}).get("beside")
+            if started_beside and not check_mode:
+                old = inspect_container(docker, started_beside)
+                if old is not None and old["State"]["Running"]:
+                    # Blue-green before the drain: the old container served throughout. The new one goes, and compose
+                    # finds the old one as the pin names it again: nothing is recreated.
+                    for row in others(docker, capture["project"], params["service"], started_beside):
+                        discard(docker, row["ID"])
+                        kept_serving.append(row["ID"][:12])
+                elif old is not None:
+                    # Stopped by the drain: the captured image comes back as recreate brings it, over the new one.
+                    discard(docker, started_beside)
             if not capture["container_id"]:
                 result["changed"] |= compose(image="", state="absent")["changed"]
                 return {"detail": NO_PREVIOUS_CONTAINER}
@@ -456,6 +577,11 @@ def run_steps(
         if not capture["container_id"]:
             return {"success": True, "rolled_back": False, "image": "", "image_id": "", "detail": verdict["detail"]}
         detail = f"Rolled back to {restored} ({image_id[7:19]}): {verdict['detail']}"
+        if kept_serving:
+            detail = (
+                f"Removed the new container {', '.join(kept_serving)}; {capture['container_id'][:12]} kept serving "
+                f"{restored} ({image_id[7:19]}) throughout: {verdict['detail']}"
+            )
         return {"success": True, "rolled_back": True, "image": restored, "image_id": image_id, "detail": detail}
 
     def rollback_step() -> StepRecord:
@@ -487,11 +613,14 @@ def run_steps(
         return {"step": "status", "success": True, "detail": result["status"]["state"]}
 
     work = {
+        "preflight": preflight_step,
         "capture_state": capture_step,
         "choose_image": choose_step,
         "pull_image": pull_step,
         "compose_up": up_step,
         "health_check": health_step,
+        "observe": observe_step,
+        "drain": drain_step,
         "cleanup": cleanup_step,
         "rollback": rollback_step,
         "status": status_step,
@@ -552,7 +681,7 @@ def run_steps(
         and ordered[-1:] == ["pull_image"]
         and runs_pulled_image(state["capture"], state["pull"])
     ):
-        for step in FINISH:
+        for step in FINISH[state["strategy"] if blue_green else RECREATE]:
             failed = run(step)
             if failed:
                 return finish(failed)

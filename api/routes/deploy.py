@@ -117,7 +117,13 @@ async def run_action(
                 headers={"Retry-After": str(retry_after)},
             )
         deployment_id, code, outcome = await deployer.start(
-            deploy_request, source, action=action, wait=wait, hosts=environment.hosts, claim=claim
+            deploy_request,
+            source,
+            action=action,
+            wait=wait,
+            hosts=environment.hosts,
+            claim=claim,
+            strategy=environment.strategy(deploy_request.service),
         )
     except Refused as refusal:
         get_metrics(request).webhook(endpoint(request), refusal.result)

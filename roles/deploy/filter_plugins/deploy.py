@@ -47,7 +47,9 @@ class FilterModule:
         return {
             "deploy_refusal": lambda action, service, services, image: RULES.refusal(action, service, services, image),
             "deploy_settings": RULES.service_settings,
-            "deploy_round_trips": lambda action: [list(trip) for trip in RULES.ROUND_TRIPS[action]],
+            "deploy_round_trips": lambda action, strategy="recreate": [
+                list(trip) for trip in RULES.round_trips(action, strategy)
+            ],
             "deploy_latest_state": latest_state,
             "deploy_failed_outside": RULES.failed_outside,
             "deploy_next_steps": RULES.next_steps,

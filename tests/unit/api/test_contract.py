@@ -110,17 +110,21 @@ def test_the_steps_are_the_modules_and_every_round_trip_runs_in_the_module_the_c
     assert list(contract.ANNOUNCEMENTS) == list(deploy_rules.STEPS) == choices[:-1]
     assert set(contract.StepRecord.model_fields["step"].annotation.__args__) == set(deploy_rules.STEPS)
     engine = [task for task in role_tasks() if contract.ENGINE_MODULE in task]
-    assert len(engine) == 6, "three round trips, the rollback, the undo of a rollout, the status read"
+    assert len(engine) == 7, "four round trips, the rollback, the undo of a rollout, the status read"
     # A removal (the API's reconciliation of a first deploy) reads, then takes the container away.
     assert deploy_rules.ROUND_TRIPS[deploy_rules.REMOVE] == (("capture_state", "rollback"),)
-    for action, trips in deploy_rules.ROUND_TRIPS.items():
-        if action == deploy_rules.REMOVE:
-            continue
-        assert [step for trip in trips for step in trip] == [
-            step
-            for step in deploy_rules.STEPS
-            if step != "rollback" and (action == "rollback" or step != "choose_image")
-        ]
+    blue_green_only = ("preflight", "observe", "drain")
+    for strategy in deploy_rules.STRATEGIES:
+        for action in deploy_rules.ACTIONS:
+            trips = deploy_rules.round_trips(action, strategy)
+            assert [step for trip in trips for step in trip] == [
+                step
+                for step in deploy_rules.STEPS
+                if step != "rollback"
+                and (action == "rollback" or step != "choose_image")
+                and (strategy == deploy_rules.BLUE_GREEN or step not in blue_green_only)
+            ]
+        assert deploy_rules.round_trips(deploy_rules.REMOVE, strategy) == deploy_rules.ROUND_TRIPS[deploy_rules.REMOVE]
 
 
 def test_no_task_name_is_part_of_the_contract():

@@ -98,7 +98,7 @@ def test_pull_record_words_with_their_trailing_spaces():
 
 def test_compose_up_record():
     def record(changed: bool, captured_container: str) -> dict:
-        return steps.up_record({"container_id": CONTAINER, "changed": changed}, captured_container)
+        return steps.up_record({"container_id": CONTAINER, "changed": changed, "beside": ""}, captured_container)
 
     assert record(True, "") == {
         "step": "compose_up",
@@ -109,6 +109,13 @@ def test_compose_up_record():
     assert record(True, CONTAINER)["detail"] == "Container recreated"
     assert record(False, CONTAINER)["detail"] == "Container already up to date"
     assert record(False, "")["detail"] == "Container already up to date"
+    beside = {"container_id": CONTAINER, "changed": True, "beside": "ab" * 32}
+    assert steps.up_record(beside, "ab" * 32)["detail"] == (
+        "Started c0ffee123456 beside abababababab, which keeps serving"
+    )
+    assert steps.up_record(beside, "ab" * 32, check_mode=True)["detail"] == (
+        "Would start a second container beside abababababab, which keeps serving"
+    )
 
 
 def test_health_and_cleanup_records_and_their_check_mode_words():
@@ -256,7 +263,8 @@ class Steps:
 
     def compose_service(self, **given: object) -> dict:
         container = "" if given["state"] == "absent" else "f" * 64
-        return {"changed": True, "container_id": container, "diff": {"before": "", "after": "{}"}}
+        beside = bool(given.get("beside")) and bool(self.captured["container_id"])
+        return {"changed": True, "container_id": container, "beside": beside, "diff": {"before": "", "after": "{}"}}
 
     def container_health(self, **_: object) -> dict:
         healthy = self.healthy.pop(0) if len(self.healthy) > 1 else self.healthy[0]
@@ -327,7 +335,7 @@ def test_a_deploy_runs_every_step_with_what_the_earlier_steps_found(monkeypatch)
     ]
     state = result["state"]
     assert state["pull"] == {"image": "web:v2", "image_id": NEW_ID, "changed": True, "pulled": True}
-    assert state["up"] == {"container_id": "f" * 64, "changed": True}
+    assert state["up"] == {"container_id": "f" * 64, "changed": True, "beside": ""}
     assert state["health"]["healthy"] and result["logs"] == ""
     assert state["cleanup"] == {"removed": [], "kept": [OLD_ID]}
     assert result["timings"] == {**dict.fromkeys(DEPLOY, 0.5), "cleanup": 1.0}
@@ -484,7 +492,7 @@ def test_finish_unchanged_finishes_a_redeploy_that_changes_nothing_in_the_same_c
     assert result["finished"] and result["next_steps"] == []
     assert records(result) == list(DEPLOY)
     assert fake.last("compose_service")["image"] == "web:v1"
-    assert result["state"]["up"] == {"container_id": "f" * 64, "changed": True}
+    assert result["state"]["up"] == {"container_id": "f" * 64, "changed": True, "beside": ""}
 
     fake.calls.clear()
     without = steps.run_steps(ENGINE, params(steps=prepare), check_mode=False)

@@ -126,6 +126,7 @@ class ComposeProject:
         self.compose_file.write_text(yaml.safe_dump({"name": self.name, "services": services}, sort_keys=False))
         self.inventory = root / "inventory.yml"
         self.state_dir = root / "state"
+        self.settings = settings
         self.write_inventory({"localhost": {"deploy_compose_dir": str(self.dir), "deploy_services": settings}})
 
     def write_inventory(self, hosts: dict[str, dict[str, Any]]) -> None:
@@ -191,6 +192,7 @@ class ComposeProject:
             cancel=threading.Event(),
             limit=(limit,) if limit else None,
             action="rollback" if playbook == ROLLBACK_PLAYBOOK else "deploy",
+            strategy=self.settings.get(service, {}).get("strategy", "recreate"),
             check=check,
             on_step=lambda step, _words: announced.append(step),
         )

@@ -52,7 +52,7 @@ build_images() {
   export DOCKER_BUILDKIT=0
   docker build -q -t deploytest/base:1 -f "$ctx/Dockerfile.base" "$ctx" >/dev/null 2>>"$state/build.log"
   local kind version
-  for kind in healthy crash unhealthy dies plain; do
+  for kind in healthy crash unhealthy dies plain slow deaf; do
     for version in v1 v2 v3; do
       docker build -q --build-arg "VERSION=$kind-$version" -t "$registry/deploytest/$kind:$version" \
         -f "$ctx/Dockerfile.$kind" "$ctx" >/dev/null 2>>"$state/build.log"

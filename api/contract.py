@@ -23,6 +23,7 @@ SIBLINGS = {
     "deploy": "deploy.yml",
     "rollback": "rollback.yml",
     "remove": "remove.yml",
+    "settle": "settle.yml",
     "status": "status.yml",
     "engines": "engines.yml",
 }
@@ -38,6 +39,8 @@ EXTRA_VARS = (VAR_SERVICE, VAR_IMAGE, VAR_ENVIRONMENT, VAR_BATCHES, VAR_ROLLBACK
 # How long a step waits for a Docker engine that does not answer; the reconciliation's status reads pass 0, so that a
 # probe of an engine that is down costs one quick run.
 VAR_ENGINE_WAIT = "deploy_engine_wait"
+# The image ID whose container a settling keeps (the reconciliation of a blue-green deploy that died with two).
+VAR_KEEP_IMAGE_ID = "deploy_keep_image_id"
 
 # What the playbooks publish with set_stats, one entry per host: the deploy's record, and what a service runs.
 RESULT_KEY = "deploy"
@@ -62,7 +65,7 @@ RESULT_FIELDS = (
     "logs",
     "steps",
 )
-STATUS_FIELDS = ("service", "container_id", "image", "image_id", "state")
+STATUS_FIELDS = ("service", "container_id", "image", "image_id", "state", "containers")
 
 # The module every step runs in; its results carry the host's state.
 ENGINE_MODULE = "compose_deploy"

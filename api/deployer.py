@@ -8,7 +8,7 @@ import logging
 import secrets
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -166,10 +166,12 @@ class Deployer:
         wait: bool = True,
         claim: RunningDeploy | None = None,
         strategy: str = RECREATE,
+        extravars: Mapping[str, Any] | None = None,
     ) -> tuple[str, int, DeploySuccess | DeployFailure | None]:
         """Start a deploy (or rollback) of the service on `hosts` (those of its environment that the request may
         reach: the playbook runs on no other), under `claim` or a claim of its own. With wait, the finished outcome;
-        else (id, 202, None) at once. `strategy`: the service's on those hosts, which the progress follows."""
+        else (id, 202, None) at once. `strategy`: the service's on those hosts, which the progress follows;
+        `extravars`: the reconciliation's own, besides the request's."""
         claim = claim or self.claim(request.service, hosts)
         logs.bind(deployment_id=claim.deployment_id, service=request.service)
         try:
@@ -191,7 +193,7 @@ class Deployer:
             self.release(claim)
             raise
         self._log_start(claim, request, action, source)
-        work = self._run(claim, request, action, source, strategy)
+        work = self._run(claim, request, action, source, strategy, dict(extravars or {}))
         if wait:
             status, body = await work
             return claim.deployment_id, status, body
@@ -199,7 +201,13 @@ class Deployer:
         return claim.deployment_id, 202, None
 
     async def _run(
-        self, claim: RunningDeploy, request: DeployRequest, action: str, source: str, strategy: str
+        self,
+        claim: RunningDeploy,
+        request: DeployRequest,
+        action: str,
+        source: str,
+        strategy: str,
+        extravars: dict[str, Any],
     ) -> tuple[int, DeploySuccess | DeployFailure]:
         deployment_id = claim.deployment_id
         host_steps: dict[str, list[dict[str, Any]]] = {}
@@ -231,7 +239,8 @@ class Deployer:
                     request,
                     batches=self.settings.deploy_batches,
                     rollback_updated=self.settings.deploy_rollback_updated_hosts,
-                ),
+                )
+                | extravars,
                 limit=claim.hosts,
                 inventory=self.settings.deploy_inventory,
                 state_dir=self.settings.deploy_state_dir,

@@ -110,7 +110,7 @@ class DeployFailure(BaseModel):
 FinishedOutcome = Literal["succeeded", "failed", "rolled_back", "rollback_failed", "interrupted"]
 FINISHED_OUTCOMES: tuple[FinishedOutcome, ...] = get_args(FinishedOutcome)
 Outcome = Literal["running", FinishedOutcome, "rejected"]
-Reconciliation = Literal["restored", "removed", "superseded", "nothing", "failed"]
+Reconciliation = Literal["restored", "completed", "removed", "superseded", "nothing", "failed"]
 
 
 class DeploymentAccepted(BaseModel):
@@ -126,8 +126,9 @@ class DeploymentRecord(BaseModel):
     """One signed request that reached validation, and what became of it."""
 
     id: str
-    action: Literal["deploy", "rollback", "remove"] = Field(
-        description="deploy, rollback; remove: reconciliation took away what a first deploy half-started"
+    action: Literal["deploy", "rollback", "remove", "settle"] = Field(
+        description="deploy, rollback; remove: reconciliation took away what a first deploy half-started; settle: it "
+        "kept one container of a blue-green deploy that died with two"
     )
     service: str | None = Field(description="Null when a rejected body named none")
     image: str | None = Field(
@@ -175,9 +176,10 @@ class DeploymentRecord(BaseModel):
     )
     reconciliation: Reconciliation | None = Field(
         None,
-        description="How reconciliation ended: restored (the previous image), removed (what a first deploy "
-        "half-started), superseded (a later deployment succeeded there), nothing (nothing to undo), failed (its action "
-        "failed for good: a person must look)",
+        description="How reconciliation ended: restored (the previous image), completed (a blue-green deploy's "
+        "proven new container kept, the old one drained), removed (what a first deploy half-started), superseded (a "
+        "later deployment succeeded there), nothing (nothing to undo), failed (its action failed for good: a person "
+        "must look)",
     )
 
 

@@ -47,11 +47,18 @@ TITLES = {
     ("remove", "failed"): "❌ Removal of what the first deploy of {service} half-started failed",
     ("remove", "rollback_failed"): "❌ Removal of what the first deploy of {service} half-started failed",
     ("remove", "interrupted"): "⚠️ Removal of what the first deploy of {service} half-started was interrupted",
+    ("settle", "succeeded"): "🧹 Settled the unfinished blue-green deploy of {service}: one container kept",
+    ("settle", "rolled_back"): "❌ Settling the unfinished blue-green deploy of {service} failed",
+    ("settle", "failed"): "❌ Settling the unfinished blue-green deploy of {service} failed",
+    ("settle", "rollback_failed"): "❌ Settling the unfinished blue-green deploy of {service} failed",
+    ("settle", "interrupted"): "⚠️ Settling the unfinished blue-green deploy of {service} was interrupted",
 }
 # A record that had to wait for reconciliation is notified again when it ends, by how it ended.
 RECONCILED_TITLES = {
     "restored": "🩹 {service} runs its previous image again: reconciled after the {action} {outcome}",
     "removed": "🩹 What the first deploy of {service} half-started is removed: reconciled after the {action} {outcome}",
+    "completed": "🩹 {service} runs the new image its blue-green deploy proved: reconciled after the {action} "
+    "{outcome}",
     "superseded": "🩹 Reconciliation of {service} ended: a later deployment succeeded",
     "nothing": "🩹 Reconciliation of {service} ended: nothing to undo",
     "failed": "❌ Reconciliation of {service} failed: it needs a look",
@@ -59,6 +66,7 @@ RECONCILED_TITLES = {
 RECONCILED_TYPES = {
     "restored": apprise.NotifyType.SUCCESS,
     "removed": apprise.NotifyType.SUCCESS,
+    "completed": apprise.NotifyType.SUCCESS,
     "superseded": apprise.NotifyType.INFO,
     "nothing": apprise.NotifyType.INFO,
     "failed": apprise.NotifyType.FAILURE,

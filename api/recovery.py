@@ -90,13 +90,34 @@ def removal_reason(record: Mapping[str, Any], status: Mapping[str, Any] | None) 
     return "the first deploy's container never passed its health check"
 
 
+def settle_decision(record: Mapping[str, Any], status: Mapping[str, Any] | None) -> Decision | None:
+    """What to keep of a blue-green deploy that died while several containers of the service ran (or one stopped
+    by its drain was left): the new one once it was proven (its health check and the observation are in the record),
+    else the old one. None with one container, or when no running container runs the image to keep."""
+    containers = (status or {}).get("containers") or []
+    if len(containers) < 2:
+        return None
+    proven = any(step.get("step") == "observe" and step.get("success") for step in record.get("steps") or [])
+    keep = record.get("new_image_id") if proven else record.get("old_image_id")
+    if not keep or not any(c.get("image_id") == keep and c.get("state") == "running" for c in containers):
+        return None
+    which = (
+        "the new one passed its health check and the observation: it stays, the old one drains"
+        if proven
+        else "the new one was never proven: the old one stays, the new one goes"
+    )
+    return Decision("settle", f"{len(containers)} containers of the service were left; {which}", keep, proven)
+
+
 @dataclass(frozen=True)
 class Decision:
-    """What reconciliation does on one host: `rollback` (to the previous image) or `remove` (a first deploy's
-    container), and why."""
+    """What reconciliation does on one host: `rollback` (to the previous image), `remove` (a first deploy's
+    container) or `settle` (keep the container of `keep_image_id`, the new one when `keeps_new`), and why."""
 
     action: str
     reason: str
+    keep_image_id: str = ""
+    keeps_new: bool = False
 
 
 def decide(record: Mapping[str, Any], statuses: Mapping[str, Mapping[str, Any]]) -> dict[str, Decision]:
@@ -113,7 +134,9 @@ def decide(record: Mapping[str, Any], statuses: Mapping[str, Mapping[str, Any]])
             "new_image_id": images.get("new_image_id"),
             "steps": host_steps(record, host),
         }
-        if reason := restore_reason(entry, status):
+        if settled := settle_decision(entry, status):
+            decisions[host] = settled
+        elif reason := restore_reason(entry, status):
             decisions[host] = Decision("rollback", reason)
         elif reason := removal_reason(entry, status):
             decisions[host] = Decision("remove", reason)
@@ -202,7 +225,7 @@ class Acted:
 
 
 # When actions on several hosts ended differently, the record's `reconciliation` is the first of these among them.
-RESULTS_FIRST = ("failed", "restored", "removed", "superseded")
+RESULTS_FIRST = ("failed", "restored", "completed", "removed", "superseded")
 
 
 class Recovery:
@@ -311,11 +334,17 @@ class Recovery:
         notes = []
         results = []
         acted_by = None
-        for action in ("rollback", "remove"):
-            chosen = {host: decision.reason for host, decision in decisions.items() if decision.action == action}
-            if not chosen:
-                continue
-            acted = await self._act(record, action, chosen)
+        groups = [
+            (
+                action,
+                keep,
+                {host: d.reason for host, d in decisions.items() if (d.action, d.keep_image_id) == (action, keep)},
+            )
+            for action, keep in dict.fromkeys((d.action, d.keep_image_id) for d in decisions.values())
+        ]
+        for action, keep, chosen in groups:
+            keeps_new = any(d.keeps_new for d in decisions.values() if d.keep_image_id == keep and keep)
+            acted = await self._act(record, action, chosen, keep, keeps_new)
             # The action bound its own id; what follows is about the record again.
             logs.bind(deployment_id=deployment_id, service=record["service"])
             if not acted.done:
@@ -351,7 +380,9 @@ class Recovery:
         where = "; ".join(f"{later_id} succeeded on {', '.join(hosts)}" for later_id, hosts in by.items())
         return f"Not reconciled: a later deployment of {record['service']} superseded it ({where})"
 
-    async def _act(self, record: Record, action: str, reasons: dict[str, str]) -> Acted:
+    async def _act(
+        self, record: Record, action: str, reasons: dict[str, str], keep_image_id: str = "", keeps_new: bool = False
+    ) -> Acted:
         """Roll back (or remove) on the hosts given, under a claim of the service there; a later success found under
         the claim wins (nothing is undone), a deploy of the service running there makes the record wait."""
         deployment_id = record["id"]
@@ -370,17 +401,33 @@ class Recovery:
         if set(later) == set(hosts):
             self.deployer.release(claim)
             return Acted(True, self._superseded_note(record, later), result="superseded")
-        what = "Automatic rollback" if action == "rollback" else "Removal of what the first deploy half-started"
+        what = {
+            "rollback": "Automatic rollback",
+            "remove": "Removal of what the first deploy half-started",
+            "settle": "Settling of the unfinished blue-green deploy",
+        }[action]
         request = DeployRequest(
             service=service,
             environment=record.get("environment"),
             message=f"{what} after the deployment {deployment_id} ({record['outcome']}): {reason}",
         )
-        doing = "rolling back to the previous image" if action == "rollback" else "removing what it half-started"
+        doing = {
+            "rollback": "rolling back to the previous image",
+            "remove": "removing what it half-started",
+            "settle": f"keeping the container of {keep_image_id[7:19]}",
+        }[action]
         log.warning("⏪ [%s] %s: %s", deployment_id, reason, doing)
-        started, _, _ = await self.deployer.start(request, "recovery", action=action, hosts=hosts, claim=claim)
+        extra = {contract.VAR_KEEP_IMAGE_ID: keep_image_id} if action == "settle" else {}
+        started, _, _ = await self.deployer.start(
+            request, "recovery", action=action, hosts=hosts, claim=claim, extravars=extra
+        )
         result: Mapping[str, Any] = self.history.get(started) or {}
         outcome = result.get("outcome")
+        if action == "settle":
+            if outcome == "succeeded":
+                result_word = "completed" if keeps_new else "restored"
+                return Acted(True, f"{reason[0].upper()}{reason[1:]} (settled by {started})", started, result_word)
+            return Acted(False, f"the settling {started} ended {outcome}: {result.get('error')}", started)
         if action == "remove":
             if outcome == "succeeded":
                 return Acted(True, f"Removed what the first deploy half-started by {started}", started, "removed")

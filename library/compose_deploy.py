@@ -49,9 +49,11 @@ options:
   action:
     description: >-
       What the steps are part of; a rollback chooses its image, and its round trips differ. C(remove) (the API's
-      reconciliation) reads without writing history, and its C(rollback) takes the service's container away.
+      reconciliation) reads without writing history, and its C(rollback) takes the service's container away. C(settle)
+      (the API's reconciliation of a blue-green deploy that died with two containers) reads without writing history,
+      and its C(drain) keeps the running container of O(keep_image_id) and drains and removes the others.
     type: str
-    choices: [deploy, rollback, remove]
+    choices: [deploy, rollback, remove, settle]
     default: deploy
   steps:
     description: The steps to run; they run in the deploy's order whatever the order given.
@@ -158,6 +160,10 @@ options:
     description: C(blue_green) - seconds the healthy new container is watched beside the old one (a canary window).
     type: int
     default: 0
+  keep_image_id:
+    description: C(settle) - the image ID of the container to keep.
+    type: str
+    default: ""
 attributes:
   check_mode:
     support: full
@@ -242,7 +248,7 @@ from ansible.module_utils.deploy_docker import Docker
 from ansible.module_utils.deploy_steps import MODULE_STEPS, run_steps
 
 ARGUMENT_SPEC = {
-    "action": {"type": "str", "choices": ["deploy", "rollback", "remove"], "default": "deploy"},
+    "action": {"type": "str", "choices": ["deploy", "rollback", "remove", "settle"], "default": "deploy"},
     "steps": {"type": "list", "elements": "str", "choices": list(MODULE_STEPS), "required": True},
     "project_dir": {"type": "str", "required": True},
     "compose_file": {"type": "str", "default": ""},
@@ -267,6 +273,7 @@ ARGUMENT_SPEC = {
     "strategy": {"type": "str", "choices": ["recreate", "blue_green"], "default": "recreate"},
     "drain_seconds": {"type": "int", "default": 3},
     "observe_seconds": {"type": "int", "default": 0},
+    "keep_image_id": {"type": "str", "default": ""},
 }
 
 

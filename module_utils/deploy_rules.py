@@ -17,6 +17,10 @@ ACTIONS = ("deploy", "rollback")
 # not do it itself (the engine did not answer, the run was killed). Its one round trip reads (no history is written)
 # and removes.
 REMOVE = "remove"
+# Not a request's either: the API's reconciliation of a blue-green deploy that died while two containers of the service
+# ran. It keeps the one that runs the image it names (the new one once it was proven, else the old one), drains the
+# others and removes them. One round trip; it reads without writing history.
+SETTLE = "settle"
 # The steps, in the order they run. `rollback` runs only after a failure that changed the host (ROLLBACK_AFTER);
 # `preflight`, `observe` and `drain` only in a blue-green deploy (BLUE_GREEN_TRIPS).
 STEPS = (
@@ -44,6 +48,7 @@ ROUND_TRIPS = {
     "deploy": (("capture_state", "pull_image"), ("compose_up",), ("health_check", "cleanup")),
     "rollback": (("capture_state", "choose_image", "pull_image"), ("compose_up",), ("health_check", "cleanup")),
     REMOVE: (("capture_state", "rollback"),),
+    SETTLE: (("capture_state", "drain"),),
 }
 # A blue-green deploy first checks that two containers of the service can run side by side (before anything changes),
 # and has one more round trip: the record knows the new container passed its health check (and the observation)
@@ -62,6 +67,7 @@ BLUE_GREEN_TRIPS = {
         ("drain", "cleanup"),
     ),
     REMOVE: ROUND_TRIPS[REMOVE],
+    SETTLE: ROUND_TRIPS[SETTLE],
 }
 # A failure in these left the host changed: the captured image is brought back. (A cleanup that fails after a
 # healthy start too: the deploy is reported failed, and the host must not run what a failed deploy brought.)
@@ -120,7 +126,7 @@ def refusal(action: object, service: object, services: object, image: str) -> st
     `services` is the host's deploy_services; `image` the requested image, empty for the compose file's.
     """
     entries = services if isinstance(services, dict) else {}
-    if action not in (*ACTIONS, REMOVE):
+    if action not in (*ACTIONS, REMOVE, SETTLE):
         return f"Action {action!r} is neither deploy nor rollback"
     if not isinstance(service, str) or service not in entries:
         named = service if isinstance(service, str) else ""
@@ -236,7 +242,9 @@ def next_steps(state: dict[str, Any], action: str) -> list[str]:
     """The steps the next round trip runs: the rollback after a failure that changed the host, nothing after another
     failure or the last step, else the round trip after the last one done."""
     if state.get("failed_step"):
-        return ["rollback"] if state["failed_step"] in ROLLBACK_AFTER and "rollback" not in state else []
+        # A settling that fails leaves what it found: the API checks again.
+        undo = state["failed_step"] in ROLLBACK_AFTER and "rollback" not in state and action != SETTLE
+        return ["rollback"] if undo else []
     done = {step["step"] for step in state.get("steps", [])}
     trips = round_trips(action, state.get("strategy", RECREATE))
     return next((list(trip) for trip in trips if not set(trip) <= done), [])
@@ -260,7 +268,7 @@ def ranked_names(repo_tags: list[str], history_prefix: str, file_image: str) -> 
 
 
 def noun(action: str) -> str:
-    return {"rollback": "Rollback", REMOVE: "Removal"}.get(action, "Deployment")
+    return {"rollback": "Rollback", REMOVE: "Removal", SETTLE: "Settling"}.get(action, "Deployment")
 
 
 def outcome_message(outcome: str, action: str) -> str:
@@ -290,7 +298,10 @@ def outcome_of(state: dict[str, Any]) -> str:
         return "failed" if rollback["success"] else "rollback_failed"
     if state.get("not_reached"):
         return "not_reached"
-    if state.get("failed_step") or "cleanup" not in {step["step"] for step in state.get("steps", [])}:
+    # The last step of the action (cleanup; a settling's drain) must be done.
+    action, strategy = state.get("action", "deploy"), state.get("strategy", RECREATE)
+    last = round_trips(action, strategy)[-1][-1] if action in ROUND_TRIPS else "cleanup"
+    if state.get("failed_step") or last not in {step["step"] for step in state.get("steps", [])}:
         return "failed"
     return "succeeded"
 

@@ -34,6 +34,7 @@ from ansible.module_utils.deploy_rules import (
     RECREATE,
     REMOVE,
     ROUND_TRIPS,
+    SETTLE,
     STEPS,
     next_steps,
     ranked_names,
@@ -124,7 +125,7 @@ def lacking(given: dict[str, Any], keys: tuple[str, ...]) -> list[str]:
     return [key for key in keys if key not in given]
 
 
-def ordered_steps(requested: list[str], image: str, state: dict[str, Any]) -> list[str]:
+def ordered_steps(requested: list[str], image: str, state: dict[str, Any], action: str = "deploy") -> list[str]:
     """The requested steps in the deploy's order, refused when a step lacks what it reads.
 
     What a step reads comes from an earlier step of the same call or from the `state` of an earlier call:
@@ -147,7 +148,8 @@ def ordered_steps(requested: list[str], image: str, state: dict[str, Any]) -> li
                 f"Step {step} needs a capture: add capture_state to the steps, or pass the state of an earlier call "
                 f"(its capture lacks {', '.join(lacking(captured, CAPTURE_KEYS))})"
             )
-        if step in ("health_check", "observe", "drain") and "compose_up" not in ordered and lacking(started, UP_KEYS):
+        reads_up = step in ("health_check", "observe") or (step == "drain" and action != SETTLE)
+        if reads_up and "compose_up" not in ordered and lacking(started, UP_KEYS):
             raise StepError(
                 f"Step {step} needs compose_up in the same call, or the state of an earlier call that ran it"
             )
@@ -295,7 +297,8 @@ def run_steps(
     action = params["action"]
     # The strategy the deploy began with: the round trips after the first follow it, whatever they are given.
     state.setdefault("strategy", params["strategy"])
-    blue_green = state["strategy"] == BLUE_GREEN and action != REMOVE
+    state.setdefault("action", action)
+    blue_green = state["strategy"] == BLUE_GREEN and action not in (REMOVE, SETTLE)
     result: dict[str, Any] = {"changed": False, "finished": False, "state": state, "logs": "", "timings": {}}
     # The project as preflight read it, for capture_state in the same round trip.
     read: list[Project] = []
@@ -360,22 +363,19 @@ def run_steps(
         problem = twin_problem(params["service"], service_config(project, params["service"]), project["compose_path"])
         if problem:
             raise StepError(problem)
-        running = [
-            row["ID"][:12]
-            for row in service_containers(docker, project["config"]["name"], params["service"])
-            if row.get("State") == "running"
-        ]
-        if len(running) > 1:
+        # A stopped one counts too: compose would start it again as the second container.
+        found = service_containers(docker, project["config"]["name"], params["service"])
+        if len(found) > 1:
+            listed = ", ".join(f"{row['ID'][:12]} ({row.get('State')})" for row in found)
             raise StepError(
-                f"Service {params['service']} runs {len(running)} containers ({', '.join(running)}): a blue-green "
-                "deploy did not finish. The API finishes it at its next start; by hand, remove the one that did not "
-                "pass its health check"
+                f"Service {params['service']} has {len(found)} containers ({listed}): a blue-green deploy did not "
+                "finish. The API settles it by itself; by hand, remove the one that did not pass its health check"
             )
         return preflight_record(params["service"])
 
     def capture_step() -> StepRecord:
         # A removal keeps no history: the image it takes away never passed its health check.
-        done = read_capture(check_mode or action == REMOVE)
+        done = read_capture(check_mode or action in (REMOVE, SETTLE))
         state["capture"] = done["capture"]
         result["changed"] |= done["changed"]
         return capture_record(done["capture"])
@@ -460,6 +460,8 @@ def run_steps(
     def drain_step() -> StepRecord:
         """The old container leaves: it serves `drain_seconds` more, gets its stop signal and grace period, and is
         removed. Then exactly one container of the service is left, running the new image."""
+        if action == SETTLE:
+            return settle()
         up, capture = state["up"], state["capture"]
         if check_mode:
             return {"step": "drain", "success": True, "detail": SKIPPED}
@@ -480,6 +482,39 @@ def run_steps(
             f"and removed it; {up['container_id'][:12]} serves alone ({expected[7:19]})"
         )
         return {"step": "drain", "success": True, "container_id": up["container_id"][:12], "detail": detail}
+
+    def settle() -> StepRecord:
+        """The API's reconciliation of a blue-green deploy that died with several containers of the service: the
+        running one whose image is `keep_image_id` stays (pinned as it was created, so compose finds it), every other
+        one drains and goes."""
+        capture, keep = state["capture"], params["keep_image_id"]
+        rows = service_containers(docker, capture["project"], params["service"])
+        found = [inspect(docker, "container", row["ID"]) for row in rows]
+        keepers = [entry for entry in found if entry and entry["State"]["Running"] and entry["Image"] == keep]
+        if not keepers:
+            runs = ", ".join(f"{entry['Id'][:12]} ({entry['Image'][7:19]})" for entry in found if entry) or "none"
+            raise StepError(f"No running container of {params['service']} runs {keep[7:19]} (containers: {runs})")
+        keeper = keepers[0]
+        gone = []
+        if not check_mode:
+            for entry in found:
+                if entry and entry["Id"] != keeper["Id"]:
+                    if entry["State"]["Running"]:
+                        retire(docker, entry["Id"], params["drain_seconds"])
+                    else:
+                        discard(docker, entry["Id"])
+                    gone.append(entry["Id"][:12])
+            result["changed"] |= bool(gone)
+            # The kept container's own image reference, pinned again: compose finds it as it was created.
+            result["changed"] |= compose(image=keeper["Config"]["Image"], state="present")["changed"]
+        left = [row["ID"] for row in service_containers(docker, capture["project"], params["service"])]
+        if not check_mode and left != [keeper["Id"]]:
+            raise StepError(
+                f"After settling, {params['service']} has {len(left)} containers, not {keeper['Id'][:12]} alone"
+            )
+        removed = f"; drained and removed {', '.join(gone)}" if gone else ""
+        detail = f"Kept {keeper['Id'][:12]} running {keeper['Config']['Image']} ({keep[7:19]}){removed}"
+        return {"step": "drain", "success": True, "container_id": keeper["Id"][:12], "detail": detail}
 
     def cleanup_step() -> StepRecord:
         if check_mode:
@@ -603,12 +638,20 @@ def run_steps(
     def status_step() -> StepRecord:
         done = read_capture(read_only=True)
         capture = done["capture"]
+        rows = service_containers(docker, capture["project"], params["service"]) if capture["container_id"] else []
+        # Every container of the service when there are several (a blue-green deploy that did not finish).
+        containers = [
+            {"container_id": entry["Id"][:12], "image_id": entry["Image"], "state": entry["State"]["Status"]}
+            for entry in (inspect(docker, "container", row["ID"]) for row in rows)
+            if entry
+        ]
         result["status"] = {
             "service": params["service"],
             "container_id": capture["container_id"][:12] or None,
             "image": capture["image"] or None,
             "image_id": capture["image_id"] or None,
             "state": container_state(docker, capture["container_id"]),
+            "containers": containers,
         }
         return {"step": "status", "success": True, "detail": result["status"]["state"]}
 
@@ -668,7 +711,7 @@ def run_steps(
         check_stamp(params["stamp"])
         if action not in ROUND_TRIPS:
             raise StepError(f"action must be one of {', '.join(ROUND_TRIPS)}, not {action!r}")
-        ordered = ordered_steps(params["steps"], params["image"], state)
+        ordered = ordered_steps(params["steps"], params["image"], state, action)
     except StepError as error:
         return {**result, "next_steps": [], "failed_step": None, "msg": error.msg}
 

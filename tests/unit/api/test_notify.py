@@ -153,7 +153,7 @@ def test_rolled_back_arrives_as_a_warning_with_the_error_and_the_last_ten_log_li
 
 
 def test_titles_cover_every_action_and_finished_outcome() -> None:
-    assert set(TITLES) == set(itertools.product(("deploy", "rollback", "remove"), FINISHED_OUTCOMES))
+    assert set(TITLES) == set(itertools.product(("deploy", "rollback", "remove", "settle"), FINISHED_OUTCOMES))
 
 
 @pytest.mark.parametrize(("action", "outcome"), sorted(TITLES))
@@ -163,7 +163,9 @@ def test_every_action_and_outcome_formats(action: str, outcome: str) -> None:
     assert "portal" in message.title
     assert "{" not in message.title
     # A rollback's title must not read as a deploy's, nor the other way round, nor a removal's as either.
-    assert message.title.split()[1].startswith({"deploy": "Deploy", "rollback": "Roll", "remove": "Remov"}[action])
+    assert message.title.split()[1].startswith(
+        {"deploy": "Deploy", "rollback": "Roll", "remove": "Remov", "settle": "Settl"}[action]
+    )
     assert ("Error: boom" in message.body.splitlines()) == (outcome != "succeeded")
 
 

@@ -108,6 +108,45 @@ def test_each_host_is_restored_removed_or_left_alone():
     assert {host: decision.action for host, decision in decisions.items()} == {"old": "rollback", "new": "remove"}
 
 
+def two(old: str = "running", new: str = "running") -> dict:
+    """A status with both containers of an unfinished blue-green deploy."""
+    return {
+        **status(NEW_ID),
+        "containers": [
+            {"container_id": "new", "image_id": NEW_ID, "state": new},
+            {"container_id": "old", "image_id": OLD_ID, "state": old},
+        ],
+    }
+
+
+@pytest.mark.parametrize(
+    ("done", "found", "keep", "why"),
+    [
+        (["compose_up"], two(), OLD_ID, "never proven: its health check did not finish"),
+        (["compose_up", "health_check"], two(), OLD_ID, "healthy, but the observation did not finish"),
+        (["compose_up", "health_check", "observe"], two(), NEW_ID, "proven: the old one drains"),
+        (["compose_up", "health_check", "observe"], two(old="exited"), NEW_ID, "the drain stopped the old one"),
+    ],
+)
+def test_a_blue_green_deploy_left_with_two_containers_keeps_the_proven_one(done, found, keep, why):
+    record = {
+        "old_image_id": OLD_ID,
+        "new_image_id": NEW_ID,
+        "steps": [{"step": step, "success": True} for step in done],
+    }
+
+    decision = decide(record, {"h": found})["h"]
+
+    assert (decision.action, decision.keep_image_id) == ("settle", keep), why
+    assert decision.reason.startswith("2 containers of the service were left; ")
+    assert decision.keeps_new == (keep == NEW_ID)
+
+
+def test_a_blue_green_deploy_whose_container_to_keep_does_not_run_is_not_settled():
+    record = {"old_image_id": OLD_ID, "new_image_id": NEW_ID, "steps": [{"step": "compose_up", "success": True}]}
+    assert all(decision.action != "settle" for decision in decide(record, {"h": two(old="exited")}).values())
+
+
 def test_the_hosts_to_reconcile_are_those_the_run_left_unsettled():
     record = {
         "targets": ["a", "b", "c", "d", "e"],
@@ -736,3 +775,20 @@ def test_a_reconciliation_rollback_a_dead_process_left_running_does_not_wait_its
 
 def test_a_host_that_left_the_inventory_counts_no_more_for_health():
     assert health_words({"gone": state(False), "a": state(True)}, ["a"]) == ("reachable", {"a": "reachable"})
+
+
+def test_a_deploy_refused_at_preflight_answers_400_and_nothing_else_does():
+    refusal = "Cannot deploy service portal of /srv/compose.yaml blue_green: it publishes host port 8089 (...)"
+    refused = {
+        "outcome": "failed",
+        "error": refusal,
+        "steps": [{"step": "preflight", "success": False, "detail": refusal}],
+    }
+    run = RunResult("failed", 2, {"prod1": refused, "prod2": {"outcome": "not_reached", "steps": []}})
+    summary = summarize("portal", run, 900, hosts=("prod1", "prod2"))
+    assert (summary.status_code, summary.outcome) == (400, "failed")
+    assert refusal in summary.body.error
+
+    unhealthy = {"outcome": "failed", "steps": [{"step": "health_check", "success": False, "detail": "unhealthy"}]}
+    mixed = RunResult("failed", 2, {"prod1": refused, "prod2": unhealthy})
+    assert summarize("portal", mixed, 900, hosts=("prod1", "prod2")).status_code == 500

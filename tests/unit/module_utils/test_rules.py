@@ -210,3 +210,59 @@ def test_the_record_of_each_outcome_and_the_line_a_failed_run_ends_with():
     assert rules.failure_message(undone, "deploy", "web").startswith(
         "Deploy of web was undone because the rollout stopped at web2."
     )
+
+
+# Blue-green.
+
+
+def test_a_blue_green_service_settings_are_checked_and_its_health_url_probes_the_new_container():
+    problem = rules.settings_problem
+    assert problem("web", {}) == ""
+    assert problem("web", {"strategy": "blue_green", "health_url": "http://{address}:8080/health"}) == ""
+    assert (
+        problem("web", {"strategy": "canary"}) == "Service 'web': strategy 'canary' is neither recreate nor blue_green"
+    )
+    assert "drain_seconds must be a whole number" in problem("web", {"drain_seconds": -1})
+    assert "observe_seconds must be a whole number" in problem("web", {"observe_seconds": "5"})
+    published = problem("web", {"strategy": "blue_green", "health_url": "http://127.0.0.1:8089/health"})
+    assert "write its host as {address}" in published and "'http://127.0.0.1:8089/health'" in published
+    # A recreate service's URL may name its published port, as before.
+    assert problem("web", {"health_url": "http://127.0.0.1:8089/health"}) == ""
+    assert rules.refusal("deploy", "web", {"web": {"strategy": "canary"}}, "").startswith("Service 'web': strategy")
+
+
+@pytest.mark.parametrize(
+    ("config", "words"),
+    [
+        ({"container_name": "web"}, "it sets container_name 'web', which two containers cannot share"),
+        (
+            {"ports": [{"target": 8080, "published": "8089", "host_ip": "127.0.0.1", "protocol": "tcp"}]},
+            "it publishes host port 127.0.0.1:8089 (container port 8080)",
+        ),
+        ({"network_mode": "host"}, "it uses network_mode host"),
+        ({"deploy": {"replicas": 3}}, "it runs 3 replicas"),
+        ({"scale": 2}, "it runs 2 replicas"),
+    ],
+)
+def test_what_makes_two_containers_collide_is_named_with_its_fix(config, words):
+    problem = rules.twin_problem("web", config, "/srv/shop/compose.yaml")
+    assert problem.startswith("Cannot deploy service web of /srv/shop/compose.yaml blue_green: ")
+    assert words in problem and problem.endswith("or deploy it with strategy recreate") and "\n" not in problem
+
+
+def test_two_containers_that_do_not_collide_pass():
+    ephemeral = {"ports": [{"target": 8080, "protocol": "tcp"}], "deploy": {"replicas": 1}, "networks": {"x": None}}
+    assert rules.twin_problem("web", ephemeral, "compose.yaml") == ""
+
+
+def test_a_blue_green_deploy_has_four_round_trips_and_its_last_step_decides_its_outcome():
+    assert rules.round_trips("deploy", "blue_green")[-1] == ("drain", "cleanup")
+    state = {"strategy": "blue_green", "action": "deploy", "steps": []}
+    assert rules.next_steps(state, "deploy") == ["preflight", "capture_state", "pull_image"]
+    done = [{"step": step} for trip in rules.round_trips("deploy", "blue_green")[:3] for step in trip]
+    assert rules.next_steps({**state, "steps": done}, "deploy") == ["drain", "cleanup"]
+    assert rules.outcome_of({**state, "steps": done}) == "failed", "not drained: not done"
+    settled = {"action": "settle", "strategy": "blue_green", "steps": [{"step": "capture_state"}, {"step": "drain"}]}
+    assert rules.outcome_of(settled) == "succeeded"
+    # A settling that fails is not rolled back: the API checks again.
+    assert rules.next_steps({**settled, "failed_step": "drain"}, "settle") == []

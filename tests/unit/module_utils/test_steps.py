@@ -242,6 +242,7 @@ class Steps:
             "cleanup",
             "inspect",
             "rollback_image",
+            "service_containers",
         ):
             monkeypatch.setattr(steps, name, self.recorder(name))
 
@@ -279,9 +280,13 @@ class Steps:
     def cleanup(self, **_: object) -> dict:
         return {"changed": True, "removed": [], "kept": [OLD_ID]}
 
+    def service_containers(self, project: str, service: str) -> list[dict]:
+        return [{"ID": self.captured["container_id"]}] if self.captured["container_id"] else []
+
     def inspect(self, kind: str, name: str) -> dict | None:
         if kind == "container":
-            return {"State": {"Status": "running", "Health": {"Status": "healthy"}}}
+            state = {"Status": "running", "Running": True, "Health": {"Status": "healthy"}}
+            return {"Id": name, "Image": OLD_ID, "State": state}
         return self.images.get(name)
 
     def rollback_image(self, image: str, tag: str, container: str, check_mode: bool) -> dict:
@@ -444,7 +449,7 @@ def test_refused_options_run_nothing(monkeypatch):
     assert refused["failed_step"] is None and refused["state"]["steps"] == []
     assert refused["msg"].startswith("Step health_check needs compose_up")
     assert bad_stamp["msg"].startswith("stamp must be")
-    assert bad_action["msg"] == "action must be one of deploy, rollback, remove, not 'promote'"
+    assert bad_action["msg"] == "action must be one of deploy, rollback, remove, settle, not 'promote'"
 
 
 def test_a_deploy_in_three_round_trips_passes_each_state_on_and_ends_with_every_record(monkeypatch):
@@ -661,6 +666,7 @@ def test_the_status_says_what_runs_and_changes_nothing(monkeypatch):
         "image": "web:v1",
         "image_id": OLD_ID,
         "state": "running, healthy",
+        "containers": [{"container_id": CONTAINER[:12], "image_id": OLD_ID, "state": "running"}],
     }
     assert result["state"]["steps"] == [] and result["next_steps"] == []
     assert tuple(result["status"]) == STATUS_FIELDS, "what the API reads of a status (api/contract.py)"

@@ -1,0 +1,138 @@
+"""A blue-green deploy killed with -9 (the API and its playbook) while two containers of the service run: the API, once
+started again, leaves exactly one - the old one when the new one was never proven, else the new one - and the record
+says which and why. Checked on the engine (container and image IDs), through the real API.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import time
+from typing import Any
+
+import pytest
+from conftest import service
+
+from tests.support.apiserver import serving
+from tests.support.dockercli import docker, image, image_id
+
+pytestmark = pytest.mark.usefixtures("registry")
+
+SERVICE = "web"
+WAIT = 60
+
+
+@pytest.fixture
+def api_server(tmp_path):
+    yield from serving(tmp_path)
+
+
+def containers(project) -> list[dict[str, Any]]:
+    ids = docker(
+        "ps",
+        "-aq",
+        "--filter",
+        f"label=com.docker.compose.project={project.name}",
+        "--filter",
+        f"label=com.docker.compose.service={SERVICE}",
+    ).split()
+    return json.loads(docker("inspect", *ids)) if ids else []
+
+
+def until(what: str, done) -> Any:
+    deadline = time.monotonic() + WAIT
+    while not (found := done()):
+        assert time.monotonic() < deadline, f"{what} did not happen within {WAIT} s"
+        time.sleep(0.1)
+    return found
+
+
+def process_tree(root: int) -> list[int]:
+    """`root` and every process below it (ansible-playbook, the module on the host, the docker CLI)."""
+    children: dict[int, list[int]] = {}
+    for line in subprocess.run(
+        ["ps", "-eo", "pid=,ppid="], capture_output=True, text=True, check=True
+    ).stdout.splitlines():
+        pid, ppid = map(int, line.split())
+        children.setdefault(ppid, []).append(pid)
+    tree, todo = [], [root]
+    while todo:
+        pid = todo.pop()
+        tree.append(pid)
+        todo.extend(children.get(pid, []))
+    return tree
+
+
+def kill_everything(server) -> None:
+    """kill -9 of the API and of everything it runs at once, as when the machine or the API's container dies."""
+    for pid in process_tree(server.process.pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    server.process.wait(10)
+
+
+@pytest.mark.parametrize(
+    ("phase", "settings", "kept"),
+    [
+        # The new container starts listening 4 s after its start: killed before it was healthy.
+        ("health_check", {}, "old"),
+        # Healthy, but killed within its observation window: never proven.
+        ("observe", {"observe_seconds": 30}, "old"),
+        # Proven (the record has its health check and observation), killed while the old one drains.
+        ("drain", {"drain_seconds": 20}, "new"),
+    ],
+)
+def test_a_blue_green_deploy_killed_with_two_containers_is_settled_on_one(
+    compose_project, api_server, phase, settings, kept
+):
+    project = compose_project(
+        {SERVICE: service(image("slow", "v1"), stop_grace_period="2s")},
+        {SERVICE: {"strategy": "blue_green", "drain_seconds": 1, "health_timeout": 30, **settings}},
+    )
+    project.up()
+    project.wait_healthy(SERVICE)
+    (old,) = containers(project)
+    server = api_server(project)
+
+    response = server.post({"service": SERVICE, "image": image("slow", "v2")}, path="/deploy?wait=false")
+    assert response.status_code == 202, response.text
+    deployment_id = response.json()["deployment_id"]
+    step = "health_check" if phase == "observe" else phase
+    server.follow(deployment_id, until=lambda record: record["current_step"] == step)
+    if phase == "observe":
+        # Its health check passed on the engine; the round trip (health check, observation) has not returned.
+        until(
+            "the new container's health",
+            lambda: any(
+                entry["Id"] != old["Id"] and (entry["State"].get("Health") or {}).get("Status") == "healthy"
+                for entry in containers(project)
+            ),
+        )
+    kill_everything(server)
+    left = containers(project)
+    assert len(left) == 2 and all(entry["State"]["Running"] for entry in left), "the kill left two containers running"
+    (new,) = [entry for entry in left if entry["Id"] != old["Id"]]
+
+    restarted = api_server(project, state_dir=server.state_dir)
+    record = restarted.follow(deployment_id, until=lambda record: record["recovery_action"])[-1]
+
+    (only,) = until(
+        "one container", lambda: [entry for entry in containers(project)][:1] if len(containers(project)) == 1 else None
+    )
+    expected = old if kept == "old" else new
+    assert only["Id"] == expected["Id"], f"the {kept} container is the one left"
+    assert only["Image"] == image_id(image("slow", "v1" if kept == "old" else "v2"))
+    assert only["State"]["Running"] and only["State"]["StartedAt"] == expected["State"]["StartedAt"]
+    assert record["outcome"] == "interrupted"
+    assert record["reconciliation"] == ("restored" if kept == "old" else "completed")
+    why = "the new one was never proven" if kept == "old" else "the new one passed its health check and the observation"
+    assert why in record["recovery_action"] and record["recovered_by"] in record["recovery_action"], record
+    settling = restarted.record(record["recovered_by"])
+    assert (settling["action"], settling["source"], settling["outcome"]) == ("settle", "recovery", "succeeded")
+    # What compose finds is what runs: a plain `up` by hand with the pin file leaves it alone.
+    files = ("docker-compose.yml", *(["docker-compose.deploy.yml"] if project.pin_file.exists() else []))
+    project.compose("up", "-d", SERVICE, files=files)
+    assert [entry["Id"] for entry in containers(project)] == [expected["Id"]]

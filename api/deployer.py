@@ -182,6 +182,7 @@ class Deployer:
                 image=request.image,
                 outcome="running",
                 environment=request.environment,
+                strategy=strategy,
                 repository=request.repository,
                 commit=request.commit,
                 message=request.message,

@@ -82,6 +82,10 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE deployments ADD COLUMN waiting_since TEXT;
     CREATE INDEX deployments_awaiting ON deployments (to_inspect) WHERE to_inspect = 1;
     """,
+    # 6 -> 7: how the service's container was replaced (recreate, blue_green); null for older records and refusals.
+    """
+    ALTER TABLE deployments ADD COLUMN strategy TEXT;
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -94,6 +98,7 @@ _FIELDS = (
     "image",
     "outcome",
     "environment",
+    "strategy",
     "hosts",
     "old_image",
     "old_image_id",
@@ -141,6 +146,7 @@ class RecordFields(TypedDict, total=False):
     image: str | None
     outcome: str
     environment: str | None
+    strategy: str | None
     hosts: dict[str, dict[str, Any]]
     old_image: str | None
     old_image_id: str | None

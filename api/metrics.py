@@ -20,6 +20,7 @@ from prometheus_client.registry import Collector
 
 from api.history import History
 from api.models import FINISHED_OUTCOMES
+from module_utils.deploy_rules import RECREATE, STRATEGIES
 
 ACTIONS = ("deploy", "rollback")
 WEBHOOK_RESULTS = (
@@ -115,8 +116,8 @@ class Metrics:
         )
         self.duration = Histogram(
             "deployer_deployment_duration_seconds",
-            "How long finished deploys and rollbacks took",
-            ["service", "action"],
+            "How long finished deploys and rollbacks took, by strategy (recreate, blue_green)",
+            ["service", "action", "strategy"],
             buckets=DURATION_BUCKETS,
             registry=registry,
         )
@@ -152,7 +153,8 @@ class Metrics:
             for action in ACTIONS:
                 for outcome in FINISHED_OUTCOMES:
                     self.deployments.labels(service, action, outcome)
-                self.duration.labels(service, action)
+                for strategy in STRATEGIES:
+                    self.duration.labels(service, action, strategy)
             for trigger in ("automatic", "manual", "recovery"):
                 for result in ("succeeded", "failed"):
                     self.rollbacks.labels(service, trigger, result)
@@ -166,7 +168,8 @@ class Metrics:
         self._know([service])
         self.deployments.labels(service, action, outcome).inc()
         if record.get("duration_seconds") is not None:
-            self.duration.labels(service, action).observe(record["duration_seconds"])
+            strategy = record.get("strategy") or RECREATE
+            self.duration.labels(service, action, strategy).observe(record["duration_seconds"])
         if action == "deploy" and outcome in ("rolled_back", "rollback_failed"):
             self.rollbacks.labels(service, "automatic", "succeeded" if outcome == "rolled_back" else "failed").inc()
         elif action == "rollback":

@@ -136,6 +136,9 @@ class DeploymentRecord(BaseModel):
     )
     outcome: Outcome
     environment: str | None = Field(None, description="The inventory group deployed to; null: every host")
+    strategy: Literal["recreate", "blue_green"] | None = Field(
+        None, description="How the service's container was replaced; null for a refusal and older records"
+    )
     hosts: dict[str, HostOutcome] = Field(default_factory=dict, description="The outcome on each host")
     old_image: str | None
     old_image_id: str | None

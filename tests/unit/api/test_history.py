@@ -430,7 +430,7 @@ def test_a_database_of_schema_1_is_migrated_and_keeps_its_records(tmp_path):
 
     history = History(tmp_path / "h.sqlite3")
 
-    assert history.schema_version() == SCHEMA_VERSION == 6
+    assert history.schema_version() == SCHEMA_VERSION == 7
     record = history.get("d1")
     assert (record["service"], record["outcome"]) == ("portal", "succeeded")
     for internal in ("to_inspect", "targets", "awaiting_since", "reconcile_checks", "waiting_since"):

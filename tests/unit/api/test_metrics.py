@@ -94,7 +94,16 @@ def test_deploys_rollbacks_and_refusals_are_counted_by_what_became_of_them(clien
         ("automatic", "succeeded"): 1,
         ("manual", "succeeded"): 1,
     }
-    assert sample(samples, "deployer_deployment_duration_seconds_count", service="portal", action="deploy") == 2
+    assert (
+        sample(
+            samples,
+            "deployer_deployment_duration_seconds_count",
+            service="portal",
+            action="deploy",
+            strategy="recreate",
+        )
+        == 2
+    )
     webhook = {
         (labels["endpoint"], labels["result"]): value
         for (name, label_set), value in samples.items()

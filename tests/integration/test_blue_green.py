@@ -247,3 +247,39 @@ def test_a_manual_rollback_is_blue_green_too(compose_project):
         "drain",
         "cleanup",
     ]
+
+
+def test_several_hosts_deploy_blue_green_in_batches_and_a_failure_undoes_the_hosts_already_updated(compose_project):
+    first, second = blue_green_project(compose_project), blue_green_project(compose_project)
+    hosts = {"h1": first, "h2": second}
+
+    def inventory(h2_url: str) -> None:
+        first.write_inventory(
+            {
+                name: {
+                    "deploy_compose_dir": str(project.dir),
+                    "deploy_services": {
+                        "web": {**BLUE_GREEN, "health_timeout": 8, **({"health_url": h2_url} if name == "h2" else {})}
+                    },
+                }
+                for name, project in hosts.items()
+            }
+        )
+
+    inventory(BLUE_GREEN["health_url"])
+    olds = {name: project.container("web") for name, project in hosts.items()}
+    deploy = first.deploy("web", image("slow", "v2"))
+    assert deploy.rc == 0, deploy.stdout
+    for name, project in hosts.items():
+        now = project.container("web")
+        assert now["Id"] != olds[name]["Id"] and now["Image"] == image_id(image("slow", "v2")), name
+        assert [step["step"] for step in deploy.results[name]["steps"]] == STEPS_OK
+
+    # h2's health URL never answers: h2 is rolled back (its old container served throughout), and h1, updated in the
+    # batch before, is undone.
+    inventory("http://{address}:9/never")
+    updated = {name: project.container("web") for name, project in hosts.items()}
+    failed = first.playbook_cli("-e", "service=web", "-e", f"image={image('slow', 'v3')}", "-e", "deploy_batches=[1]")
+    assert failed.returncode != 0
+    assert fingerprint(second.container("web")) == fingerprint(updated["h2"]), "h2's old container never stopped"
+    assert first.container("web")["Image"] == image_id(image("slow", "v2")), "h1 runs what it ran before the rollout"

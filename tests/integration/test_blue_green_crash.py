@@ -136,3 +136,27 @@ def test_a_blue_green_deploy_killed_with_two_containers_is_settled_on_one(
     files = ("docker-compose.yml", *(["docker-compose.deploy.yml"] if project.pin_file.exists() else []))
     project.compose("up", "-d", SERVICE, files=files)
     assert [entry["Id"] for entry in containers(project)] == [expected["Id"]]
+
+
+def test_the_api_answers_400_to_what_cannot_run_twice_and_changes_nothing(compose_project, api_server):
+    project = compose_project(
+        {
+            SERVICE: service(image("healthy", "v1"), ports=["127.0.0.1:18462:8080"]),
+            "other": service(image("plain", "v1")),
+        },
+        {SERVICE: {"strategy": "blue_green"}, "other": {"strategy": "blue_green", "health_url": "http://127.0.0.1:1/"}},
+    )
+    project.up()
+    (before,) = containers(project)
+    server = api_server(project)
+
+    refused = server.post({"service": SERVICE, "image": image("healthy", "v2")})
+    assert refused.status_code == 400, refused.text
+    error = refused.json()["error"]
+    assert "publishes host port 127.0.0.1:18462 (container port 8080)" in error and "strategy recreate" in error
+    (after,) = containers(project)
+    assert (after["Id"], after["State"]["StartedAt"]) == (before["Id"], before["State"]["StartedAt"])
+
+    misconfigured = server.post({"service": "other", "image": image("plain", "v2")})
+    assert misconfigured.status_code == 400
+    assert "its health_url must probe the new container itself: write its host as {address}" in misconfigured.text

@@ -18,6 +18,7 @@ help:
 	@echo "make bench    benchmarks on the rig: a deploy through the API against a plain script and the reference's flow,"
 	@echo "              invalid-signature rejections, four services at once; three hosts in one batch against one;"
 	@echo "              the refusal limiter's memory after 300,000 addresses against the limits library's"
+	@echo "              blue_green against recreate through examples/blue-green's Caddy at 100 requests/s"
 	@echo "make lock     remake requirements.lock and requirements-dev.lock (pins and hashes) from requirements*.txt"
 
 # Nothing is installed unchecked. pip comes first, from the lock: the venv's own pip may predate
@@ -107,6 +108,7 @@ bench: rig
 	python bench/deploy.py
 	python bench/fleet.py
 	python bench/limiter.py
+	python bench/zero_downtime.py
 
 clean:
 	-tests/rig/hosts.sh down

@@ -74,6 +74,8 @@ if [ "$(cat "$images_stamp" 2>/dev/null)" != "$images_sum" ] || \
   build_images
   echo "$images_sum" >"$images_stamp"
 fi
+# The Caddy of examples/blue-green for the zero-downtime test and bench; nothing to do when it exists.
+"$top/examples/blue-green/build-proxy.sh" deploytest/caddy:2.6
 log "ready: engine $(docker version -f '{{.Server.Version}}'), compose $(docker compose version --short), registry $registry"
 # Three more engines (h1..h3), an sshd on loopback and $state/hosts.json: tests/rig/hosts.sh.
 "$here/hosts.sh"

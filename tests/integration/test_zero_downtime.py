@@ -1,0 +1,219 @@
+"""Zero-downtime deploys through a real proxy: examples/blue-green as a user copies it (its compose file, its
+Caddyfile, its inventory's settings for `web`), with 100 requests a second through Caddy while the playbook deploys.
+
+blue_green loses no request, over ten deploys in a row and over a deploy whose image never becomes healthy. recreate,
+on the same example and proxy, leaves the service without an answer while the new container boots (the slow image
+listens four seconds after its start): that gap is what makes blue_green's figures mean something. Each test prints
+its figures.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import statistics
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+from conftest import REPO, ComposeProject, Deploy, image_exists
+
+from tests.support.apiserver import free_port
+from tests.support.dockercli import docker, image, image_id
+from tests.support.load import LoadReport, SteadyLoad
+
+pytestmark = pytest.mark.usefixtures("registry")
+
+EXAMPLE = REPO / "examples" / "blue-green"
+# Built by tests/rig/up.sh with the example's build-proxy.sh: Debian's caddy 2.6.
+PROXY_IMAGE = "deploytest/caddy:2.6"
+RATE = 100
+# The example's settings of `web` with a shorter drain than its 3 s: the proxy re-resolves every second, so one is
+# enough, and ten deploys stay within a minute and a half.
+TEST_SETTINGS = {"drain_seconds": 1, "health_timeout": 20}
+# How long the load goes on after a deploy returned, to see who answers once it is over.
+SETTLE_SECONDS = 0.5
+
+
+def version_of(reference: str) -> str:
+    """What a test image answers on /version: `slow-v2` for .../deploytest/slow:v2."""
+    repository, _, tag = reference.rpartition(":")
+    return f"{repository.rsplit('/', 1)[-1]}-{tag}"
+
+
+class ExampleProject(ComposeProject):
+    """A copy of examples/blue-green under a project name, images and proxy port of its own (in a `.env` file, which
+    compose reads), and an inventory with the example's settings of `web`, TEST_SETTINGS and `strategy` over them."""
+
+    def __init__(self, root: Path, strategy: str):
+        self.root = root
+        self.name = f"zd-{uuid.uuid4().hex[:10]}"
+        self.dir = root / "project"
+        shutil.copytree(EXAMPLE, self.dir)
+        self.compose_file = self.dir / "compose.yaml"
+        self.pin_file = self.dir / "compose.deploy.yml"
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}/version"
+        variables = {
+            "COMPOSE_PROJECT_NAME": self.name,
+            "PROXY_IMAGE": PROXY_IMAGE,
+            "PROXY_PORT": str(self.port),
+            "WEB_IMAGE": image("slow", "v1"),
+        }
+        (self.dir / ".env").write_text("".join(f"{name}={value}\n" for name, value in variables.items()))
+        self.inventory = root / "inventory.yml"
+        self.state_dir = root / "state"
+        example = yaml.safe_load((EXAMPLE / "inventory.yml").read_text())
+        web = example["all"]["hosts"]["localhost"]["deploy_services"]["web"]
+        self.settings = {"web": {**web, **TEST_SETTINGS, "strategy": strategy}}
+        self.write_inventory({"localhost": {"deploy_compose_dir": str(self.dir), "deploy_services": self.settings}})
+
+    def compose(self, *args: str, files: tuple[str, ...] = ("compose.yaml",)) -> str:
+        return super().compose(*args, files=files)
+
+    def start(self) -> None:
+        """The proxy and web up, web healthy, and the proxy answering with web's version."""
+        self.compose("up", "-d", "--quiet-pull", "--wait", "--wait-timeout", "30")
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                if httpx.get(self.url, timeout=1).text.strip() == version_of(image("slow", "v1")):
+                    return
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, f"the proxy does not answer on {self.url}"
+            time.sleep(0.1)
+
+    def web_containers(self) -> list[dict[str, Any]]:
+        """Every container of `web`, running or not, as `docker inspect` shows it."""
+        ids = docker(
+            "ps",
+            "-aq",
+            "--filter",
+            f"label=com.docker.compose.project={self.name}",
+            "--filter",
+            "label=com.docker.compose.service=web",
+        ).split()
+        return json.loads(docker("inspect", *ids)) if ids else []
+
+
+@dataclass
+class Measured:
+    """One deploy under load: its run, the requests that started while it ran, those of the SETTLE_SECONDS after,
+    and each failed request of both as (seconds from the deploy's start, what came back), to be read beside the
+    run's steps when one fails."""
+
+    deploy: Deploy
+    during: LoadReport
+    after: LoadReport
+    failed_at: list[tuple[float, str]]
+
+
+def deploy_under_load(project: ExampleProject, load: SteadyLoad, reference: str) -> Measured:
+    began = load.mark()
+    deploy = project.deploy("web", reference)
+    ended = load.mark()
+    time.sleep(SETTLE_SECONDS)
+    failed_at = [
+        (round(sample.started - began, 2), sample.answer)
+        for sample in list(load.samples)
+        if sample.started >= began and not sample.ok
+    ]
+    return Measured(deploy, load.report(began, ended), load.report(ended), failed_at)
+
+
+def show(capsys: pytest.CaptureFixture[str], strategy: str, whole: LoadReport, runs: list[Measured]) -> None:
+    """The figures on the terminal, captured or not: what the test measured is worth reading when it passes."""
+    gaps = [run.during.longest_gap for run in runs]
+    with capsys.disabled():
+        print(
+            f"\n{strategy}: {len(runs)} deploys, {whole.requests} requests at {whole.rate:.0f}/s, {whole.failed} failed"
+            f" {dict(whole.failures)}, longest gap {max(gaps):.2f} s (median {statistics.median(gaps):.2f} s)"
+        )
+
+
+@pytest.fixture
+def example(tmp_path: Path, docker_engine: None) -> Iterator[Callable[[str], ExampleProject]]:
+    """Factory: example(strategy) -> a started ExampleProject; every one is torn down after the test."""
+    if not image_exists(PROXY_IMAGE):
+        pytest.fail(f"no {PROXY_IMAGE} image (run tests/rig/up.sh)", pytrace=False)
+    projects: list[ExampleProject] = []
+
+    def make(strategy: str) -> ExampleProject:
+        root = tmp_path / f"p{len(projects)}"
+        root.mkdir()
+        projects.append(ExampleProject(root, strategy))
+        projects[-1].start()
+        return projects[-1]
+
+    yield make
+    for project in projects:
+        project.tear_down()
+
+
+def test_ten_blue_green_deploys_through_the_proxy_lose_no_request(example, capsys):
+    project = example("blue_green")
+    runs: list[Measured] = []
+
+    with SteadyLoad(project.url, rate=RATE) as load:
+        began = load.mark()
+        serving = version_of(image("slow", "v1"))
+        for version in ["v2", "v3"] * 5:
+            reference = image("slow", version)
+            run = deploy_under_load(project, load, reference)
+            runs.append(run)
+            assert run.deploy.rc == 0, run.deploy.stdout
+            assert run.deploy.result["outcome"] == "succeeded"
+            containers = project.web_containers()
+            assert len(containers) == 1, [container["Name"] for container in containers]
+            assert containers[0]["Image"] == image_id(reference)
+            # Both answered while the deploy ran, and only the new one once it was over.
+            assert set(run.during.answers) == {serving, version_of(reference)}, run.during.answers
+            assert set(run.after.answers) == {version_of(reference)}, run.after.answers
+            serving = version_of(reference)
+        whole = load.report(began)
+
+    show(capsys, "blue_green", whole, runs)
+    assert whole.requests >= 0.9 * RATE * whole.seconds, "the load did not keep its rate"
+    assert whole.failed == 0, [(run.failed_at, run.deploy.result["steps"]) for run in runs if run.failed_at]
+
+
+def test_a_blue_green_deploy_that_never_becomes_healthy_is_rolled_back_without_a_failed_request(example, capsys):
+    project = example("blue_green")
+    (old,) = project.web_containers()
+
+    with SteadyLoad(project.url, rate=RATE) as load:
+        began = load.mark()
+        run = deploy_under_load(project, load, image("deaf", "v1"))
+        whole = load.report(began)
+
+    show(capsys, "blue_green, rolled back", whole, [run])
+    assert run.deploy.rc != 0
+    assert run.deploy.result["outcome"] == "rolled_back"
+    assert [container["Id"] for container in project.web_containers()] == [old["Id"]]
+    assert whole.failed == 0, (run.failed_at, run.deploy.result["steps"])
+    assert set(whole.answers) == {version_of(image("slow", "v1"))}, whole.answers
+
+
+def test_recreate_through_the_same_proxy_leaves_no_answer_while_the_new_container_boots(example, capsys):
+    project = example("recreate")
+    runs: list[Measured] = []
+
+    with SteadyLoad(project.url, rate=RATE) as load:
+        began = load.mark()
+        for version in ("v2", "v3"):
+            reference = image("slow", version)
+            runs.append(deploy_under_load(project, load, reference))
+            assert runs[-1].deploy.rc == 0, runs[-1].deploy.stdout
+            assert [container["Image"] for container in project.web_containers()] == [image_id(reference)]
+        whole = load.report(began)
+
+    show(capsys, "recreate", whole, runs)
+    # The slow image listens four seconds after its start: longer than the proxy retries (lb_try_duration 2s).
+    assert min(run.during.longest_gap for run in runs) > 2.0

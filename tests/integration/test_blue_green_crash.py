@@ -6,7 +6,6 @@ says which and why. Checked on the engine (container and image IDs), through the
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import subprocess
@@ -17,7 +16,7 @@ import pytest
 from conftest import service
 
 from tests.support.apiserver import serving
-from tests.support.dockercli import docker, image, image_id
+from tests.support.dockercli import containers_of, image, image_id
 
 pytestmark = pytest.mark.usefixtures("registry")
 
@@ -31,15 +30,7 @@ def api_server(tmp_path):
 
 
 def containers(project) -> list[dict[str, Any]]:
-    ids = docker(
-        "ps",
-        "-aq",
-        "--filter",
-        f"label=com.docker.compose.project={project.name}",
-        "--filter",
-        f"label=com.docker.compose.service={SERVICE}",
-    ).split()
-    return json.loads(docker("inspect", *ids)) if ids else []
+    return containers_of(project.name, SERVICE)
 
 
 def until(what: str, done) -> Any:
@@ -119,9 +110,7 @@ def test_a_blue_green_deploy_killed_with_two_containers_is_settled_on_one(
     restarted = api_server(project, state_dir=server.state_dir)
     record = restarted.follow(deployment_id, until=lambda record: record["recovery_action"])[-1]
 
-    (only,) = until(
-        "one container", lambda: [entry for entry in containers(project)][:1] if len(containers(project)) == 1 else None
-    )
+    (only,) = until("one container", lambda: found if len(found := containers(project)) == 1 else None)
     expected = old if kept == "old" else new
     assert only["Id"] == expected["Id"], f"the {kept} container is the one left"
     assert only["Image"] == image_id(image("slow", "v1" if kept == "old" else "v2"))

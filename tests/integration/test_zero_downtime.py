@@ -9,7 +9,6 @@ its figures.
 
 from __future__ import annotations
 
-import json
 import shutil
 import statistics
 import time
@@ -25,7 +24,7 @@ import yaml
 from conftest import REPO, ComposeProject, Deploy, image_exists
 
 from tests.support.apiserver import free_port
-from tests.support.dockercli import docker, image, image_id
+from tests.support.dockercli import containers_of, image, image_id
 from tests.support.load import LoadReport, SteadyLoad
 
 pytestmark = pytest.mark.usefixtures("registry")
@@ -92,15 +91,7 @@ class ExampleProject(ComposeProject):
 
     def web_containers(self) -> list[dict[str, Any]]:
         """Every container of `web`, running or not, as `docker inspect` shows it."""
-        ids = docker(
-            "ps",
-            "-aq",
-            "--filter",
-            f"label=com.docker.compose.project={self.name}",
-            "--filter",
-            "label=com.docker.compose.service=web",
-        ).split()
-        return json.loads(docker("inspect", *ids)) if ids else []
+        return containers_of(self.name, "web")
 
 
 @dataclass

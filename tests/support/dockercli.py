@@ -59,6 +59,20 @@ def container_of(project: str, service: str, host: str | None = None) -> dict[st
     return json.loads(docker("inspect", ids[0], host=host))[0]
 
 
+def containers_of(project: str, service: str, host: str | None = None) -> list[dict[str, Any]]:
+    """Every container of a compose service, running or not, as `docker inspect` shows them (blue_green runs two)."""
+    ids = docker(
+        "ps",
+        "-aq",
+        "--filter",
+        f"label=com.docker.compose.project={project}",
+        "--filter",
+        f"label=com.docker.compose.service={service}",
+        host=host,
+    ).split()
+    return json.loads(docker("inspect", *ids, host=host)) if ids else []
+
+
 def compose_down(project: str, host: str | None = None) -> None:
     """Remove a compose project's containers and network, and the history tags the deploy playbook kept for it."""
     docker("compose", "-p", project, "down", "--timeout", "1", check=False, host=host)

@@ -164,7 +164,7 @@ def test_history_records_success_rollback_and_pull_failure_then_a_manual_rollbac
         assert value("deployer_deployments_total", **portal, action=action, outcome=outcome) == count, outcome
     assert value("deployer_rollbacks_total", **portal, trigger="automatic", result="succeeded") == 1
     assert value("deployer_rollbacks_total", **portal, trigger="manual", result="succeeded") == 1
-    assert value("deployer_deployment_duration_seconds_count", **portal, action="deploy") == 3
+    assert value("deployer_deployment_duration_seconds_count", **portal, action="deploy", strategy="recreate") == 3
     assert value("deployer_deployment_duration_seconds_sum", **portal, action="deploy") == pytest.approx(
         sum(record["duration_seconds"] for record in records), abs=0.01
     )

@@ -58,7 +58,11 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> RigHostsSche
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    """A module that reaches the rig's extra hosts (it imports tests.support.hosts) must be in RIG_HOSTS_MODULES."""
+    """A module that reaches the rig's extra hosts (it imports tests.support.hosts) must be in RIG_HOSTS_MODULES.
+
+    Their tests come first: together they are the longest scope (one worker runs them one after another), so a worker
+    starts them at once while the others share the rest, instead of starting them late and waiting for them at the end.
+    """
     for item in items:
         module = getattr(item, "module", None)
         uses_hosts = module is not None and any(
@@ -66,6 +70,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         )
         if uses_hosts and item.path.name not in RIG_HOSTS_MODULES:
             raise pytest.UsageError(f"{item.path.name} uses the rig's hosts h1-h3: add it to RIG_HOSTS_MODULES")
+    items.sort(key=lambda item: item.path.name not in RIG_HOSTS_MODULES)
 
 
 def service(image_ref: str, **extra: Any) -> dict[str, Any]:

@@ -91,9 +91,8 @@ lint: venv
 test-unit: venv
 	pytest tests/unit
 
-# Three workers on two cores: most of a test's time is a container booting or a health check's interval, not CPU.
 test-integration: rig
-	pytest -n 3 tests/integration
+	pytest -n 2 tests/integration
 
 molecule: rig
 	@set -e; for role in $(ROLES_WITH_MOLECULE); do \

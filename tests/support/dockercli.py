@@ -43,20 +43,10 @@ def image_id(reference: str) -> str:
 
 def container_of(project: str, service: str, host: str | None = None) -> dict[str, Any] | None:
     """The one container of a compose service, as `docker inspect` shows it; None when there is none."""
-    ids = docker(
-        "ps",
-        "-aq",
-        "--filter",
-        f"label=com.docker.compose.project={project}",
-        "--filter",
-        f"label=com.docker.compose.service={service}",
-        host=host,
-    ).split()
-    if not ids:
-        return None
-    if len(ids) != 1:
-        raise DockerError(f"{project}/{service} has {len(ids)} containers")
-    return json.loads(docker("inspect", ids[0], host=host))[0]
+    found = containers_of(project, service, host)
+    if len(found) > 1:
+        raise DockerError(f"{project}/{service} has {len(found)} containers")
+    return found[0] if found else None
 
 
 def containers_of(project: str, service: str, host: str | None = None) -> list[dict[str, Any]]:

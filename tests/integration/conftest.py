@@ -40,17 +40,26 @@ RIG_HOSTS_MODULES = (
     "test_reconcile.py",
     "test_rig_faults.py",
 )
+# Modules whose tests read what one module-scoped fixture ran (cases side by side, as test_faults.py's matrix): each
+# runs in one worker, or every worker would run the fixture again.
+ONE_RUN_MODULES = (
+    "test_blue_green_crash.py",
+    "test_zero_downtime.py",
+)
 
 
 class RigHostsScheduling(LoadScopeScheduling):
-    """Every test a scope of its own, as `--dist load` schedules them, except the RIG_HOSTS_MODULES': one scope.
+    """Every test a scope of its own, as `--dist load` schedules them, except the RIG_HOSTS_MODULES' (one scope) and
+    each of the ONE_RUN_MODULES (a scope each).
 
     (pytest-xdist's `xdist_group` marks do not group under pytest 9.2: pytest-dev/pytest-xdist#1386.)
     """
 
     def _split_scope(self, nodeid: str) -> str:
         module = nodeid.split("::", 1)[0].rsplit("/", 1)[-1]
-        return "rig_hosts" if module in RIG_HOSTS_MODULES else nodeid
+        if module in RIG_HOSTS_MODULES:
+            return "rig_hosts"
+        return module if module in ONE_RUN_MODULES else nodeid
 
 
 def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> RigHostsScheduling:
@@ -60,8 +69,8 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: Any) -> RigHostsSche
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """A module that reaches the rig's extra hosts (it imports tests.support.hosts) must be in RIG_HOSTS_MODULES.
 
-    Their tests come first: together they are the longest scope (one worker runs them one after another), so a worker
-    starts them at once while the others share the rest, instead of starting them late and waiting for them at the end.
+    Their tests come first, then the ONE_RUN_MODULES': the longest scopes start at once while the other worker shares
+    the rest, instead of starting late and being waited for at the end.
     """
     for item in items:
         module = getattr(item, "module", None)
@@ -70,7 +79,7 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
         )
         if uses_hosts and item.path.name not in RIG_HOSTS_MODULES:
             raise pytest.UsageError(f"{item.path.name} uses the rig's hosts h1-h3: add it to RIG_HOSTS_MODULES")
-    items.sort(key=lambda item: item.path.name not in RIG_HOSTS_MODULES)
+    items.sort(key=lambda item: (item.path.name not in RIG_HOSTS_MODULES, item.path.name not in ONE_RUN_MODULES))
 
 
 def service(image_ref: str, **extra: Any) -> dict[str, Any]:

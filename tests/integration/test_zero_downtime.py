@@ -12,8 +12,10 @@ from __future__ import annotations
 import shutil
 import statistics
 import time
+import traceback
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -97,13 +99,25 @@ class ExampleProject(ComposeProject):
 @dataclass
 class Measured:
     """One deploy under load: its run, the requests that started while it ran, those of the SETTLE_SECONDS after,
-    and each failed request of both as (seconds from the deploy's start, what came back), to be read beside the
-    run's steps when one fails."""
+    each failed request of both as (seconds from the deploy's start, what came back), to be read beside the run's
+    steps when one fails, and the service's containers once it was over (`docker inspect`)."""
 
     deploy: Deploy
     during: LoadReport
     after: LoadReport
     failed_at: list[tuple[float, str]]
+    containers: list[dict[str, Any]]
+
+
+@dataclass
+class Strategy:
+    """What one strategy's project went through: the image it served first, its deploys under one load and what
+    that load saw over all of them."""
+
+    project: ExampleProject
+    serving: list[dict[str, Any]]
+    runs: list[Measured]
+    whole: LoadReport
 
 
 def deploy_under_load(project: ExampleProject, load: SteadyLoad, reference: str) -> Measured:
@@ -116,95 +130,110 @@ def deploy_under_load(project: ExampleProject, load: SteadyLoad, reference: str)
         for sample in list(load.samples)
         if sample.started >= began and not sample.ok
     ]
-    return Measured(deploy, load.report(began, ended), load.report(ended), failed_at)
+    return Measured(deploy, load.report(began, ended), load.report(ended), failed_at, project.web_containers())
 
 
-def show(capsys: pytest.CaptureFixture[str], strategy: str, whole: LoadReport, runs: list[Measured]) -> None:
+def under_load(project: ExampleProject, references: list[str]) -> Strategy:
+    serving = project.web_containers()
+    with SteadyLoad(project.url, rate=RATE) as load:
+        began = load.mark()
+        runs = [deploy_under_load(project, load, reference) for reference in references]
+        return Strategy(project, serving, runs, load.report(began))
+
+
+def show(capsys: pytest.CaptureFixture[str], strategy: str, measured: Strategy) -> None:
     """The figures on the terminal, captured or not: what the test measured is worth reading when it passes."""
-    gaps = [run.during.longest_gap for run in runs]
+    whole, gaps = measured.whole, [run.during.longest_gap for run in measured.runs]
     with capsys.disabled():
         print(
-            f"\n{strategy}: {len(runs)} deploys, {whole.requests} requests at {whole.rate:.0f}/s, {whole.failed} failed"
-            f" {dict(whole.failures)}, longest gap {max(gaps):.2f} s (median {statistics.median(gaps):.2f} s)"
+            f"\n{strategy}: {len(measured.runs)} deploys, {whole.requests} requests at {whole.rate:.0f}/s,"
+            f" {whole.failed} failed {dict(whole.failures)}, longest gap {max(gaps):.2f} s"
+            f" (median {statistics.median(gaps):.2f} s)"
         )
 
 
-@pytest.fixture
-def example(tmp_path: Path, docker_engine: None) -> Iterator[Callable[[str], ExampleProject]]:
-    """Factory: example(strategy) -> a started ExampleProject; every one is torn down after the test."""
+# What each strategy's project goes through; blue_green's second load is a deploy that never becomes healthy, on the
+# project its ten deploys left.
+TEN_DEPLOYS = [image("slow", version) for version in ["v2", "v3"] * 5]
+NEVER_HEALTHY = [image("deaf", "v1")]
+RECREATE_DEPLOYS = [image("slow", "v2"), image("slow", "v3")]
+
+
+@pytest.fixture(scope="module")
+def measured(tmp_path_factory: pytest.TempPathFactory, registry: str) -> Iterator[dict[str, Strategy | str]]:
+    """blue_green and recreate side by side, each on its own copy of the example, proxy and load; a strategy whose
+    run raised is its traceback."""
     if not image_exists(PROXY_IMAGE):
         pytest.fail(f"no {PROXY_IMAGE} image (run tests/rig/up.sh)", pytrace=False)
+    root = tmp_path_factory.mktemp("zero-downtime")
     projects: list[ExampleProject] = []
+    outcomes: dict[str, Strategy | str] = {}
 
-    def make(strategy: str) -> ExampleProject:
-        root = tmp_path / f"p{len(projects)}"
-        root.mkdir()
-        projects.append(ExampleProject(root, strategy))
-        projects[-1].start()
-        return projects[-1]
+    def run(strategy: str, *loads: list[str]) -> None:
+        names = [strategy, f"{strategy}, rolled back"][: len(loads)]
+        (root / strategy).mkdir()
+        try:
+            projects.append(project := ExampleProject(root / strategy, strategy))
+            project.start()
+            for name, references in zip(names, loads, strict=True):
+                outcomes[name] = under_load(project, references)
+        except BaseException:
+            for name in names:
+                outcomes.setdefault(name, traceback.format_exc())
 
-    yield make
+    with ThreadPoolExecutor(2) as pool:
+        pool.submit(run, "blue_green", TEN_DEPLOYS, NEVER_HEALTHY)
+        pool.submit(run, "recreate", RECREATE_DEPLOYS)
+    yield outcomes
     for project in projects:
         project.tear_down()
 
 
-def test_ten_blue_green_deploys_through_the_proxy_lose_no_request(example, capsys):
-    project = example("blue_green")
-    runs: list[Measured] = []
+def strategy(measured: dict[str, Strategy | str], name: str) -> Strategy:
+    outcome = measured[name]
+    if isinstance(outcome, str):
+        pytest.fail(f"{name} failed:\n{outcome}", pytrace=False)
+    return outcome
 
-    with SteadyLoad(project.url, rate=RATE) as load:
-        began = load.mark()
-        serving = version_of(image("slow", "v1"))
-        for version in ["v2", "v3"] * 5:
-            reference = image("slow", version)
-            run = deploy_under_load(project, load, reference)
-            runs.append(run)
-            assert run.deploy.rc == 0, run.deploy.stdout
-            assert run.deploy.result["outcome"] == "succeeded"
-            containers = project.web_containers()
-            assert len(containers) == 1, [container["Name"] for container in containers]
-            assert containers[0]["Image"] == image_id(reference)
-            # Both answered while the deploy ran, and only the new one once it was over.
-            assert set(run.during.answers) == {serving, version_of(reference)}, run.during.answers
-            assert set(run.after.answers) == {version_of(reference)}, run.after.answers
-            serving = version_of(reference)
-        whole = load.report(began)
 
-    show(capsys, "blue_green", whole, runs)
+def test_ten_blue_green_deploys_through_the_proxy_lose_no_request(measured, capsys):
+    blue_green = strategy(measured, "blue_green")
+    show(capsys, "blue_green", blue_green)
+
+    serving = version_of(image("slow", "v1"))
+    for reference, run in zip(TEN_DEPLOYS, blue_green.runs, strict=True):
+        assert run.deploy.rc == 0, run.deploy.stdout
+        assert run.deploy.result["outcome"] == "succeeded"
+        assert len(run.containers) == 1, [container["Name"] for container in run.containers]
+        assert run.containers[0]["Image"] == image_id(reference)
+        # Both answered while the deploy ran, and only the new one once it was over.
+        assert set(run.during.answers) == {serving, version_of(reference)}, run.during.answers
+        assert set(run.after.answers) == {version_of(reference)}, run.after.answers
+        serving = version_of(reference)
+    whole = blue_green.whole
     assert whole.requests >= 0.9 * RATE * whole.seconds, "the load did not keep its rate"
-    assert whole.failed == 0, [(run.failed_at, run.deploy.result["steps"]) for run in runs if run.failed_at]
+    assert whole.failed == 0, [(run.failed_at, run.deploy.result["steps"]) for run in blue_green.runs if run.failed_at]
 
 
-def test_a_blue_green_deploy_that_never_becomes_healthy_is_rolled_back_without_a_failed_request(example, capsys):
-    project = example("blue_green")
-    (old,) = project.web_containers()
+def test_a_blue_green_deploy_that_never_becomes_healthy_is_rolled_back_without_a_failed_request(measured, capsys):
+    rolled_back = strategy(measured, "blue_green, rolled back")
+    show(capsys, "blue_green, rolled back", rolled_back)
 
-    with SteadyLoad(project.url, rate=RATE) as load:
-        began = load.mark()
-        run = deploy_under_load(project, load, image("deaf", "v1"))
-        whole = load.report(began)
-
-    show(capsys, "blue_green, rolled back", whole, [run])
+    (run,) = rolled_back.runs
+    (old,) = rolled_back.serving
     assert run.deploy.rc != 0
     assert run.deploy.result["outcome"] == "rolled_back"
-    assert [container["Id"] for container in project.web_containers()] == [old["Id"]]
-    assert whole.failed == 0, (run.failed_at, run.deploy.result["steps"])
-    assert set(whole.answers) == {version_of(image("slow", "v1"))}, whole.answers
+    assert [container["Id"] for container in run.containers] == [old["Id"]]
+    assert rolled_back.whole.failed == 0, (run.failed_at, run.deploy.result["steps"])
+    assert set(rolled_back.whole.answers) == {version_of(TEN_DEPLOYS[-1])}, rolled_back.whole.answers
 
 
-def test_recreate_through_the_same_proxy_leaves_no_answer_while_the_new_container_boots(example, capsys):
-    project = example("recreate")
-    runs: list[Measured] = []
+def test_recreate_through_the_same_proxy_leaves_no_answer_while_the_new_container_boots(measured, capsys):
+    recreate = strategy(measured, "recreate")
+    show(capsys, "recreate", recreate)
 
-    with SteadyLoad(project.url, rate=RATE) as load:
-        began = load.mark()
-        for version in ("v2", "v3"):
-            reference = image("slow", version)
-            runs.append(deploy_under_load(project, load, reference))
-            assert runs[-1].deploy.rc == 0, runs[-1].deploy.stdout
-            assert [container["Image"] for container in project.web_containers()] == [image_id(reference)]
-        whole = load.report(began)
-
-    show(capsys, "recreate", whole, runs)
+    for reference, run in zip(RECREATE_DEPLOYS, recreate.runs, strict=True):
+        assert run.deploy.rc == 0, run.deploy.stdout
+        assert [container["Image"] for container in run.containers] == [image_id(reference)]
     # The slow image listens four seconds after its start: longer than the proxy retries (lb_try_duration 2s).
-    assert min(run.during.longest_gap for run in runs) > 2.0
+    assert min(run.during.longest_gap for run in recreate.runs) > 2.0

@@ -2,7 +2,6 @@
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(abspath $(VENV))/bin
-ROLES_WITH_MOLECULE := $(patsubst roles/%/molecule/default/molecule.yml,%,$(wildcard roles/*/molecule/default/molecule.yml))
 
 export PATH := $(BIN):$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
@@ -89,16 +88,13 @@ lint: venv
 	ansible-lint --profile production playbooks/ roles/
 
 test-unit: venv
-	pytest tests/unit
+	pytest -n 2 tests/unit
 
 test-integration: rig
 	pytest -n 2 tests/integration
 
 molecule: rig
-	@set -e; for role in $(ROLES_WITH_MOLECULE); do \
-		echo "== molecule: $$role"; \
-		(cd roles/$$role && molecule test --all); \
-	done
+	tests/molecule/run.sh
 
 test: lint test-unit test-integration molecule
 

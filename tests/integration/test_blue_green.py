@@ -16,10 +16,13 @@ from dataclasses import dataclass, field
 import pytest
 from conftest import fingerprint, service
 
-from tests.support.dockercli import docker, image, image_id
+from tests.support.dockercli import containers_of, docker, image, image_id
 
 pytestmark = pytest.mark.usefixtures("registry")
 
+# Which containers run and when is the point here, not a slow boot: the image that is healthy a second after its start.
+# (The crash tests and test_zero_downtime.py deploy the slow one.)
+APP = "healthy"
 BLUE_GREEN = {"strategy": "blue_green", "drain_seconds": 1, "health_url": "http://{address}:8080/version"}
 STEPS_OK = ["preflight", "capture_state", "pull_image", "compose_up", "health_check", "observe", "drain", "cleanup"]
 
@@ -57,25 +60,10 @@ def watching(project: str, service_name: str) -> Iterator[Seen]:
 
     def sample() -> None:
         while not stop.wait(0.1):
-            ids = docker(
-                "ps",
-                "-aq",
-                "--no-trunc",
-                "--filter",
-                f"label=com.docker.compose.project={project}",
-                "--filter",
-                f"label=com.docker.compose.service={service_name}",
-                check=False,
-            ).split()
-            if not ids:
-                seen.samples.append({})
-                continue
-            found = docker("inspect", *ids, check=False)
-            states = json.loads(found) if found else []
             seen.samples.append(
                 {
                     entry["Id"]: (entry["State"]["Status"], (entry["State"].get("Health") or {}).get("Status", ""))
-                    for entry in states
+                    for entry in containers_of(project, service_name)
                 }
             )
 
@@ -90,7 +78,7 @@ def watching(project: str, service_name: str) -> Iterator[Seen]:
 
 def blue_green_project(compose_project, version: str = "v1", **settings):
     project = compose_project(
-        {"web": service(image("slow", version), stop_grace_period="2s")}, {"web": {**BLUE_GREEN, **settings}}
+        {"web": service(image(APP, version), stop_grace_period="2s")}, {"web": {**BLUE_GREEN, **settings}}
     )
     project.up()
     project.wait_healthy("web")
@@ -109,11 +97,11 @@ def test_the_new_container_starts_beside_the_old_one_which_serves_until_it_is_pr
     old = project.container("web")
 
     with watching(project.name, "web") as seen:
-        deploy = project.deploy("web", image("slow", "v2"))
+        deploy = project.deploy("web", image(APP, "v2"))
 
     assert deploy.rc == 0, deploy.stdout
     new = project.container("web")  # exactly one container is left
-    assert new["Id"] != old["Id"] and new["Image"] == image_id(image("slow", "v2"))
+    assert new["Id"] != old["Id"] and new["Image"] == image_id(image(APP, "v2"))
     assert new["State"]["Health"]["Status"] == "healthy"
     assert seen.most_running == 2 and not seen.ever_down
     assert seen.side_by_side_healthy(old["Id"], new["Id"])
@@ -126,7 +114,7 @@ def test_the_new_container_starts_beside_the_old_one_which_serves_until_it_is_pr
     assert records["compose_up"]["detail"] == f"Started {new['Id'][:12]} beside {old['Id'][:12]}, which keeps serving"
     assert records["drain"]["detail"].startswith(f"Drained {old['Id'][:12]} for 1 s")
     assert records["drain"]["detail"].endswith(f"{new['Id'][:12]} serves alone ({new['Image'][7:19]})")
-    assert pinned(project) == image("slow", "v2")
+    assert pinned(project) == image(APP, "v2")
     # The container compose finds is the one the pin names: a plain `up` by hand leaves it alone.
     project.compose("up", "-d", "web", files=("docker-compose.yml", "docker-compose.deploy.yml"))
     assert fingerprint(project.container("web")) == fingerprint(new)
@@ -151,7 +139,7 @@ def test_a_new_container_that_never_becomes_healthy_is_removed_and_the_old_one_n
     rollback = result["steps"][-1]
     assert rollback["step"] == "rollback" and rollback["rolled_back"] is True
     assert "Removed the new container" in rollback["detail"]
-    assert f"{old['Id'][:12]} kept serving {image('slow', 'v1')}" in rollback["detail"]
+    assert f"{old['Id'][:12]} kept serving {image(APP, 'v1')}" in rollback["detail"]
     assert pinned(project) is None, "the pin is dropped: the compose file's image serves again"
 
 
@@ -208,7 +196,7 @@ def test_check_mode_says_a_second_container_would_start_and_an_unchanged_image_s
     project = blue_green_project(compose_project)
     old = project.container("web")
 
-    dry = project.deploy("web", image("slow", "v2"), check=True)
+    dry = project.deploy("web", image(APP, "v2"), check=True)
     assert dry.rc == 0, dry.stdout
     up = next(record for record in dry.result["steps"] if record["step"] == "compose_up")
     assert up["detail"] == f"Would start a second container beside {old['Id'][:12]}, which keeps serving"
@@ -216,8 +204,8 @@ def test_check_mode_says_a_second_container_would_start_and_an_unchanged_image_s
 
     with watching(project.name, "web") as seen:
         # The first deploy tags the running image for the history; the second changes nothing at all.
-        assert project.deploy("web", image("slow", "v1")).rc == 0
-        again = project.deploy("web", image("slow", "v1"))
+        assert project.deploy("web", image(APP, "v1")).rc == 0
+        again = project.deploy("web", image(APP, "v1"))
     assert again.rc == 0 and again.changed == 0, again.stdout
     assert seen.ids() == {old["Id"]} and fingerprint(project.container("web")) == fingerprint(old)
     records = {record["step"]: record["detail"] for record in again.result["steps"]}
@@ -226,7 +214,7 @@ def test_check_mode_says_a_second_container_would_start_and_an_unchanged_image_s
 
 def test_a_manual_rollback_is_blue_green_too(compose_project):
     project = blue_green_project(compose_project)
-    assert project.deploy("web", image("slow", "v2")).rc == 0
+    assert project.deploy("web", image(APP, "v2")).rc == 0
     current = project.container("web")
 
     with watching(project.name, "web") as seen:
@@ -234,7 +222,7 @@ def test_a_manual_rollback_is_blue_green_too(compose_project):
 
     assert back.rc == 0, back.stdout
     restored = project.container("web")
-    assert restored["Image"] == image_id(image("slow", "v1"))
+    assert restored["Image"] == image_id(image(APP, "v1"))
     assert seen.side_by_side_healthy(current["Id"], restored["Id"]) and not seen.ever_down
     assert back.steps == [
         "preflight",
@@ -268,18 +256,18 @@ def test_several_hosts_deploy_blue_green_in_batches_and_a_failure_undoes_the_hos
 
     inventory(BLUE_GREEN["health_url"])
     olds = {name: project.container("web") for name, project in hosts.items()}
-    deploy = first.deploy("web", image("slow", "v2"))
+    deploy = first.deploy("web", image(APP, "v2"))
     assert deploy.rc == 0, deploy.stdout
     for name, project in hosts.items():
         now = project.container("web")
-        assert now["Id"] != olds[name]["Id"] and now["Image"] == image_id(image("slow", "v2")), name
+        assert now["Id"] != olds[name]["Id"] and now["Image"] == image_id(image(APP, "v2")), name
         assert [step["step"] for step in deploy.results[name]["steps"]] == STEPS_OK
 
     # h2's health URL never answers: h2 is rolled back (its old container served throughout), and h1, updated in the
     # batch before, is undone.
     inventory("http://{address}:9/never")
     updated = {name: project.container("web") for name, project in hosts.items()}
-    failed = first.playbook_cli("-e", "service=web", "-e", f"image={image('slow', 'v3')}", "-e", "deploy_batches=[1]")
+    failed = first.playbook_cli("-e", "service=web", "-e", f"image={image(APP, 'v3')}", "-e", "deploy_batches=[1]")
     assert failed.returncode != 0
     assert fingerprint(second.container("web")) == fingerprint(updated["h2"]), "h2's old container never stopped"
-    assert first.container("web")["Image"] == image_id(image("slow", "v2")), "h1 runs what it ran before the rollout"
+    assert first.container("web")["Image"] == image_id(image(APP, "v2")), "h1 runs what it ran before the rollout"

@@ -105,8 +105,9 @@ def kill_in(phase: str, root: Path, made: list[ComposeProject | ApiServer]) -> S
 
     def api(name: str, state_dir: Path | None = None) -> ApiServer:
         (root / name).mkdir()
-        made.append(ApiServer(root / name, project.inventory, state_dir=state_dir, compose_dir=project.dir))
-        return made[-1]  # type: ignore[return-value]
+        server = ApiServer(root / name, project.inventory, state_dir=state_dir, compose_dir=project.dir)
+        made.append(server)
+        return server
 
     server = api("api")
     response = server.post({"service": SERVICE, "image": image("slow", "v2")}, path="/deploy?wait=false")

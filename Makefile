@@ -7,11 +7,13 @@ export PATH := $(BIN):$(PATH)
 export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
 export DEPLOY_TEST_REGISTRY ?= 127.0.0.1:5099
 
-.PHONY: help venv lock run compose-plugin rig lint test test-unit test-integration molecule bench clean
+.PHONY: help venv lock run engine compose-plugin rig image lint checks test test-unit test-integration molecule bench clean
 
 help:
-	@echo "make run      start the API on its defaults (.env, inventory/, examples/homeserver) on port 9000"
-	@echo "make test     lint, unit and integration tests on a real Docker engine, molecule for every role"
+	@echo "make run      start the API on its defaults (.env, inventory/, examples/homeserver) on port 9000,"
+	@echo "              after a Docker engine answers (one is brought up as root on Debian; elsewhere, the command)"
+	@echo "make test     lint, unit and integration tests on a real Docker engine (the API's image among them), molecule"
+	@echo "make image    build the API's image (deploy-api:test) from bases made here: Debian's packages, the host's docker CLI"
 	@echo "make rig      bring up the test rig only (engine, compose v2, loopback registry, test images, engines h1-h3, sshd on 127.0.0.1:2222)"
 	@echo "make lint     ruff, mypy, ansible-playbook --syntax-check, ansible-lint (production profile)"
 	@echo "make bench    benchmarks on the rig: a deploy through the API against a plain script and the reference's flow,"
@@ -68,7 +70,12 @@ compose-plugin: venv
 		install -D -m 0755 "$$plugin" "$$HOME/.docker/cli-plugins/docker-compose"; \
 	fi
 
-run: venv compose-plugin
+# A Docker engine: the one that answers, else one brought up as the rig brings it up, else a stop
+# that names the command to run. Nothing starts an API that could not deploy.
+engine:
+	@tests/rig/engine.sh
+
+run: venv engine compose-plugin
 	@examples/homeserver/build.sh
 	@$(BIN)/python -m api.quickstart
 	@exec $(BIN)/python -m api
@@ -95,7 +102,19 @@ test-integration: rig
 molecule: rig
 	tests/molecule/run.sh
 
-test: lint test-unit test-integration molecule
+# The API's image as deployment.yml runs it, for tests/integration/test_container.py. The bases are
+# made here (tests/rig/image.sh): these machines cannot pull from Docker Hub.
+image: engine compose-plugin
+	tests/rig/image.sh deploy-api:test
+
+checks: venv
+	@$(MAKE) --no-print-directory lint
+	@$(MAKE) --no-print-directory test-unit
+
+# The image builds beside lint and the unit tests: making its base mostly waits on Debian's mirror.
+test: rig
+	@$(MAKE) --no-print-directory -j2 --output-sync=target image checks
+	@$(MAKE) --no-print-directory test-integration molecule
 
 # Benchmarks on the rig (figures, not tests): tables printed, JSON under bench/results/.
 bench: rig

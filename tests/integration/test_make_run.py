@@ -113,3 +113,29 @@ def test_make_run_writes_a_secret_starts_the_api_and_the_printed_commands_deploy
             os.killpg(server.pid, signal.SIGTERM)
             server.wait(20)
         subprocess.run(["docker", "compose", "-p", project, "down", "--timeout", "1"], capture_output=True)
+
+
+def test_make_run_with_no_engine_stops_before_the_api_naming_what_to_run(tmp_path):
+    """The engine make run needs does not answer, and is not one it may start (DOCKER_HOST names another): it stops
+    before anything else, with the command. (Bringing one up where none runs is the rig's first step on a fresh
+    machine: tests/rig/up.sh calls the same tests/rig/engine.sh.)"""
+    checkout = tmp_path / "checkout"
+    fresh_copy(checkout, f"dt-run-{uuid.uuid4().hex[:8]}", free_port())
+    venv = Path(sys.executable).parents[1]
+    nowhere = f"unix://{tmp_path}/no-engine.sock"
+
+    completed = subprocess.run(
+        ["make", "run", f"VENV={venv}", "-o", f"{venv}/.installed"],
+        cwd=checkout,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "DOCKER_HOST": nowhere},
+    )
+
+    output = completed.stdout + completed.stderr
+    assert completed.returncode != 0, output
+    (line,) = [line for line in output.splitlines() if line.startswith("engine: ")]
+    assert line.startswith(f"engine: no Docker engine answers at {nowhere} ("), line
+    assert line.endswith(": start the engine DOCKER_HOST names, or unset DOCKER_HOST to use this machine's own")
+    assert "Uvicorn" not in output and not (checkout / ".env").exists(), "nothing ran after the engine check"

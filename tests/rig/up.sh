@@ -8,14 +8,6 @@ here="$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)"
 # shellcheck source=tests/rig/lib.sh
 . "$here/lib.sh"
 
-ensure_engine() {
-  if docker info >/dev/null 2>&1; then return; fi
-  command -v dockerd >/dev/null || { log "installing docker.io"; apt_install docker.io; }
-  log "starting dockerd"
-  setsid dockerd >"$state/dockerd.log" 2>&1 < /dev/null &
-  wait_for 60 docker info || { tail -20 "$state/dockerd.log"; log "dockerd did not start"; exit 1; }
-}
-
 ensure_compose() { # installed as `make run` installs it: the Makefile's compose-plugin target
   if docker compose version >/dev/null 2>&1; then return; fi
   log "installing the compose plugin (make compose-plugin)"
@@ -61,7 +53,7 @@ build_images() {
   done
 }
 
-ensure_engine
+"$here/engine.sh" # as `make run` brings it up
 ensure_compose
 ensure_registry
 # deployctl's --json is read with jq in its help, and so in the integration tests.

@@ -84,7 +84,7 @@ StepName = Literal[
 ]
 # How the log announces each step when it starts.
 ANNOUNCEMENTS: dict[str, str] = {
-    "preflight": "🧭 Checking that two containers can run side by side...",
+    "preflight": "🧭 Checking the deploy before anything changes...",
     "capture_state": "📸 Capturing current state for rollback...",
     "choose_image": "🔎 Choosing the image to roll back to...",
     "pull_image": "⬇️  Pulling image...",

@@ -418,11 +418,14 @@ class Recovery:
         }[action]
         log.warning("⏪ [%s] %s: %s", deployment_id, reason, doing)
         extra = {contract.VAR_KEEP_IMAGE_ID: keep_image_id} if action == "settle" else {}
-        started, _, _ = await self.deployer.start(
+        started, code, _ = await self.deployer.start(
             request, "recovery", action=action, hosts=hosts, claim=claim, extravars=extra
         )
         result: Mapping[str, Any] = self.history.get(started) or {}
         outcome = result.get("outcome")
+        if code == 400:
+            # Refused by the playbook's preflight before anything changed (the API's own service): it would be again.
+            return Acted(True, f"Not reconciled: {started} was refused: {result.get('error')}", started)
         if action == "settle":
             if outcome == "succeeded":
                 result_word = "completed" if keeps_new else "restored"

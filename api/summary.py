@@ -110,17 +110,21 @@ def outcome_of(run: RunResult, hosts: tuple[str, ...], causes: Mapping[str, tupl
     return next((worst for worst in WORST_FIRST if worst in outcomes), "failed")
 
 
-def refused_at_preflight(results: Mapping[str, dict[str, Any]]) -> bool:
-    """Whether the deploy was refused before anything changed: some host failed its preflight (two containers of the
-    service cannot run side by side there), and every other host was not reached."""
+def refused_at_preflight(run: RunResult) -> bool:
+    """Whether the deploy was refused before anything changed: some host's preflight refused it (two containers of the
+    service cannot run side by side there, or the deploy runs in the service's own container: the API's own service),
+    and every other host was not reached. A host that could not be reached, or whose Docker engine did not answer,
+    refused nothing, whichever step its failure is recorded at."""
+    not_asked = {*run.unreachable, *run.engine_unreachable}
     refused = [
         host
-        for host, result in results.items()
-        if result.get("outcome") == "failed"
+        for host, result in run.results.items()
+        if host not in not_asked
+        and result.get("outcome") == "failed"
         and any(step.get("step") == "preflight" and not step.get("success") for step in result.get("steps") or [])
     ]
     return bool(refused) and all(
-        host in refused or result.get("outcome") == "not_reached" for host, result in results.items()
+        host in refused or result.get("outcome") == "not_reached" for host, result in run.results.items()
     )
 
 
@@ -226,5 +230,5 @@ def summarize(
         hosts=outcomes,
     )
     # A refusal is the request's fault, as the API's own refusals are; nothing was changed.
-    code = 400 if outcome == "failed" and not causes and refused_at_preflight(results) else 500
+    code = 400 if outcome == "failed" and not causes and refused_at_preflight(run) else 500
     return Summary(code, body, outcome, images)

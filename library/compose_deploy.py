@@ -10,9 +10,15 @@ description:
   - The one implementation of each step of a deploy (module_utils/deploy_steps.py), run by the deploy role. Runs the
     requested O(steps) in the deploy's order C(preflight), C(capture_state), C(choose_image), C(pull_image),
     C(compose_up), C(health_check), C(observe), C(drain), C(cleanup), C(rollback); or C(status) alone.
-  - C(preflight) (O(strategy=blue_green)) refuses, before anything changes, a service two containers of which would
-    collide (a container_name, a published host port, network_mode host, more than one replica), or that runs two
-    containers already.
+  - C(preflight), the first step of every action, refuses before anything changes to replace or remove the container
+    the module runs in (the API's own service, when the API runs in a container and deploys to its own host) - compose
+    would stop it, and the deploy with it, midway. Its one line names the service, the container's short ID and the
+    command that updates it from the host instead, C(docker compose -f <its compose file> up -d --build <service>)
+    (C(--pull always) for a service without C(build)), the file as the container's compose labels name it. The
+    container is found in C(/proc/self/mountinfo); outside one, or in a container of another service or on another
+    engine, there is nothing to refuse. With O(strategy=blue_green) it also refuses a service two containers of
+    which would collide (a container_name, a published host port, network_mode host, more than one replica), or
+    that runs two containers already.
   - C(capture_state) records the service's container, image ID and reference, its compose file (found as
     C(docker compose) finds it when O(compose_file) is empty) and its history, and tags a running image the history
     lacks C(<history_prefix>/<project>/<service>:<stamp>-<short id>).
@@ -33,7 +39,8 @@ description:
     container runs the captured image ID), or removes what a first deploy half-started. With O(stopped_at) (the
     rollout stopped on other hosts) the restored image also becomes the newest of the history again. Its outcome is
     in its record and RV(state); a rollback that fails does not fail the module.
-  - C(status) reads what the service runs and the container's state, and changes nothing.
+  - C(status) reads what the service runs and the container's state, and changes nothing; it reads the API's own
+    service too.
   - What a step reads comes from an earlier step of the same call or from O(state), the RV(state) of an earlier
     call. Steps that lack what they read are refused before anything runs.
   - With O(finish_unchanged), a call whose steps end with C(pull_image) also runs C(compose_up), C(health_check) and
@@ -178,7 +185,7 @@ attributes:
 EXAMPLES = r"""
 - name: Capture the running state and pull the image
   compose_deploy:
-    steps: [capture_state, pull_image]
+    steps: [preflight, capture_state, pull_image]
     project_dir: /homeserver
     service: portal
     image: ghcr.io/acme/portal:v2

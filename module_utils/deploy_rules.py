@@ -21,8 +21,9 @@ REMOVE = "remove"
 # ran. It keeps the one that runs the image it names (the new one once it was proven, else the old one), drains the
 # others and removes them. One round trip; it reads without writing history.
 SETTLE = "settle"
-# The steps, in the order they run. `rollback` runs only after a failure that changed the host (ROLLBACK_AFTER);
-# `preflight`, `observe` and `drain` only in a blue-green deploy (BLUE_GREEN_TRIPS).
+# The steps, in the order they run. `preflight` starts every action, before anything changes; `rollback` runs only
+# after a failure that changed the host (ROLLBACK_AFTER); `observe` and `drain` only in a blue-green deploy
+# (BLUE_GREEN_TRIPS) and a settling.
 STEPS = (
     "preflight",
     "capture_state",
@@ -43,16 +44,21 @@ STRATEGIES = (RECREATE, BLUE_GREEN)
 # The module round trips of a deploy and a rollback: each costs about 0.25 s of Ansible, so the steps that need no
 # look at the host between them share one. Three, so that the record follows the deploy (what ran before is known
 # before anything changes, the new container before its health check); the first one finishes a redeploy that changes
-# nothing (compose up, health check and cleanup follow in it).
+# nothing (compose up, health check and cleanup follow in it). Each action begins with preflight, which refuses to
+# replace the container the deploy runs in (the API's own service: module_utils/deploy_self.py).
 ROUND_TRIPS = {
-    "deploy": (("capture_state", "pull_image"), ("compose_up",), ("health_check", "cleanup")),
-    "rollback": (("capture_state", "choose_image", "pull_image"), ("compose_up",), ("health_check", "cleanup")),
-    REMOVE: (("capture_state", "rollback"),),
-    SETTLE: (("capture_state", "drain"),),
+    "deploy": (("preflight", "capture_state", "pull_image"), ("compose_up",), ("health_check", "cleanup")),
+    "rollback": (
+        ("preflight", "capture_state", "choose_image", "pull_image"),
+        ("compose_up",),
+        ("health_check", "cleanup"),
+    ),
+    REMOVE: (("preflight", "capture_state", "rollback"),),
+    SETTLE: (("preflight", "capture_state", "drain"),),
 }
-# A blue-green deploy first checks that two containers of the service can run side by side (before anything changes),
-# and has one more round trip: the record knows the new container passed its health check (and the observation)
-# before the old one is drained, so that a run that dies in between is finished the right way (api/recovery.py).
+# A blue-green deploy's preflight also checks that two containers of the service can run side by side, and it has one
+# more round trip: the record knows the new container passed its health check (and the observation) before the old
+# one is drained, so that a run that dies in between is finished the right way (api/recovery.py).
 BLUE_GREEN_TRIPS = {
     "deploy": (
         ("preflight", "capture_state", "pull_image"),

@@ -40,6 +40,7 @@ from ansible.module_utils.deploy_rules import (
     ranked_names,
     twin_problem,
 )
+from ansible.module_utils.deploy_self import MOUNTINFO, compose_identity, own_container_id, self_refusal
 
 # The module's steps: the deploy's, and `status`, which only reads what the service runs.
 MODULE_STEPS = (*STEPS, "status")
@@ -239,8 +240,13 @@ def cleanup_record(cleaned: CleanupResult | None) -> StepRecord:
     return {"step": "cleanup", "success": True, "detail": detail}
 
 
-def preflight_record(service: str) -> StepRecord:
-    return {"step": "preflight", "success": True, "detail": f"Two containers of {service} can run side by side"}
+def preflight_record(service: str, blue_green: bool) -> StepRecord:
+    detail = (
+        f"Two containers of {service} can run side by side"
+        if blue_green
+        else f"The deploy runs in no container of {service}"
+    )
+    return {"step": "preflight", "success": True, "detail": detail}
 
 
 def failure_record(step: str, msg: str) -> StepRecord:
@@ -280,13 +286,18 @@ def container_state(docker: Docker, container_id: str) -> str:
 
 
 def run_steps(
-    docker: Docker, params: dict[str, Any], check_mode: bool, clock: Callable[[], float] = time.monotonic
+    docker: Docker,
+    params: dict[str, Any],
+    check_mode: bool,
+    clock: Callable[[], float] = time.monotonic,
+    mountinfo: str = MOUNTINFO,
 ) -> dict[str, Any]:
     """Run the requested steps and return the module's result; on failure it has `failed_step` and `msg`.
 
     `params` are compose_deploy's options. A step that fails ends the run: later steps do not start. The result's
     `state` is the state given with this call's work added; `next_steps` the steps of the next round trip (the
-    rollback after a failure that changed the host), empty when there is none.
+    rollback after a failure that changed the host), empty when there is none. `mountinfo`: the mount table that says
+    which container the module runs in (deploy_self.own_container_id).
     """
     started = clock()
     state: dict[str, Any] = {"steps": [], **params["state"]}
@@ -354,12 +365,13 @@ def run_steps(
         )
 
     def preflight_step() -> StepRecord:
-        """Before anything changes: two containers of the service can run side by side (twin_problem), and only one
-        runs now (two are a blue-green deploy that did not finish)."""
+        """Before anything changes, for every action: the deploy does not run in a container of the service, which it
+        would stop midway (deploy_self). A blue-green deploy also: two containers of the service can run side by side
+        (twin_problem), and only one runs now (two are a blue-green deploy that did not finish)."""
+        refuse_own_container()
         if not blue_green:
-            return {"step": "preflight", "success": True, "detail": "Nothing to check: the strategy is recreate"}
-        project = read_project(docker, params["project_dir"], params["compose_file"])
-        read.append(project)
+            return preflight_record(params["service"], blue_green=False)
+        project = project_once()
         problem = twin_problem(params["service"], service_config(project, params["service"]), project["compose_path"])
         if problem:
             raise StepError(problem)
@@ -371,7 +383,30 @@ def run_steps(
                 f"Service {params['service']} has {len(found)} containers ({listed}): a blue-green deploy did not "
                 "finish. The API settles it by itself; by hand, remove the one that did not pass its health check"
             )
-        return preflight_record(params["service"])
+        return preflight_record(params["service"], blue_green=True)
+
+    def project_once() -> Project:
+        """The project, read once a round trip: preflight reads it for capture_state."""
+        if not read:
+            read.append(read_project(docker, params["project_dir"], params["compose_file"]))
+        return read[0]
+
+    def refuse_own_container() -> None:
+        """Refuse to replace or remove the container this deploy runs in: compose would stop it, and the deploy with
+        it. Outside a container, and in a container of another service, nothing to refuse; the project is read only
+        when the service's name is that of the container's."""
+        own_id = own_container_id(mountinfo)
+        # On another engine (DOCKER_HOST) the container is not found, and nothing there runs the deploy.
+        own = inspect(docker, "container", own_id) if own_id else None
+        if own is None:
+            return
+        own_project, own_service = compose_identity(own)
+        if own_service != params["service"]:
+            return
+        project = project_once()
+        if own_project == project["config"]["name"]:
+            builds = "build" in ((project["config"].get("services") or {}).get(params["service"]) or {})
+            raise StepError(self_refusal(action, params["service"], own, project["compose_path"], builds))
 
     def capture_step() -> StepRecord:
         # A removal keeps no history: the image it takes away never passed its health check.

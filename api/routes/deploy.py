@@ -31,7 +31,8 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
     202: {"model": DeploymentAccepted, "description": "Started (wait=false); follow the Location header"},
     400: {
         "description": "Service not allowed (in the environment), an unknown environment, an image the service does "
-        "not allow, or a malformed body"
+        "not allow, a malformed body, or (wait=true) a deploy the playbook's preflight refused before anything "
+        "changed: a blue_green service that cannot run twice, the API's own service"
     },
     403: {
         "description": "Invalid signature (or one made for another action), a secret not allowed for the service on "

@@ -98,7 +98,7 @@ def test_a_successful_deploy_passes_with_its_id_and_outcome(compose_project, api
     assert (record["repository"], record["commit"]) == (GITHUB["github.repository"], GITHUB["github.sha"])
     assert record["message"] == "Ship it"
     groups = re.findall(r"^::group::[✓✗] (\w+): ", log, flags=re.MULTILINE)
-    assert groups == ["capture_state", "pull_image", "compose_up", "health_check", "cleanup"]
+    assert groups == ["preflight", "capture_state", "pull_image", "compose_up", "health_check", "cleanup"]
     assert f"::notice title=Deployed portal::portal runs {image('healthy', 'v2')} in " in log
     assert project.container("portal")["Image"] == image_id(image("healthy", "v2"))
 

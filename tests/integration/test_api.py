@@ -43,14 +43,15 @@ def test_success_contract(compose_project, api_server):
     assert body["message"] == "Deployment successful"
     assert (body["old_image"], body["new_image"]) == (image("healthy", "v1"), image("healthy", "v2"))
     assert [step["step"] for step in body["steps"]] == [
+        "preflight",
         "capture_state",
         "pull_image",
         "compose_up",
         "health_check",
         "cleanup",
     ]
-    assert body["steps"][0]["image"] == image("healthy", "v1")
-    assert body["steps"][3]["running"] is True
+    assert body["steps"][1]["image"] == image("healthy", "v1")
+    assert body["steps"][4]["running"] is True
     assert project.container("portal")["Image"] == image_id(image("healthy", "v2"))
     log = server.log_file.read_text()
     assert "🚀 Deployment Started: portal" in log and "✅ Deployment Successful!" in log
@@ -94,7 +95,7 @@ def test_pull_failure_touches_nothing(compose_project, api_server):
     response = server.post({"service": "portal", "image": image("healthy", "no-such-tag")})
 
     assert response.status_code == 500
-    assert [step["step"] for step in response.json()["steps"]] == ["capture_state", "pull_image"]
+    assert [step["step"] for step in response.json()["steps"]] == ["preflight", "capture_state", "pull_image"]
     assert response.json()["steps"][-1]["success"] is False
     assert fingerprint(project.container("portal")) == before
 

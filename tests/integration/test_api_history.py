@@ -89,6 +89,7 @@ def test_history_records_success_rollback_and_pull_failure_then_a_manual_rollbac
     assert succeeded["new_image_id"] == image_id(image("healthy", "v2"))
     assert (succeeded["repository"], succeeded["http_status"]) == ("acme/portal", 200)
     assert [step["step"] for step in succeeded["steps"]] == [
+        "preflight",
         "capture_state",
         "pull_image",
         "compose_up",
@@ -99,7 +100,7 @@ def test_history_records_success_rollback_and_pull_failure_then_a_manual_rollbac
     assert rolled_back["steps"][-1]["step"] == "rollback" and rolled_back["steps"][-1]["rolled_back"] is True
     assert "fatal: configuration file /etc/app.conf not found" in rolled_back["logs"]
     assert rolled_back["error"].startswith("Container is restarting")
-    assert [step["step"] for step in failed["steps"]] == ["capture_state", "pull_image"]
+    assert [step["step"] for step in failed["steps"]] == ["preflight", "capture_state", "pull_image"]
     assert failed["finished_at"] and failed["duration_seconds"] > 0
     assert project.container("portal")["Image"] == image_id(image("healthy", "v2"))
 
@@ -220,6 +221,7 @@ def test_wait_false_answers_202_at_once_and_the_record_follows_each_step(compose
     final = seen[-1]
     assert final["outcome"] == "succeeded" and final["http_status"] == 200
     assert [step["step"] for step in final["steps"]] == [
+        "preflight",
         "capture_state",
         "pull_image",
         "compose_up",
@@ -229,7 +231,7 @@ def test_wait_false_answers_202_at_once_and_the_record_follows_each_step(compose
     in_progress = [record["current_step"] for record in seen if record["outcome"] == "running"]
     assert "health_check" in in_progress, f"progress was visible step by step: {in_progress}"
     partial = [len(record["steps"]) for record in seen if record["outcome"] == "running"]
-    assert any(0 < count < 5 for count in partial), f"finished steps appear while the deploy runs: {partial}"
+    assert any(0 < count < 6 for count in partial), f"finished steps appear while the deploy runs: {partial}"
     assert project.container("portal")["Image"] == image_id(image("healthy", "v2"))
 
 

@@ -16,7 +16,7 @@ from tests.support.dockercli import REGISTRY, docker, image, image_id
 
 pytestmark = pytest.mark.usefixtures("registry")
 
-STEPS_OK = ["capture_state", "pull_image", "compose_up", "health_check", "cleanup"]
+STEPS_OK = ["preflight", "capture_state", "pull_image", "compose_up", "health_check", "cleanup"]
 
 
 def digest(path) -> str:
@@ -80,9 +80,9 @@ def test_failed_start_or_health_rolls_back_to_captured_image(compose_project, br
     assert result["success"] is False and result["outcome"] == "rolled_back"
     assert result["error"].startswith(error)
     assert log_line in result["logs"]
-    assert deploy.steps == ["capture_state", "pull_image", "compose_up", "health_check", "rollback"]
+    assert deploy.steps == ["preflight", "capture_state", "pull_image", "compose_up", "health_check", "rollback"]
     assert deploy.announced == deploy.steps, "the rollback is announced because the failed result named it next"
-    assert [step["success"] for step in result["steps"]] == [True, True, True, False, True]
+    assert [step["success"] for step in result["steps"]] == [True, True, True, True, False, True]
     # The operator's compose file names the previous image, so no pin is left behind.
     assert "app" not in project.pin_file.read_text()
 
@@ -125,7 +125,7 @@ def test_pull_failure_touches_nothing(compose_project):
     assert fingerprint(after) == fingerprint(before)
     assert after["RestartCount"] == before["RestartCount"]
     assert deploy.result["outcome"] == "failed"
-    assert deploy.steps == ["capture_state", "pull_image"]
+    assert deploy.steps == ["preflight", "capture_state", "pull_image"]
     assert deploy.result["steps"][-1]["success"] is False
     assert "Nothing was changed" in deploy.stdout
     assert not project.pin_file.exists()

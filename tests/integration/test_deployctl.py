@@ -21,7 +21,7 @@ from tests.support.dockercli import image, image_id
 pytestmark = pytest.mark.usefixtures("registry")
 
 DEPLOYCTL = Path(sys.executable).parent / "deployctl"
-STEPS = ["capture_state", "pull_image", "compose_up", "health_check", "cleanup"]
+STEPS = ["preflight", "capture_state", "pull_image", "compose_up", "health_check", "cleanup"]
 # A commit message as a signer may write it: an OSC 52 clipboard write, a CSI, a carriage return, a C1 CSI, NEL and a
 # right-to-left override; and as deployctl shows it.
 HOSTILE = "Update\x1b]52;c;cm0gLXJmIH4K\x07\x1b[2J\rforged\x9b0m\x85next \u202eevil"

@@ -452,7 +452,7 @@ def assert_untouched(outcome: Outcome, cause: str) -> None:
     assert_truth(outcome)
     record = outcome.record
     assert record["outcome"] == "failed"
-    assert [step["step"] for step in record["steps"]] == ["capture_state", "pull_image"]
+    assert [step["step"] for step in record["steps"]] == ["preflight", "capture_state", "pull_image"]
     assert cause in outcome.step("pull_image")["detail"], outcome.step("pull_image")["detail"]
     assert outcome.after is not None and outcome.after["Id"] == outcome.before["Id"]
     assert outcome.after["State"]["StartedAt"] == outcome.before["State"]["StartedAt"]

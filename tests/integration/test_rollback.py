@@ -17,7 +17,7 @@ from tests.support.dockercli import docker, image, image_id
 
 pytestmark = pytest.mark.usefixtures("registry")
 
-STEPS_OK = ["capture_state", "choose_image", "pull_image", "compose_up", "health_check", "cleanup"]
+STEPS_OK = ["preflight", "capture_state", "choose_image", "pull_image", "compose_up", "health_check", "cleanup"]
 
 
 def unique_images(project: ComposeProject, *versions: str) -> tuple[str, dict[str, str]]:
@@ -62,7 +62,7 @@ def test_rollback_goes_to_the_previous_image_and_a_second_one_goes_back_again(co
     # The image's own name, not its history tag, and not pulled: the host has it.
     assert (result["new_image"], result["new_image_id"]) == (f"{repo}:v2", ids["v2"])
     assert back.steps == back.announced == STEPS_OK
-    assert result["steps"][2]["detail"].startswith("Not pulled (on the host already)")
+    assert result["steps"][3]["detail"].startswith("Not pulled (on the host already)")
     # The image we left is now the newest previous one.
     assert history_ids(project) == [ids["v2"], ids["v3"]], "one tag per image, the one we left newest"
 
@@ -89,8 +89,8 @@ def test_rollback_to_a_named_older_image_pulls_what_the_host_lacks(compose_proje
     result = named.result
     assert (result["action"], result["new_image"], result["new_image_id"]) == ("rollback", f"{repo}:v1", ids["v1"])
     assert named.steps == STEPS_OK
-    assert result["steps"][1]["detail"] == f"Requested {repo}:v1, not on the host: pulling it"
-    assert result["steps"][2]["detail"].startswith(f"Pulled {repo}:v1")
+    assert result["steps"][2]["detail"] == f"Requested {repo}:v1, not on the host: pulling it"
+    assert result["steps"][3]["detail"].startswith(f"Pulled {repo}:v1")
     assert history_ids(project) == [ids["v1"], ids["v3"]]
 
 
@@ -106,7 +106,7 @@ def test_rollback_to_a_named_image_the_host_has_does_not_pull_it(compose_project
 
     assert named.rc == 0, named.stdout
     assert project.container("app")["Image"] == ids["v1"]
-    assert named.result["steps"][2]["detail"].startswith("Not pulled (on the host already)")
+    assert named.result["steps"][3]["detail"].startswith("Not pulled (on the host already)")
 
 
 def test_rollback_without_a_previous_image_fails_and_touches_nothing(compose_project):
@@ -127,7 +127,7 @@ def test_rollback_without_a_previous_image_fails_and_touches_nothing(compose_pro
     assert result["message"] == "Rollback failed"
     assert result["error"] == "No previous image of app is kept on localhost"
     assert result["new_image"] is None
-    assert rollback.steps == ["capture_state", "choose_image"]
+    assert rollback.steps == ["preflight", "capture_state", "choose_image"]
     assert result["steps"][-1]["success"] is False
     assert "Rollback of app failed at choose_image: No previous image of app is kept on localhost" in rollback.stdout
 
@@ -178,7 +178,15 @@ def test_previous_image_that_fails_its_health_check_is_rolled_back_to_what_ran_b
     assert result["message"] == "Rollback failed, restored the image that ran before"
     assert result["new_image_id"] == image_id(image("plain", "v1"))
     assert result["error"].startswith(f"Health URL http://127.0.0.1:{port}/plain-v2 did not answer 2xx")
-    assert rollback.steps == ["capture_state", "choose_image", "pull_image", "compose_up", "health_check", "rollback"]
+    assert rollback.steps == [
+        "preflight",
+        "capture_state",
+        "choose_image",
+        "pull_image",
+        "compose_up",
+        "health_check",
+        "rollback",
+    ]
     assert result["steps"][-1]["rolled_back"] is True
     # No cleanup ran: the history is as it was, the image we came from still the newest.
     assert history_ids(project) == [v2, image_id(image("plain", "v1"))]

@@ -111,9 +111,10 @@ def test_the_steps_are_the_modules_and_every_round_trip_runs_in_the_module_the_c
     assert set(contract.StepRecord.model_fields["step"].annotation.__args__) == set(deploy_rules.STEPS)
     engine = [task for task in role_tasks() if contract.ENGINE_MODULE in task]
     assert len(engine) == 7, "four round trips, the rollback, the undo of a rollout, the status read"
-    # A removal (the API's reconciliation of a first deploy) reads, then takes the container away.
-    assert deploy_rules.ROUND_TRIPS[deploy_rules.REMOVE] == (("capture_state", "rollback"),)
-    blue_green_only = ("preflight", "observe", "drain")
+    # A removal (the API's reconciliation of a first deploy) is refused where the deploy runs in the service's own
+    # container, then reads, then takes the container away.
+    assert deploy_rules.ROUND_TRIPS[deploy_rules.REMOVE] == (("preflight", "capture_state", "rollback"),)
+    blue_green_only = ("observe", "drain")
     for strategy in deploy_rules.STRATEGIES:
         for action in deploy_rules.ACTIONS:
             trips = deploy_rules.round_trips(action, strategy)
@@ -170,25 +171,25 @@ def follow(*events: dict[str, Any], action: str = "deploy") -> tuple[list[str], 
 def test_a_change_announces_each_round_trip_when_it_starts():
     announced, finished = follow(
         started("web1"),
-        returned("web1", ["capture_state", "pull_image"], ["compose_up"]),
+        returned("web1", ["preflight", "capture_state", "pull_image"], ["compose_up"]),
         started("web1"),
-        returned("web1", ["capture_state", "pull_image", "compose_up"], ["health_check", "cleanup"]),
+        returned("web1", ["preflight", "capture_state", "pull_image", "compose_up"], ["health_check", "cleanup"]),
     )
-    assert announced == ["capture_state", "pull_image", "compose_up", "health_check"]
-    assert finished == {"web1": ["capture_state", "pull_image", "compose_up"]}
+    assert announced == ["preflight", "capture_state", "pull_image", "compose_up", "health_check"]
+    assert finished == {"web1": ["preflight", "capture_state", "pull_image", "compose_up"]}
     announced, _ = follow(started("web1"))
-    assert announced == ["capture_state", "pull_image"], "the pull is announced before it runs"
+    assert announced == ["preflight", "capture_state", "pull_image"], "the pull is announced before it runs"
     announced, _ = follow(started("web1"), action="rollback")
-    assert announced == ["capture_state", "choose_image", "pull_image"]
+    assert announced == ["preflight", "capture_state", "choose_image", "pull_image"]
 
 
 def test_cleanup_is_announced_once_the_health_check_passed_and_a_normal_deploy_never_announces_a_rollback():
-    every = ["capture_state", "pull_image", "compose_up", "health_check", "cleanup"]
+    every = ["preflight", "capture_state", "pull_image", "compose_up", "health_check", "cleanup"]
     announced, _ = follow(
         started("web1"),
-        returned("web1", every[:2], ["compose_up"]),
+        returned("web1", every[:3], ["compose_up"]),
         started("web1"),
-        returned("web1", every[:3], ["health_check", "cleanup"]),
+        returned("web1", every[:4], ["health_check", "cleanup"]),
         started("web1"),
         returned("web1", every, []),
     )
@@ -197,7 +198,7 @@ def test_cleanup_is_announced_once_the_health_check_passed_and_a_normal_deploy_n
 
 
 def test_an_unchanged_service_finishes_in_one_round_trip_and_every_step_is_announced_once():
-    every = ["capture_state", "pull_image", "compose_up", "health_check", "cleanup"]
+    every = ["preflight", "capture_state", "pull_image", "compose_up", "health_check", "cleanup"]
     announced, finished = follow(
         started("web1"), started("web2"), returned("web1", every, []), returned("web2", every, [])
     )
@@ -208,13 +209,15 @@ def test_an_unchanged_service_finishes_in_one_round_trip_and_every_step_is_annou
 def test_a_failure_that_changed_the_host_announces_the_rollback_its_module_result_names():
     announced, finished = follow(
         started("web1"),
-        returned("web1", ["capture_state", "pull_image"], ["compose_up"]),
-        returned("web1", ["capture_state", "pull_image", "compose_up"], ["health_check", "cleanup"]),
-        returned("web1", ["capture_state", "pull_image", "compose_up", "health_check"], ["rollback"], ok=False),
+        returned("web1", ["preflight", "capture_state", "pull_image"], ["compose_up"]),
+        returned("web1", ["preflight", "capture_state", "pull_image", "compose_up"], ["health_check", "cleanup"]),
+        returned(
+            "web1", ["preflight", "capture_state", "pull_image", "compose_up", "health_check"], ["rollback"], ok=False
+        ),
         started("web1"),
-        returned("web1", ["capture_state", "pull_image", "compose_up", "health_check", "rollback"], []),
+        returned("web1", ["preflight", "capture_state", "pull_image", "compose_up", "health_check", "rollback"], []),
     )
-    assert announced == ["capture_state", "pull_image", "compose_up", "health_check", "rollback"]
+    assert announced == ["preflight", "capture_state", "pull_image", "compose_up", "health_check", "rollback"]
     assert finished["web1"][-2:] == ["health_check", "rollback"]
 
 

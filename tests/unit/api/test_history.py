@@ -19,6 +19,7 @@ from api.main import create_app
 from api.runner import RunResult
 from api.settings import Settings
 from api.signature import sign
+from module_utils import deploy_rules
 
 READ_TOKEN = "read-token-0123456789abcdef"
 
@@ -248,6 +249,55 @@ def test_failed_outcomes_are_recorded_as_the_playbook_reports_them(client, fake_
     record = read(client, f"/deployments/{response.headers['X-Deployment-Id']}").json()
     assert (record["outcome"], record["http_status"]) == (outcome, 500)
     assert (record["error"], record["logs"]) == ("boom", "last line")
+
+
+# The API's own service: the playbook's preflight refuses it, and the API answers as for any refusal.
+
+OWN_SERVICE_REFUSED = (
+    "Refusing to deploy deployment-api: its container 3f2a9c1b7d4e runs this deploy, and replacing it would stop the "
+    "deploy midway. Update it from the host instead: docker compose -f /opt/deployment/deployment.yml up -d --build "
+    "deployment-api"
+)
+
+
+def refused_by_preflight(action: str, service: str, refusal: str) -> dict:
+    """A host's record when its preflight refused, as the deploy role publishes it."""
+    state = {
+        "steps": [{"step": "preflight", "success": False, "detail": refusal, "seconds": 0.04}],
+        "failed_step": "preflight",
+        "error": refusal,
+        "strategy": "recreate",
+        "action": action,
+    }
+    return deploy_rules.host_record(state, action, service)
+
+
+@pytest.mark.parametrize("wait", [True, False])
+def test_a_deploy_of_the_apis_own_service_is_refused_with_400_and_the_record_says_why(tmp_path, fake_runner, wait):
+    settings = make_settings(tmp_path)
+    settings.deploy_inventory.write_text(
+        "all:\n  hosts:\n    localhost:\n      ansible_connection: local\n"
+        "  vars:\n    deploy_compose_dir: /opt/deployment\n"
+        "    deploy_services:\n      deployment-api: {compose_file: deployment.yml}\n"
+    )
+    refused = refused_by_preflight("deploy", "deployment-api", OWN_SERVICE_REFUSED)
+    fake_runner.result = RunResult(
+        status="failed", rc=2, results={"localhost": refused}, failures={"localhost": "Deploy of deployment-api failed"}
+    )
+
+    with TestClient(create_app(settings)) as client:
+        response = signed_post(client, f"/deploy?wait={str(wait).lower()}", {"service": "deployment-api"})
+        deployment_id = response.headers["X-Deployment-Id"]
+        record = poll(client, deployment_id)
+
+    if wait:
+        assert response.status_code == 400
+        assert response.json()["error"] == OWN_SERVICE_REFUSED
+    else:
+        assert response.status_code == 202
+    assert (record["outcome"], record["http_status"], record["error"]) == ("failed", 400, OWN_SERVICE_REFUSED)
+    assert record["steps"] == [{"step": "preflight", "success": False, "detail": OWN_SERVICE_REFUSED, "seconds": 0.04}]
+    assert not record["awaiting_reconciliation"], "nothing was changed: nothing to reconcile"
 
 
 # Crash safety.

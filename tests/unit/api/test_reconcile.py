@@ -15,7 +15,15 @@ import pytest
 from fakerunner import FakeRunner, success_result
 from fastapi.testclient import TestClient
 from receiver import Receiver
-from test_history import NEW_ID, OLD_ID, make_settings, read, signed_post, wait_for
+from test_history import (
+    NEW_ID,
+    OLD_ID,
+    make_settings,
+    read,
+    refused_by_preflight,
+    signed_post,
+    wait_for,
+)
 from test_metrics import sample, scrape
 from test_routes import post
 
@@ -792,3 +800,49 @@ def test_a_deploy_refused_at_preflight_answers_400_and_nothing_else_does():
     unhealthy = {"outcome": "failed", "steps": [{"step": "health_check", "success": False, "detail": "unhealthy"}]}
     mixed = RunResult("failed", 2, {"prod1": refused, "prod2": unhealthy})
     assert summarize("portal", mixed, 900, hosts=("prod1", "prod2")).status_code == 500
+
+
+def test_a_host_that_was_not_asked_refused_nothing_whichever_step_its_failure_is_recorded_at():
+    # The deploy role records a failure outside the module at the first step not done: preflight.
+    unreachable = refused_by_preflight("deploy", "portal", "Host unreachable: ssh: connect to host prod1: refused")
+    run = RunResult("failed", 2, {"prod1": unreachable}, unreachable={"prod1": "ssh: connect to host prod1: refused"})
+    assert summarize("portal", run, 900, hosts=("prod1",)).status_code == 500
+
+    silent = "The Docker engine at unix:///var/run/docker.sock did not answer within 60 s: connection refused"
+    run = RunResult(
+        "failed", 2, {"prod1": refused_by_preflight("deploy", "portal", silent)}, engine_unreachable={"prod1": silent}
+    )
+    assert summarize("portal", run, 900, hosts=("prod1",)).status_code == 500
+
+
+def test_a_reconciliation_the_playbook_refuses_ends_as_it_would_be_refused_again(tmp_path, fake_runner):
+    # The removal of what a first deploy of the API's own service half-started (a deploy from before the refusal).
+    refusal = (
+        "Refusing to remove portal: its container 3f2a9c1b7d4e runs this removal, and removing it would stop the "
+        "removal midway. Update it from the host instead: docker compose -f /srv/homeserver/compose.yaml up -d "
+        "--pull always portal"
+    )
+    fake_runner.result = RunResult(status="failed", rc=None, results={})
+    fake_runner.hold.add("portal")
+    fake_runner.by_playbook["status.yml"] = runs_now(NEW_ID)
+    fake_runner.by_playbook["remove.yml"] = RunResult(
+        status="failed", rc=2, results={HOST: refused_by_preflight("remove", "portal", refusal)}
+    )
+    with TestClient(create_app(make_settings(tmp_path))) as client:
+        deployment_id = signed_post(client, "/deploy?wait=false", {"service": "portal"}).json()["deployment_id"]
+        assert fake_runner.entered.wait(10)
+        client.app.state.deployer.history.update(
+            deployment_id,
+            current_step="health_check",
+            steps=steps(captured=None),
+            hosts={HOST: {"outcome": "running", "new_image_id": NEW_ID}},
+            new_image_id=NEW_ID,
+        )
+        fake_runner.release.set()
+        record = wait_for(client, deployment_id, lambda record: record["reconciliation"])
+        removal = read(client, f"/deployments/{record['recovered_by']}").json()
+
+    assert (removal["outcome"], removal["http_status"]) == ("failed", 400)
+    assert record["reconciliation"] == "failed" and not record["awaiting_reconciliation"]
+    assert record["recovery_action"] == f"Not reconciled: {removal['id']} was refused: {refusal}"
+    assert fake_runner.playbooks() == ["deploy.yml", "status.yml", "remove.yml"]

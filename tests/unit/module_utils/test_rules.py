@@ -129,13 +129,14 @@ def record(step: str, success: bool = True) -> dict[str, Any]:
 
 
 def test_the_next_round_trip_follows_the_last_step_done_and_only_a_failure_that_changed_the_host_rolls_back():
-    assert rules.next_steps({"steps": []}, "deploy") == ["capture_state", "pull_image"]
-    done = {"steps": [record("capture_state"), record("pull_image")]}
+    assert rules.next_steps({"steps": []}, "deploy") == ["preflight", "capture_state", "pull_image"]
+    done = {"steps": [record("preflight"), record("capture_state"), record("pull_image")]}
     assert rules.next_steps(done, "deploy") == ["compose_up"]
     assert rules.next_steps({"steps": [*done["steps"], record("compose_up")]}, "deploy") == ["health_check", "cleanup"]
-    every = [record(step) for step in ("capture_state", "pull_image", "compose_up", "health_check", "cleanup")]
+    every = [record(step) for trip in rules.ROUND_TRIPS["deploy"] for step in trip]
     assert rules.next_steps({"steps": every}, "deploy") == []
     for step, after in [
+        ("preflight", []),
         ("capture_state", []),
         ("pull_image", []),
         ("compose_up", ["rollback"]),
@@ -147,6 +148,7 @@ def test_the_next_round_trip_follows_the_last_step_done_and_only_a_failure_that_
     rolled = {"steps": [], "failed_step": "health_check", "rollback": {"success": True, "rolled_back": True}}
     assert rules.next_steps(rolled, "deploy") == []
     assert rules.next_steps({"steps": [record("capture_state")]}, "rollback") == [
+        "preflight",
         "capture_state",
         "choose_image",
         "pull_image",
@@ -155,9 +157,9 @@ def test_the_next_round_trip_follows_the_last_step_done_and_only_a_failure_that_
 
 def test_a_failure_outside_the_steps_fails_the_first_unfinished_one():
     state = rules.failed_outside({"steps": []}, "deploy", "Host unreachable: ssh: connect refused")
-    assert state["failed_step"] == "capture_state"
+    assert state["failed_step"] == "preflight"
     assert state["steps"] == [
-        {"step": "capture_state", "success": False, "detail": "Host unreachable: ssh: connect refused"}
+        {"step": "preflight", "success": False, "detail": "Host unreachable: ssh: connect refused"}
     ]
     assert rules.next_steps(state, "deploy") == []
     failed = {"steps": [record("health_check", False)], "failed_step": "health_check", "error": "unhealthy"}

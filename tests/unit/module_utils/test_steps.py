@@ -15,7 +15,7 @@ from ansible.module_utils.deploy_docker import StepError
 from api.contract import STATUS_FIELDS
 
 REPO = Path(__file__).resolve().parents[3]
-DEPLOY = ("capture_state", "pull_image", "compose_up", "health_check", "cleanup")
+DEPLOY = ("preflight", "capture_state", "pull_image", "compose_up", "health_check", "cleanup")
 OLD_ID = "sha256:" + "0123456789ab" + "f" * 52
 NEW_ID = "sha256:" + "ba9876543210" + "e" * 52
 CONTAINER = "c0ffee123456" + "d" * 52
@@ -157,7 +157,7 @@ def test_a_stamp_in_another_form_is_refused(stamp):
 
 
 def test_steps_run_in_the_deploys_order_whatever_the_order_given():
-    shuffled = ["cleanup", "pull_image", "health_check", "capture_state", "compose_up"]
+    shuffled = ["cleanup", "pull_image", "health_check", "capture_state", "compose_up", "preflight"]
 
     assert steps.ordered_steps(shuffled, "", {}) == list(DEPLOY)
     assert steps.ordered_steps(["capture_state"], "", {}) == ["capture_state"]
@@ -245,6 +245,8 @@ class Steps:
             "service_containers",
         ):
             monkeypatch.setattr(steps, name, self.recorder(name))
+        # Wherever the tests run, the deploy runs in no container (test_self.py tests the refusal).
+        monkeypatch.setattr(steps, "own_container_id", lambda mountinfo: None)
 
     def recorder(self, name: str):
         def step(docker: object, *args: object, **given: object) -> dict:
@@ -327,11 +329,12 @@ def test_a_deploy_runs_every_step_with_what_the_earlier_steps_found(monkeypatch)
     assert fake.last("cleanup")["current_image_id"] == NEW_ID
     assert fake.last("cleanup")["previous_image_id"] == OLD_ID
     assert fake.last("cleanup")["keep_images"] == 2
-    # The clock read 0 when the run started and 5 s when cleanup stamped: the controller's stamp plus those 5 s.
+    # The clock read 0 when the run started and 6 s when cleanup stamped: the controller's stamp plus those 6 s.
     assert fake.last("capture_state")["stamp"] == STAMP
-    assert fake.last("cleanup")["stamp"] == "20260301T120005999999"
+    assert fake.last("cleanup")["stamp"] == "20260301T120006999999"
     assert records(result) == list(DEPLOY)
     assert [record["detail"] for record in result["state"]["steps"]] == [
+        "The deploy runs in no container of web",
         "Running web:v1 (0123456789ab)",
         "Pulled web:v2: new image ba9876543210",
         "Container recreated",
@@ -345,7 +348,7 @@ def test_a_deploy_runs_every_step_with_what_the_earlier_steps_found(monkeypatch)
     assert state["cleanup"] == {"removed": [], "kept": [OLD_ID]}
     assert result["timings"] == {**dict.fromkeys(DEPLOY, 0.5), "cleanup": 1.0}
     # Each step's record says how long it took on the host.
-    assert [record["seconds"] for record in state["steps"]] == [0.5, 0.5, 0.5, 0.5, 1.0]
+    assert [record["seconds"] for record in state["steps"]] == [0.5, 0.5, 0.5, 0.5, 0.5, 1.0]
     assert result["changed"] and result["finished"] and result["next_steps"] == []
 
 
@@ -356,7 +359,7 @@ def test_without_an_image_the_compose_files_image_is_deployed(monkeypatch):
 
     assert fake.last("pull_image")["name"] == "web:v1"
     assert fake.last("compose_service")["image"] == "web:v1"
-    assert result["state"]["steps"][1]["detail"] == "Not pulled (pull: false): the host has web:v1 ba9876543210"
+    assert result["state"]["steps"][2]["detail"] == "Not pulled (pull: false): the host has web:v1 ba9876543210"
 
 
 def test_a_compose_yaml_gets_its_pin_file_beside_it(monkeypatch):
@@ -380,7 +383,7 @@ def test_a_failed_health_check_ends_the_run_with_the_verdict_the_logs_and_a_roll
     assert state["capture"] == a_capture()
     assert (state["failed_step"], state["error"]) == ("health_check", result["msg"])
     assert state["steps"][-1] == {"step": "health_check", "success": False, "detail": result["msg"], "seconds": 0.0}
-    assert records(result) == ["capture_state", "pull_image", "compose_up", "health_check"]
+    assert records(result) == ["preflight", "capture_state", "pull_image", "compose_up", "health_check"]
     assert "cleanup" not in fake.calls and "cleanup" not in result["timings"]
     assert "cleanup" not in state and not result["finished"]
     assert result["next_steps"] == ["rollback"]
@@ -429,7 +432,7 @@ def test_check_mode_skips_the_health_check_and_the_cleanup(monkeypatch):
     assert "failed_step" not in result
     assert "container_health" not in fake.calls and "cleanup" not in fake.calls
     assert all(call["check_mode"] for calls in fake.calls.values() for call in calls)
-    assert [record["detail"] for record in result["state"]["steps"]][2:] == [
+    assert [record["detail"] for record in result["state"]["steps"]][3:] == [
         "Container created",
         "Skipped in check mode",
         "Skipped in check mode",
@@ -456,7 +459,7 @@ def test_a_deploy_in_three_round_trips_passes_each_state_on_and_ends_with_every_
     fake = Steps(monkeypatch, a_capture())
 
     prepare = steps.run_steps(
-        ENGINE, params(steps=["capture_state", "pull_image"], image="web:v2"), False, clock=stopped
+        ENGINE, params(steps=["preflight", "capture_state", "pull_image"], image="web:v2"), False, clock=stopped
     )
     start = steps.run_steps(
         ENGINE, params(steps=["compose_up"], state=prepare["state"], image="web:v2"), False, clock=stopped
@@ -484,13 +487,13 @@ def test_a_deploy_in_three_round_trips_passes_each_state_on_and_ends_with_every_
         prepare["state"]["pull"],
     )
     # The state given is not changed in place: Ansible passes it as the earlier call's registered result.
-    assert records(prepare) == ["capture_state", "pull_image"]
+    assert records(prepare) == ["preflight", "capture_state", "pull_image"]
 
 
 def test_finish_unchanged_finishes_a_redeploy_that_changes_nothing_in_the_same_call(monkeypatch):
     unchanged = {"changed": False, "image_id": OLD_ID}
     fake = Steps(monkeypatch, a_capture(), pulled=unchanged)
-    prepare = ["capture_state", "pull_image"]
+    prepare = ["preflight", "capture_state", "pull_image"]
 
     result = steps.run_steps(ENGINE, params(steps=prepare, finish_unchanged=True), check_mode=False)
 
@@ -506,7 +509,7 @@ def test_finish_unchanged_finishes_a_redeploy_that_changes_nothing_in_the_same_c
 
 def test_finish_unchanged_stops_after_the_pull_when_there_is_something_to_change(monkeypatch):
     fake = Steps(monkeypatch, a_capture())  # a new image was pulled
-    prepare = ["capture_state", "pull_image"]
+    prepare = ["preflight", "capture_state", "pull_image"]
 
     result = steps.run_steps(ENGINE, params(steps=prepare, finish_unchanged=True), check_mode=False)
 
@@ -532,11 +535,11 @@ def running_new() -> dict:
 
 def test_a_rollback_brings_back_the_newest_previous_image_under_its_own_name_without_pulling_it(monkeypatch):
     fake = Steps(monkeypatch, running_new(), images={OLD_ID: V1}, pulled={"changed": False, "image_id": OLD_ID})
-    first = ["capture_state", "choose_image", "pull_image"]
+    first = ["preflight", "capture_state", "choose_image", "pull_image"]
 
     result = steps.run_steps(ENGINE, params(action="rollback", steps=first), check_mode=False, clock=stopped)
 
-    choice = result["state"]["steps"][1]
+    choice = result["state"]["steps"][2]
     assert choice == {
         "step": "choose_image",
         "success": True,
@@ -546,13 +549,13 @@ def test_a_rollback_brings_back_the_newest_previous_image_under_its_own_name_wit
         "seconds": 0.0,
     }
     assert fake.last("pull_image") == {"name": "web:v1", "pull": False, "platform": "", "check_mode": False}
-    assert result["state"]["steps"][2]["detail"] == "Not pulled (on the host already): the host has web:v1 0123456789ab"
+    assert result["state"]["steps"][3]["detail"] == "Not pulled (on the host already): the host has web:v1 0123456789ab"
     assert result["next_steps"] == ["compose_up"]
 
 
 def test_a_rollback_to_an_image_the_host_lacks_pulls_it_and_one_without_a_previous_image_is_refused(monkeypatch):
     Steps(monkeypatch, running_new())
-    first = ["capture_state", "choose_image", "pull_image"]
+    first = ["preflight", "capture_state", "choose_image", "pull_image"]
 
     asked = steps.run_steps(ENGINE, params(action="rollback", steps=first, image="web:v0"), check_mode=False)
     assert asked["state"]["choice"] == {

@@ -44,6 +44,7 @@ RIG_HOSTS_MODULES = (
 # runs in one worker, or every worker would run the fixture again.
 ONE_RUN_MODULES = (
     "test_blue_green_crash.py",
+    "test_container.py",
     "test_zero_downtime.py",
 )
 

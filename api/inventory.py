@@ -170,7 +170,12 @@ def secret_env_problems(view: InventoryView, known: Collection[str]) -> list[str
     for host, services in view.everywhere.host_services.items():
         for service, policy in services.items():
             for name in policy.secret_envs:
-                if not SECRET_ENV.fullmatch(name):
+                if name.endswith("_FILE") and SECRET_ENV.fullmatch(name.removesuffix("_FILE")):
+                    problems.append(
+                        f"host {host}, service {service!r}: secret_env names the variable, "
+                        f"{name.removesuffix('_FILE')}, not {name}, which names its file"
+                    )
+                elif not SECRET_ENV.fullmatch(name):
                     problems.append(
                         f"host {host}, service {service!r}: secret_env {name!r} is not a WEBHOOK_SECRET_<NAME> "
                         "variable (capital letters, digits and _)"

@@ -191,6 +191,22 @@ def test_a_secret_env_the_api_does_not_hold_refuses_the_start_naming_it(tmp_path
         pass
 
 
+def test_a_secret_env_naming_a_file_variable_says_to_name_the_variable(tmp_path):
+    settings = make_settings(tmp_path)
+    settings.deploy_inventory.write_text(
+        UNKNOWN_SECRET_ENV.replace("WEBHOOK_SECRET_GRAFNA", "WEBHOOK_SECRET_PORTAL_FILE")
+    )
+
+    with (
+        pytest.raises(
+            InventoryError,
+            match="secret_env names the variable, WEBHOOK_SECRET_PORTAL, not WEBHOOK_SECRET_PORTAL_FILE, which names",
+        ),
+        TestClient(create_app(settings)),
+    ):
+        pass
+
+
 def test_python_m_api_names_the_secret_env_it_lacks(tmp_path):
     inventory = tmp_path / "inventory.yml"
     inventory.write_text(UNKNOWN_SECRET_ENV.replace("WEBHOOK_SECRET_GRAFNA", "webhook_secret_grafana"))

@@ -94,6 +94,8 @@ def test_make_run_writes_a_secret_starts_the_api_and_the_printed_commands_deploy
         state = json.loads(docker("inspect", container_id))[0]
         assert state["State"]["Health"]["Status"] == "healthy"
         assert state["Image"] == docker("image", "inspect", "--format", "{{.Id}}", "homeserver/hello-world:latest")
+        health = httpx.get(f"http://127.0.0.1:{port}/health").json()
+        assert health["status"] == "healthy" and health["docker"] == "reachable", health
         history = httpx.get(f"http://127.0.0.1:{port}/deployments", headers={"Authorization": f"Bearer {token}"})
         records = [(item["service"], item["outcome"]) for item in history.json()["items"]]
         assert records == [("hello-world", "succeeded")] * 2, "the read token make run wrote opens the history"

@@ -505,17 +505,13 @@ def test_a_failed_rollback_waits_for_the_engine_then_is_restored_linked_counted_
     assert fake_runner.playbooks().count("status.yml") >= 2
 
 
-def test_a_killed_run_is_interrupted_and_its_first_deploy_s_container_removed(tmp_path, fake_runner):
-    fake_runner.result = RunResult(status="failed", rc=None, results={})
-    fake_runner.hold.add("portal")
-    fake_runner.by_playbook["status.yml"] = runs_now(NEW_ID)
-    fake_runner.by_playbook["remove.yml"] = RunResult(status="successful", rc=0, results={HOST: success_result()})
+def killed_first_deploy(tmp_path, fake_runner) -> tuple[dict, dict]:
+    """A first deploy of portal killed in its health check, pulled and started (what its record says when the run
+    ends), and the reconciliation's record of the removal it started: (the deploy's record, the removal's)."""
     with TestClient(create_app(make_settings(tmp_path))) as client:
         deployment_id = signed_post(client, "/deploy?wait=false", {"service": "portal"}).json()["deployment_id"]
         assert fake_runner.entered.wait(10)
-        # What the run had done when it was killed: a first deploy, pulled and started, in its health check.
-        app = client.app
-        app.state.deployer.history.update(
+        client.app.state.deployer.history.update(
             deployment_id,
             current_step="health_check",
             steps=steps(captured=None),
@@ -524,7 +520,15 @@ def test_a_killed_run_is_interrupted_and_its_first_deploy_s_container_removed(tm
         )
         fake_runner.release.set()
         record = wait_for(client, deployment_id, lambda record: record["reconciliation"])
-        removal = read(client, f"/deployments/{record['recovered_by']}").json()
+        return record, read(client, f"/deployments/{record['recovered_by']}").json()
+
+
+def test_a_killed_run_is_interrupted_and_its_first_deploy_s_container_removed(tmp_path, fake_runner):
+    fake_runner.result = RunResult(status="failed", rc=None, results={})
+    fake_runner.hold.add("portal")
+    fake_runner.by_playbook["status.yml"] = runs_now(NEW_ID)
+    fake_runner.by_playbook["remove.yml"] = RunResult(status="successful", rc=0, results={HOST: success_result()})
+    record, removal = killed_first_deploy(tmp_path, fake_runner)
 
     assert record["outcome"] == "interrupted"
     assert record["error"] == (
@@ -828,19 +832,7 @@ def test_a_reconciliation_the_playbook_refuses_ends_as_it_would_be_refused_again
     fake_runner.by_playbook["remove.yml"] = RunResult(
         status="failed", rc=2, results={HOST: refused_by_preflight("remove", "portal", refusal)}
     )
-    with TestClient(create_app(make_settings(tmp_path))) as client:
-        deployment_id = signed_post(client, "/deploy?wait=false", {"service": "portal"}).json()["deployment_id"]
-        assert fake_runner.entered.wait(10)
-        client.app.state.deployer.history.update(
-            deployment_id,
-            current_step="health_check",
-            steps=steps(captured=None),
-            hosts={HOST: {"outcome": "running", "new_image_id": NEW_ID}},
-            new_image_id=NEW_ID,
-        )
-        fake_runner.release.set()
-        record = wait_for(client, deployment_id, lambda record: record["reconciliation"])
-        removal = read(client, f"/deployments/{record['recovered_by']}").json()
+    record, removal = killed_first_deploy(tmp_path, fake_runner)
 
     assert (removal["outcome"], removal["http_status"]) == ("failed", 400)
     assert record["reconciliation"] == "failed" and not record["awaiting_reconciliation"]

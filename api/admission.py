@@ -1,21 +1,25 @@
 """Admission: the checks a signed request passes before anything runs, each one refusing with its status and a
-detail that says what is wrong (Refused). The route (api/routes/deploy.py) runs them in order; the deploy rules
-themselves are the playbook's (module_utils/deploy_rules.py, through the inventory's policies).
+detail that says what is wrong (Refused). The route (api/routes/deploy.py) runs them in order; a planned deploy passes
+admit() and claim_service() again when it comes to run (api/scheduler.py). The deploy rules themselves are the
+playbook's (module_utils/deploy_rules.py, through the inventory's policies).
 """
 
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
+from datetime import datetime
 from typing import Any
 
 from fastapi import HTTPException, status
 from pydantic import ValidationError
 
+from api.deployer import DeployConflict, Deployer, RunningDeploy
 from api.deps import SignedBody
 from api.history import History
-from api.inventory import Environment, InventoryView
+from api.inventory import Environment, Inventory, InventoryView
 from api.models import TIMESTAMP_MAX, DeployRequest
-from api.security import request_digest, timestamp_problem
+from api.security import RateLimits, request_digest, timestamp_problem
 from api.settings import Settings
 
 
@@ -152,3 +156,58 @@ def validate(document: dict[str, Any]) -> DeployRequest:
 INVENTORY_REFUSED = (
     "The inventory changed and is refused: no deploy runs until it is fixed (the API's log says what is wrong)"
 )
+
+
+def check_planned_time(at: str, now: float, settings: Settings) -> None:
+    """400 for a planned time (`at`, as DeployRequest keeps it) that is not ahead of `now`, or is beyond
+    DEPLOY_SCHEDULE_HORIZON."""
+    ahead = datetime.fromisoformat(at).timestamp() - now
+    if ahead <= 0:
+        raise Refused(status.HTTP_400_BAD_REQUEST, f"at {at} is in the past: give a time ahead", "invalid_body")
+    horizon = settings.deploy_schedule_horizon
+    if ahead > horizon:
+        detail = f"at {at} is more than DEPLOY_SCHEDULE_HORIZON ({horizon} s, {horizon / 86400:g} days) ahead"
+        raise Refused(status.HTTP_400_BAD_REQUEST, detail, "invalid_body")
+
+
+@dataclass(frozen=True)
+class Admitted:
+    """A request the inventory allows, as it runs: with the default environment applied, and that environment."""
+
+    request: DeployRequest
+    environment: Environment
+
+
+def admit(inventory: Inventory, settings: Settings, deploy_request: DeployRequest, signers: frozenset[str]) -> Admitted:
+    """The checks of a valid request against the inventory of now (Refused otherwise): when it is received, and again
+    when a planned one comes to run, with the signers recorded at receipt. Blocking: it may read the inventory."""
+    view = inventory.view()
+    if inventory.problem is not None:
+        raise Refused(status.HTTP_503_SERVICE_UNAVAILABLE, INVENTORY_REFUSED, "inventory_invalid")
+    if deploy_request.environment is None and settings.deploy_environment is not None:
+        deploy_request = deploy_request.model_copy(update={"environment": settings.deploy_environment})
+    environment = find_environment(view, deploy_request.environment, signers)
+    authorize(view, environment, deploy_request, signers)
+    return Admitted(deploy_request, environment)
+
+
+def claim_service(
+    deployer: Deployer, rate_limits: RateLimits, admitted: Admitted, deployment_id: str | None = None
+) -> RunningDeploy:
+    """The service's claim on its hosts for one deploy (a new one, or the planned `deployment_id`), and one deploy of
+    its budget: 409 while a deploy of it runs there, which spends nothing; 429 beyond DEPLOY_SERVICE_RATE_LIMIT."""
+    service, hosts = admitted.request.service, admitted.environment.hosts
+    try:
+        claim = deployer.claim(service, hosts, deployment_id)
+    except DeployConflict as conflict:
+        raise Refused(status.HTTP_409_CONFLICT, str(conflict), "conflict") from None
+    retry_after = rate_limits.deploy(service, hosts)
+    if retry_after is not None:
+        deployer.release(claim)
+        raise Refused(
+            status.HTTP_429_TOO_MANY_REQUESTS,
+            f"Too many deploys of {service!r} ({rate_limits.deploy_limit} on each host); retry in {retry_after} s",
+            "rate_limited",
+            headers={"Retry-After": str(retry_after)},
+        )
+    return claim

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from api import contract, logs
-from api.history import History, Record
+from api.history import History, Record, RecordFields
 from api.history import now as history_now
 from api.models import DeployFailure, DeployRequest, DeploySuccess, escape_surrogates
 from api.runner import deploy_extravars, run_playbook
@@ -51,6 +51,11 @@ class DeployConflict(Exception):
             f"A deployment of '{running.service}' is already running "
             f"(deployment {running.deployment_id}, started {running.started:%Y-%m-%d %H:%M:%S} UTC)"
         )
+
+
+def refusal_text(detail: Any) -> str:
+    """A refusal's detail as a record's error: a 422's problems joined on one line."""
+    return detail if isinstance(detail, str) else "; ".join(str(item) for item in detail)
 
 
 def new_deployment_id(now: datetime) -> str:
@@ -110,15 +115,16 @@ class Deployer:
             if deployment_id in self._running:
                 self.history.update(deployment_id, waiting=waiting, waiting_since=since if waiting else None)
 
-    def claim(self, service: str, hosts: tuple[str, ...]) -> RunningDeploy:
-        """The service on these hosts, for one deploy; DeployConflict when a deploy of it runs on one of them
-        already. Deploys of a service to other hosts (another environment) run side by side."""
+    def claim(self, service: str, hosts: tuple[str, ...], deployment_id: str | None = None) -> RunningDeploy:
+        """The service on these hosts, for one deploy (a new one, or the planned deploy `deployment_id`);
+        DeployConflict when a deploy of it runs on one of them already. Deploys of a service to other hosts (another
+        environment) run side by side."""
         now = datetime.now(UTC)
         with self._lock:
             for running in self._running.values():
                 if running.service == service and set(running.hosts) & set(hosts):
                     raise DeployConflict(running)
-            claim = RunningDeploy(new_deployment_id(now), service, now, hosts)
+            claim = RunningDeploy(deployment_id or new_deployment_id(now), service, now, hosts)
             self._running[claim.deployment_id] = claim
             return claim
 
@@ -136,7 +142,7 @@ class Deployer:
             return escape_surrogates(value[:limit]) if isinstance(value, str) else None
 
         deployment_id = new_deployment_id(datetime.now(UTC))
-        error = detail if isinstance(detail, str) else "; ".join(str(item) for item in detail)
+        error = refusal_text(detail)
         logs.bind(deployment_id=deployment_id, service=text("service", 128))
         self.history.create(
             id=deployment_id,
@@ -167,29 +173,36 @@ class Deployer:
         claim: RunningDeploy | None = None,
         strategy: str = RECREATE,
         extravars: Mapping[str, Any] | None = None,
+        trigger: str = "webhook",
+        planned: bool = False,
     ) -> tuple[str, int, DeploySuccess | DeployFailure | None]:
         """Start a deploy (or rollback) of the service on `hosts` (those of its environment that the request may
         reach: the playbook runs on no other), under `claim` or a claim of its own. With wait, the finished outcome;
         else (id, 202, None) at once. `strategy`: the service's on those hosts, which the progress follows;
-        `extravars`: the reconciliation's own, besides the request's."""
+        `extravars`: the reconciliation's own, besides the request's; `planned`: the claim is a planned deploy's,
+        whose record exists (api/scheduler.py claimed it) and is brought up to date rather than created."""
         claim = claim or self.claim(request.service, hosts)
         logs.bind(deployment_id=claim.deployment_id, service=request.service)
+        fields: RecordFields = {
+            "action": action,
+            "service": request.service,
+            "image": request.image,
+            "outcome": "running",
+            "trigger": trigger,
+            "environment": request.environment,
+            "strategy": strategy,
+            "repository": request.repository,
+            "commit": request.commit,
+            "message": request.message,
+            "source": source,
+            "started_at": history_now(),
+            "targets": list(claim.hosts),
+        }
         try:
-            self.history.create(
-                id=claim.deployment_id,
-                action=action,
-                service=request.service,
-                image=request.image,
-                outcome="running",
-                environment=request.environment,
-                strategy=strategy,
-                repository=request.repository,
-                commit=request.commit,
-                message=request.message,
-                source=source,
-                started_at=history_now(),
-                targets=list(claim.hosts),
-            )
+            if planned:
+                self.history.update(claim.deployment_id, **fields)
+            else:
+                self.history.create(**(fields | {"id": claim.deployment_id}))
         except BaseException:
             self.release(claim)
             raise

@@ -89,7 +89,12 @@ def _invalid(secret_sets: dict[str, tuple[bytes, ...]], payload: bytes, header: 
 
 
 # What each signature purpose is for, in a refusal's words.
-ACTIONS = {"deploy": "POST /deploy", "rollback": "POST /rollback", "read": "GET /deployments/{id}"}
+ACTIONS = {
+    "deploy": "POST /deploy",
+    "rollback": "POST /rollback",
+    "read": "GET /deployments/{id}",
+    "cancel": "DELETE /deployments/{id}",
+}
 
 
 async def signed_body(request: Request) -> SignedBody:

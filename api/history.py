@@ -86,17 +86,28 @@ MIGRATIONS: tuple[str, ...] = (
     """
     ALTER TABLE deployments ADD COLUMN strategy TEXT;
     """,
+    # 7 -> 8: what started a deployment (reconciliation's own are those from the source `recovery`); for a planned
+    # deploy, when it is to run and the names of the secret sets that signed it (checked again when it runs).
+    """
+    ALTER TABLE deployments ADD COLUMN triggered_by TEXT NOT NULL DEFAULT 'webhook';
+    UPDATE deployments SET triggered_by = 'recovery' WHERE source = 'recovery';
+    ALTER TABLE deployments ADD COLUMN planned_at TEXT;
+    ALTER TABLE deployments ADD COLUMN signers TEXT NOT NULL DEFAULT '[]';
+    CREATE INDEX deployments_planned ON deployments (planned_at) WHERE outcome = 'scheduled';
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
 # Record keys and their columns, where the two differ.
-_COLUMNS = {"commit": "commit_id"}
+_COLUMNS = {"commit": "commit_id", "trigger": "triggered_by"}
 _FIELDS = (
     "id",
     "action",
     "service",
     "image",
     "outcome",
+    "trigger",
+    "planned_at",
     "environment",
     "strategy",
     "hosts",
@@ -129,11 +140,12 @@ _FIELDS = (
     "awaiting_since",
     "reconcile_checks",
     "waiting_since",
+    "signers",
 )
 # Kept for the service's own use, not part of a record's public form (which says `awaiting_reconciliation` instead of
 # to_inspect, and in `waiting` how long it has waited).
-_INTERNAL = ("to_inspect", "targets", "awaiting_since", "reconcile_checks", "waiting_since")
-_JSON_FIELDS = {"steps": "[]", "hosts": "{}", "targets": "[]"}
+_INTERNAL = ("to_inspect", "targets", "awaiting_since", "reconcile_checks", "waiting_since", "signers")
+_JSON_FIELDS = {"steps": "[]", "hosts": "{}", "targets": "[]", "signers": "[]"}
 
 
 class RecordFields(TypedDict, total=False):
@@ -145,6 +157,8 @@ class RecordFields(TypedDict, total=False):
     service: str | None
     image: str | None
     outcome: str
+    trigger: str
+    planned_at: str | None
     environment: str | None
     strategy: str | None
     hosts: dict[str, dict[str, Any]]
@@ -177,6 +191,7 @@ class RecordFields(TypedDict, total=False):
     awaiting_since: str | None
     reconcile_checks: int
     waiting_since: str | None
+    signers: builtins.list[str]
 
 
 class Record(RecordFields, total=False):
@@ -282,20 +297,16 @@ class History:
             parameters.append(self.retention.records)
         if not conditions:
             return 0
-        finished = "outcome != 'running' AND to_inspect = 0"
+        finished = "outcome NOT IN ('running', 'scheduled') AND to_inspect = 0"
         with self._lock:
             return self._db.execute(
                 f"DELETE FROM deployments WHERE {finished} AND ({' OR '.join(conditions)})", parameters
             ).rowcount
 
     def update(self, deployment_id: str, **changes: Unpack[RecordFields]) -> None:
-        unknown = set(changes) - set(_FIELDS)
-        if unknown:
-            raise ValueError(f"unknown record fields: {sorted(unknown)}")
         if not changes:
             return
-        assignments = ", ".join(f"{_column(field)} = ?" for field in changes)
-        values = [_encode(field, value) for field, value in changes.items()]
+        assignments, values = _assignments(changes)
         with self._lock:
             self._db.execute(f"UPDATE deployments SET {assignments} WHERE id = ?", [*values, deployment_id])
 
@@ -343,6 +354,37 @@ class History:
             ).fetchall()
         return [_decode(row, internal=True) for row in rows]
 
+    def scheduled(self) -> builtins.list[Record]:
+        """The planned deploys waiting for their time, earliest first, with their internal fields."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM deployments WHERE outcome = 'scheduled' ORDER BY planned_at, rowid"
+            ).fetchall()
+        return [_decode(row, internal=True) for row in rows]
+
+    def scheduled_by_service(self) -> dict[str, int]:
+        """How many planned deploys of each service wait for their time."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT service, count(*) FROM deployments WHERE outcome = 'scheduled' GROUP BY service"
+            ).fetchall()
+        return {service: count for service, count in rows}
+
+    def leave_scheduled(self, deployment_id: str, **changes: Unpack[RecordFields]) -> bool:
+        """Apply `changes` (a new outcome) to a record only while it is `scheduled`; whether it was. The one way a
+        planned deploy leaves that state, so that of a start, a cancel and a refusal at the same moment only one
+        wins: a planned deploy runs at most once, even across a crash (a claimed record that never finished stays
+        `running`, and recovery marks it interrupted at the next start)."""
+        assignments, values = _assignments(changes)
+        with self._lock:
+            return (
+                self._db.execute(
+                    f"UPDATE deployments SET {assignments} WHERE id = ? AND outcome = 'scheduled'",
+                    [*values, deployment_id],
+                ).rowcount
+                == 1
+            )
+
     def awaiting(self) -> builtins.list[Record]:
         """The records awaiting reconciliation, oldest first, with their internal fields."""
         with self._lock:
@@ -355,7 +397,8 @@ class History:
         """The records of `service` started after `started_at` that ran (not refused), oldest first."""
         with self._lock:
             rows = self._db.execute(
-                "SELECT * FROM deployments WHERE service = ? AND started_at > ? AND outcome != 'rejected'"
+                "SELECT * FROM deployments WHERE service = ? AND started_at > ?"
+                " AND outcome NOT IN ('rejected', 'scheduled', 'cancelled', 'missed')"
                 " ORDER BY started_at, rowid",
                 (service, started_at),
             ).fetchall()
@@ -405,8 +448,17 @@ class History:
         return {service: datetime.fromisoformat(finished).timestamp() for service, finished in rows}
 
 
+def _assignments(changes: RecordFields) -> tuple[str, builtins.list[Any]]:
+    """The SET clause of an update and its values; ValueError for a field no record has."""
+    unknown = set(changes) - set(_FIELDS)
+    if unknown:
+        raise ValueError(f"unknown record fields: {sorted(unknown)}")
+    assignments = ", ".join(f"{_column(field)} = ?" for field in changes)
+    return assignments, [_encode(field, value) for field, value in changes.items()]
+
+
 def _encode(field: str, value: Any) -> Any:
-    if field in ("steps", "targets"):
+    if field in ("steps", "targets", "signers"):
         return json.dumps(list(value))
     if field == "hosts":
         return json.dumps(dict(value))

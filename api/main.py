@@ -10,7 +10,10 @@ from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from pathlib import Path
 
-from fastapi import FastAPI
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+from starlette.routing import Match
 
 from api import __version__, logs
 from api.deployer import Deployer
@@ -23,6 +26,7 @@ from api.reconciler import Reconciler
 from api.recovery import Recovery
 from api.routes import deploy, deployments, info
 from api.routes import metrics as metrics_route
+from api.scheduler import Scheduler
 from api.security import RateLimits
 from api.settings import Settings, get_settings
 
@@ -48,8 +52,24 @@ def instance_lock(state_dir: Path) -> Iterator[None]:
         os.close(descriptor)
 
 
+# The methods a 405 may list.
+HTTP_METHODS = ("GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS")
+
+
+async def method_not_allowed(request: Request, refusal: Exception) -> JSONResponse:
+    """405 with every method the path takes: Starlette lists those of the first route that matches the path only, and
+    GET and DELETE /deployments/{id} are routes of their own."""
+    methods = [
+        method
+        for method in HTTP_METHODS
+        if any(route.matches({**request.scope, "method": method})[0] == Match.FULL for route in request.app.routes)
+    ]
+    detail = refusal.detail if isinstance(refusal, HTTPException) else "Method Not Allowed"
+    return JSONResponse({"detail": detail}, status_code=405, headers={"Allow": ", ".join(methods)})
+
+
 def create_app(settings: Settings | None = None, clock: Callable[[], float] = time.time) -> FastAPI:
-    """The app; `clock` is the wall clock that requests' timestamps are held against."""
+    """The app; `clock` is the wall clock that requests' timestamps and planned deploys' times are held against."""
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -61,7 +81,7 @@ def create_app(settings: Settings | None = None, clock: Callable[[], float] = ti
         with instance_lock(current.deploy_state_dir):
             history = History(current.history_file, current.deploy_history_retention)
             history.prune()
-            app.state.rate_limits = RateLimits(current)
+            app.state.rate_limits = rate_limits = RateLimits(current)
             app.state.deployer = deployer = Deployer(current, history)
             app.state.engines = engines = EngineWatch(
                 current, deployer, hosts=lambda: inventory.view().everywhere.hosts
@@ -82,9 +102,14 @@ def create_app(settings: Settings | None = None, clock: Callable[[], float] = ti
             reconciler = Reconciler(recovery, current.deploy_reconcile_interval)
             deployer.on_awaiting = reconciler.add
             engines.on_answer = reconciler.host_answers
+            app.state.scheduler = scheduler = Scheduler(current, deployer, inventory, rate_limits, clock)
+            # Recovery first: a planned deploy a crash left `running` is interrupted, never started again.
             reconciler.start(recovery.recover())
+            scheduler.start()
             engines.start()
             yield
+            # No planned deploy starts while the running ones drain.
+            await scheduler.stop(SHUTDOWN_STOP_SECONDS)
             # No reconciliation check starts any more; those under way end with the deploys (a rollback is one).
             checking = reconciler.close()
             await deployer.drain(grace=SHUTDOWN_GRACE_SECONDS, timeout=SHUTDOWN_STOP_SECONDS, others=checking)
@@ -93,7 +118,12 @@ def create_app(settings: Settings | None = None, clock: Callable[[], float] = ti
             await asyncio.to_thread(notifier.close, SHUTDOWN_NOTIFY_SECONDS)
             history.close()
 
-    app = FastAPI(title="Home Server Deployment API", version=__version__, lifespan=lifespan)
+    app = FastAPI(
+        title="Home Server Deployment API",
+        version=__version__,
+        lifespan=lifespan,
+        exception_handlers={405: method_not_allowed},
+    )
     app.include_router(info.router)
     app.include_router(deploy.router)
     app.include_router(deployments.router)

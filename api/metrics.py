@@ -67,6 +67,13 @@ class HistoryCollector(Collector):
         for service in sorted({*self.services(), *waiting}):
             awaiting.add_metric([service], waiting.get(service, 0))
         yield awaiting
+        scheduled = GaugeMetricFamily(
+            "deployer_scheduled_deployments", "Planned deploys and rollbacks waiting for their time", labels=["service"]
+        )
+        planned = self.history.scheduled_by_service()
+        for service in sorted({*self.services(), *planned}):
+            scheduled.add_metric([service], planned.get(service, 0))
+        yield scheduled
         last_success = GaugeMetricFamily(
             "deployer_last_success_timestamp_seconds",
             "When the service's last successful deploy finished, in Unix time",
@@ -127,6 +134,13 @@ class Metrics:
             ["service", "trigger", "result"],
             registry=registry,
         )
+        self.missed = Counter(
+            "deployer_missed_deployments",
+            "Planned deploys and rollbacks missed: the API was down at their time, or their service stayed busy, "
+            "beyond DEPLOY_SCHEDULE_GRACE",
+            ["service"],
+            registry=registry,
+        )
         self.webhook_requests = Counter(
             "deployer_webhook_requests",
             "Requests to POST /deploy and POST /rollback, by what became of them",
@@ -155,17 +169,22 @@ class Metrics:
                     self.deployments.labels(service, action, outcome)
                 for strategy in STRATEGIES:
                     self.duration.labels(service, action, strategy)
+            self.missed.labels(service)
             for trigger in ("automatic", "manual", "recovery"):
                 for result in ("succeeded", "failed"):
                     self.rollbacks.labels(service, trigger, result)
 
     def observe(self, record: Mapping[str, Any]) -> None:
-        """Count a deploy or rollback that has finished (not one refused at validation); once: a record heard of again
-        when its reconciliation ends (`reconciled_at`) was counted when it began to wait."""
+        """Count a deploy or rollback that has finished (not one refused at validation), or a planned one missed;
+        once: a record heard of again when its reconciliation ends (`reconciled_at`) was counted when it began to
+        wait."""
         service, action, outcome = record["service"], record["action"], record["outcome"]
         if not service or outcome in ("running", "rejected") or record.get("reconciled_at"):
             return
         self._know([service])
+        if outcome == "missed":
+            self.missed.labels(service).inc()
+            return
         self.deployments.labels(service, action, outcome).inc()
         if record.get("duration_seconds") is not None:
             strategy = record.get("strategy") or RECREATE

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any, Literal, get_args
+import re
+from datetime import UTC, datetime
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -22,6 +24,39 @@ METADATA = (
 )
 
 
+# RFC 3339's date-time (section 5.6), its offset left optional so that a time without one is named as such.
+RFC3339 = re.compile(
+    r"(?P<date>\d{4}-\d{2}-\d{2})[Tt ](?P<time>\d{2}:\d{2}:\d{2})(?:\.\d+)?(?P<offset>[Zz]|[+-]\d{2}:\d{2})?",
+    re.ASCII,
+)
+AT = (
+    "When to run it: an RFC 3339 time with its offset (2026-12-08T03:00:00+01:00, or Z for UTC); absent: now. "
+    "It must lie ahead, within DEPLOY_SCHEDULE_HORIZON; the answer is 202 with status `scheduled`, and the request is "
+    "checked again against the inventory when it runs"
+)
+
+
+def utc_text(moment: datetime) -> str:
+    """A time as the API answers it: UTC, to the second, with Z."""
+    return moment.astimezone(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
+
+
+def parse_at(text: str) -> str:
+    """An RFC 3339 time with an offset as utc_text() writes it, sub-seconds dropped; ValueError otherwise."""
+    match = RFC3339.fullmatch(text)
+    if match is None:
+        raise ValueError("not an RFC 3339 date-time such as 2026-12-08T03:00:00+01:00")
+    if match["offset"] is None:
+        raise ValueError("a time without offset is ambiguous: add Z (UTC) or the offset, such as +01:00")
+    offset = match["offset"].upper()
+    try:
+        moment = datetime.fromisoformat(f"{match['date']}T{match['time']}{offset}")
+        return utc_text(moment)
+    except (ValueError, OverflowError):
+        # A 30 February, a 25th hour, or a year 1 moved before the year 1 by its offset.
+        raise ValueError("not a valid date-time") from None
+
+
 def escape_surrogates(text: str) -> str:
     """`text` as Unicode text: each lone surrogate becomes its escape (`\\ud800`), everything else is kept.
 
@@ -36,7 +71,9 @@ class DeployRequest(BaseModel):
     may be deployed; a lone surrogate in one of them fails validation, since no name holds one. `repository`,
     `commit` and `message` are free text (METADATA)."""
 
-    model_config = ConfigDict(strict=True, extra="ignore")
+    # A field this release does not know is refused rather than ignored: a request that says when to deploy (`at`)
+    # must never deploy at once on a server that does not know what it means.
+    model_config = ConfigDict(strict=True, extra="forbid")
 
     service: str = Field(min_length=1, max_length=128)
     image: str | None = Field(None, max_length=255)
@@ -54,6 +91,9 @@ class DeployRequest(BaseModel):
         le=TIMESTAMP_MAX,
         description="Unix seconds when the request was signed: refused outside the replay window",
     )
+    at: Annotated[str, Field(max_length=64, json_schema_extra={"format": "date-time"})] | None = Field(
+        None, description=AT
+    )
 
     @field_validator("repository", "commit", "message", mode="before")
     @classmethod
@@ -68,6 +108,11 @@ class DeployRequest(BaseModel):
         if image is not None and not IMAGE_REFERENCE.fullmatch(image):
             raise ValueError("not a valid Docker image reference ([registry[:port]/]name[:tag][@sha256:digest])")
         return image or None
+
+    @field_validator("at")
+    @classmethod
+    def at_is_rfc3339(cls, at: str | None) -> str | None:
+        return None if at is None else parse_at(at)
 
 
 class HostOutcome(BaseModel):
@@ -109,7 +154,13 @@ class DeployFailure(BaseModel):
 # How a deploy or rollback that ran can end; a notification can be sent for each.
 FinishedOutcome = Literal["succeeded", "failed", "rolled_back", "rollback_failed", "interrupted"]
 FINISHED_OUTCOMES: tuple[FinishedOutcome, ...] = get_args(FinishedOutcome)
-Outcome = Literal["running", FinishedOutcome, "rejected"]
+# scheduled: a planned deploy waiting for its time; cancelled before it started; missed: its time passed while the API
+# was down, or while its service stayed busy, by more than DEPLOY_SCHEDULE_GRACE.
+Outcome = Literal["scheduled", "running", FinishedOutcome, "rejected", "cancelled", "missed"]
+# What a notification can be sent for: the finished outcomes, and a planned deploy that was missed.
+NotifyEvent = Literal[FinishedOutcome, "missed"]
+NOTIFY_EVENTS: tuple[NotifyEvent, ...] = (*FINISHED_OUTCOMES, "missed")
+Trigger = Literal["webhook", "schedule", "watch", "cli", "recovery"]
 Reconciliation = Literal["restored", "completed", "removed", "superseded", "nothing", "failed"]
 
 
@@ -119,6 +170,16 @@ class DeploymentAccepted(BaseModel):
     deployment_id: str
     service: str
     status: Literal["running"] = "running"
+    status_url: str
+
+
+class DeploymentScheduled(BaseModel):
+    """The 202 body of a request with `at`: the deploy is planned; cancel it with DELETE status_url until it starts."""
+
+    deployment_id: str
+    service: str
+    status: Literal["scheduled"] = "scheduled"
+    at: str = Field(description="When it runs, in UTC")
     status_url: str
 
 
@@ -135,6 +196,10 @@ class DeploymentRecord(BaseModel):
         description="The image requested; null means the compose file's (deploy) or the previous one (rollback)"
     )
     outcome: Outcome
+    trigger: Trigger = Field(
+        "webhook", description="What started it: webhook (a signed POST, planned or not), recovery (reconciliation)"
+    )
+    planned_at: str | None = Field(None, description="When a planned deploy was to run (UTC); null: it ran at once")
     environment: str | None = Field(None, description="The inventory group deployed to; null: every host")
     strategy: Literal["recreate", "blue_green"] | None = Field(
         None, description="How the service's container was replaced; null for a refusal and older records"
@@ -148,7 +213,7 @@ class DeploymentRecord(BaseModel):
     commit: str | None
     message: str | None
     source: str | None = Field(description="Address the request came from")
-    started_at: str
+    started_at: str = Field(description="When it started; for a planned deploy not started yet, when it was received")
     finished_at: str | None
     duration_seconds: float | None
     current_step: str | None = Field(description="The step in progress while the outcome is running")

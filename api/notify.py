@@ -52,6 +52,8 @@ TITLES = {
     ("settle", "failed"): "❌ Settling the unfinished blue-green deploy of {service} failed",
     ("settle", "rollback_failed"): "❌ Settling the unfinished blue-green deploy of {service} failed",
     ("settle", "interrupted"): "⚠️ Settling the unfinished blue-green deploy of {service} was interrupted",
+    ("deploy", "missed"): "⏰ Deploy of {service} was missed",
+    ("rollback", "missed"): "⏰ Rollback of {service} was missed",
 }
 # A record that had to wait for reconciliation is notified again when it ends, by how it ended.
 RECONCILED_TITLES = {
@@ -77,6 +79,7 @@ NOTIFY_TYPES = {
     "interrupted": apprise.NotifyType.WARNING,
     "failed": apprise.NotifyType.FAILURE,
     "rollback_failed": apprise.NotifyType.FAILURE,
+    "missed": apprise.NotifyType.WARNING,
 }
 
 
@@ -166,12 +169,15 @@ def reconciled_message(record: Mapping[str, Any]) -> Message:
 
 def message_for(record: Mapping[str, Any]) -> Message:
     """What a finished deploy or rollback says: service, images, commit and message, duration; for a failure,
-    the error and the last log lines. A record that had to wait for reconciliation says, when that ends, what it
+    the error and the last log lines; for a planned one, in its title, when it was planned for (a missed one says
+    why in its error). A record that had to wait for reconciliation says, when that ends, what it
     did (reconciled_message)."""
     if record.get("reconciled_at"):
         return reconciled_message(record)
     outcome = record["outcome"]
     title = TITLES[(record["action"], outcome)].format(service=record["service"])
+    if record.get("planned_at"):
+        title += f" (planned for {record['planned_at']})"
     lines = [f"Service: {record['service']}"]
     if record.get("new_image") or record.get("new_image_id"):
         lines.append(f"Image: {_image(record.get('new_image'), record.get('new_image_id'))}")

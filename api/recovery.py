@@ -419,7 +419,7 @@ class Recovery:
         log.warning("⏪ [%s] %s: %s", deployment_id, reason, doing)
         extra = {contract.VAR_KEEP_IMAGE_ID: keep_image_id} if action == "settle" else {}
         started, code, _ = await self.deployer.start(
-            request, "recovery", action=action, hosts=hosts, claim=claim, extravars=extra
+            request, "recovery", action=action, hosts=hosts, claim=claim, extravars=extra, trigger="recovery"
         )
         result: Mapping[str, Any] = self.history.get(started) or {}
         outcome = result.get("outcome")

@@ -20,7 +20,7 @@ from pydantic_core import InitErrorDetails, PydanticCustomError
 from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource, SettingsConfigDict
 
 from api.history import Retention
-from api.models import ENVIRONMENT_PATTERN, FINISHED_OUTCOMES, FinishedOutcome
+from api.models import ENVIRONMENT_PATTERN, NOTIFY_EVENTS, NotifyEvent
 from api.notify import target_urls
 
 MIN_SECRET_LENGTH = 32
@@ -217,8 +217,10 @@ class Settings(BaseSettings):
         None,
         description="Apprise URLs to notify, separated by commas or spaces (tgram://, slack://, ntfy://, json://...)",
     )
-    deploy_notify_events: Annotated[tuple[FinishedOutcome, ...], NoDecode] = Field(
-        FINISHED_OUTCOMES, description="The outcomes that are notified, separated by commas"
+    deploy_notify_events: Annotated[tuple[NotifyEvent, ...], NoDecode] = Field(
+        NOTIFY_EVENTS,
+        description="The outcomes that are notified, separated by commas: a deploy's finished outcomes, and missed "
+        "(a planned deploy that could not run in its grace); all: every one",
     )
     log_format: Literal["text", "json"] = Field(
         "text", description="text: the reference's lines; json: one JSON object per line (Loki)"
@@ -235,6 +237,15 @@ class Settings(BaseSettings):
     )
     deploy_rollback_updated_hosts: bool = Field(
         True, description="When a batch fails, roll back the hosts earlier batches updated (no mixed versions)"
+    )
+    deploy_schedule_grace: int = Field(
+        600,
+        ge=0,
+        description="Seconds a planned deploy (`at`) may start late: after the API was down at its time, or while "
+        "its service is busy with another deploy; later, it is missed",
+    )
+    deploy_schedule_horizon: int = Field(
+        7_776_000, gt=0, description="Seconds ahead a deploy may be planned (`at`); 90 days by default"
     )
     deploy_host: str = Field("127.0.0.1", description="Address to listen on")
     deploy_port: int = Field(9000, ge=1, le=65535, description="Port to listen on")
@@ -326,7 +337,7 @@ class Settings(BaseSettings):
     def events_from_a_list(cls, events: object) -> object:
         if isinstance(events, str):
             names = [name.strip() for name in events.replace(",", " ").split()]
-            return tuple(FINISHED_OUTCOMES if names == ["all"] else names)
+            return tuple(NOTIFY_EVENTS if names == ["all"] else names)
         return events
 
     @classmethod

@@ -4,9 +4,10 @@ What is signed depends on what the signature is for, so that no signature made f
 
 - `deploy`: the raw body, as the reference document and GitHub sign it;
 - `rollback`: `rollback:` and the raw body, so a body signed for /deploy cannot be sent to /rollback;
-- `read`: `read:` and a deployment id (GET /deployments/{id}).
+- `read`: `read:` and a deployment id (GET /deployments/{id});
+- `cancel`: `cancel:` and a deployment id (DELETE /deployments/{id}, a planned deploy's cancel).
 
-The messages of the three purposes never meet: a deploy body must be a JSON object, which never starts with a
+The messages of the purposes never meet: a deploy body must be a JSON object, which never starts with a
 prefix's letters, and one that does is neither signed nor accepted for `deploy`.
 
 The standard library only, and Python 3.9: the GitHub Action (action/deploy.py) signs with this module on a
@@ -21,7 +22,7 @@ import re
 from collections.abc import Mapping, Sequence
 
 HEADER = "X-Hub-Signature-256"
-PREFIXES = {"deploy": b"", "rollback": b"rollback:", "read": b"read:"}
+PREFIXES = {"deploy": b"", "rollback": b"rollback:", "read": b"read:", "cancel": b"cancel:"}
 PURPOSES = tuple(PREFIXES)
 _SIGNATURE = re.compile(r"sha256=([0-9a-fA-F]{64})")
 
@@ -30,7 +31,7 @@ def message(payload: bytes, purpose: str = "deploy") -> bytes:
     """The bytes a signature for `purpose` covers; ValueError for a deploy body that starts as another purpose's
     message does (it would sign that message too)."""
     if purpose == "deploy" and any(prefix and payload.startswith(prefix) for prefix in PREFIXES.values()):
-        raise ValueError("a body for POST /deploy never starts with 'rollback:' or 'read:'")
+        raise ValueError("a body for POST /deploy never starts with 'rollback:', 'read:' or 'cancel:'")
     return PREFIXES[purpose] + payload
 
 

@@ -8,39 +8,48 @@ from fastapi.responses import JSONResponse
 
 from api import signature
 from api.admission import (
-    INVENTORY_REFUSED,
+    Admitted,
     Refused,
-    authorize,
+    admit,
     check_first_receipt,
     check_fresh,
-    find_environment,
+    check_planned_time,
+    claim_service,
     load_document,
     timestamp_of,
     validate,
 )
-from api.deployer import DeployConflict, Deployer
+from api.deployer import Deployer
 from api.deps import SignedBody, endpoint, get_deployer, get_inventory, get_metrics, get_rate_limits, signed_body
 from api.inventory import Inventory
-from api.models import DeployFailure, DeploymentAccepted, DeployRequest, DeploySuccess
+from api.models import DeployFailure, DeploymentAccepted, DeploymentScheduled, DeployRequest, DeploySuccess
+from api.scheduler import get_scheduler
 from api.settings import Settings
 
 router = APIRouter()
 
 RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {"model": DeploySuccess, "description": "Finished and healthy (wait=true)"},
-    202: {"model": DeploymentAccepted, "description": "Started (wait=false); follow the Location header"},
+    202: {
+        "model": DeploymentAccepted | DeploymentScheduled,
+        "description": "Started (wait=false), or planned for `at` (status `scheduled`; wait is ignored); follow it, "
+        "or cancel a planned one, at the Location header",
+    },
     400: {
         "description": "Service not allowed (in the environment), an unknown environment, an image the service does "
-        "not allow, a malformed body, or (wait=true) a deploy the playbook's preflight refused before anything "
-        "changed: a blue_green service that cannot run twice, the API's own service"
+        "not allow, a malformed body, an `at` not ahead or beyond DEPLOY_SCHEDULE_HORIZON, or (wait=true) a deploy "
+        "the playbook's preflight refused before anything changed: a blue_green service that cannot run twice, the "
+        "API's own service"
     },
     403: {
         "description": "Invalid signature (or one made for another action), a secret not allowed for the service on "
         "every host, an expired or replayed request"
     },
-    409: {"description": "A deployment of this service is already running"},
+    409: {"description": "A deployment of this service is already running (never for a planned one)"},
     413: {"description": "Body too large"},
-    422: {"description": "A field has the wrong type or an invalid value"},
+    422: {
+        "description": "A field has the wrong type or an invalid value, or the body has a field the API does not know"
+    },
     429: {"description": "Too many invalid signatures from this address, or deploys of this service; see Retry-After"},
     500: {"model": DeployFailure, "description": "Failed, with the rollback's outcome among the steps (wait=true)"},
     503: {"description": "The inventory changed and is refused (a secret_env the API does not hold)"},
@@ -67,19 +76,19 @@ SIGNED_REQUEST: dict[str, Any] = {
 WAIT = Query(
     description="true: answer when the deploy has finished (the reference's behaviour). "
     "false: answer 202 at once and let the caller follow GET /deployments/{id} "
-    "(Cloudflare Tunnel cuts a request after 100 s)."
+    "(Cloudflare Tunnel cuts a request after 100 s). Ignored for a planned deploy (`at`)."
 )
 
 
 async def run_action(
     action: str, request: Request, signed: SignedBody, wait: bool, inventory: Inventory, deployer: Deployer
 ) -> JSONResponse:
-    """Validate a signed body, then deploy or roll back. Every refusal counts against the client's address (but a 409
-    or a 429 for the service's budget); a refusal of a body received for the first time is recorded in the history.
-    """
+    """Validate a signed body, then deploy or roll back, or plan it for its `at`. Every refusal counts against the
+    client's address (but a 409 or a 429 for the service's budget); a refusal of a body received for the first time
+    is recorded in the history."""
     settings: Settings = request.app.state.settings
     rate_limits = get_rate_limits(request)
-    # One reading of the clock for the window and the one-time check, so that no edge lies between them.
+    # One reading of the clock for the window, the one-time check and `at`, so that no edge lies between them.
     now = request.app.state.clock()
     source = signed.client
     document, malformed = load_document(signed.raw)
@@ -91,40 +100,29 @@ async def run_action(
             if malformed:
                 raise malformed
             deploy_request = validate(document)
-            view = await run_in_threadpool(inventory.view)
-            if inventory.problem is not None:
-                raise Refused(status.HTTP_503_SERVICE_UNAVAILABLE, INVENTORY_REFUSED, "inventory_invalid")
-            if deploy_request.environment is None and settings.deploy_environment is not None:
-                deploy_request = deploy_request.model_copy(update={"environment": settings.deploy_environment})
-            environment = find_environment(view, deploy_request.environment, signed.signers)
-            authorize(view, environment, deploy_request, signed.signers)
+            if deploy_request.at is not None:
+                check_planned_time(deploy_request.at, now, settings)
+            admitted = await run_in_threadpool(admit, inventory, settings, deploy_request, signed.signers)
         except Refused as refusal:
             if refusal.status_code != status.HTTP_503_SERVICE_UNAVAILABLE:
                 rate_limits.refused(source)
             raise
-        try:
-            claim = deployer.claim(deploy_request.service, environment.hosts)
-        except DeployConflict as conflict:
-            raise Refused(status.HTTP_409_CONFLICT, str(conflict), "conflict") from None
-        # After the claim: a 409 spends nothing of the budget.
-        retry_after = rate_limits.deploy(deploy_request.service, environment.hosts)
-        if retry_after is not None:
-            deployer.release(claim)
-            raise Refused(
-                status.HTTP_429_TOO_MANY_REQUESTS,
-                f"Too many deploys of {deploy_request.service!r} ({rate_limits.deploy_limit} on each host); "
-                f"retry in {retry_after} s",
-                "rate_limited",
-                headers={"Retry-After": str(retry_after)},
+        if admitted.request.at is not None:
+            # Planned: nothing is claimed nor spent now; the checks run again when it comes to run.
+            deployment_id = await run_in_threadpool(
+                get_scheduler(request).plan, admitted, action, source, signed.signers
             )
+            get_metrics(request).webhook(endpoint(request), "accepted")
+            return _accepted(request, deployment_id, admitted, scheduled=True)
+        claim = claim_service(deployer, rate_limits, admitted)
         deployment_id, code, outcome = await deployer.start(
-            deploy_request,
+            admitted.request,
             source,
             action=action,
             wait=wait,
-            hosts=environment.hosts,
+            hosts=admitted.environment.hosts,
             claim=claim,
-            strategy=environment.strategy(deploy_request.service),
+            strategy=admitted.environment.strategy(admitted.request.service),
         )
     except Refused as refusal:
         get_metrics(request).webhook(endpoint(request), refusal.result)
@@ -132,15 +130,25 @@ async def run_action(
             await run_in_threadpool(deployer.reject, action, document, source, refusal.status_code, refusal.detail)
         raise
     get_metrics(request).webhook(endpoint(request), "accepted")
-    headers = {"X-Deployment-Id": deployment_id}
     if outcome is None:
-        location = str(request.app.url_path_for("get_deployment", deployment_id=deployment_id))
-        accepted = DeploymentAccepted(deployment_id=deployment_id, service=deploy_request.service, status_url=location)
-        return JSONResponse(accepted.model_dump(), status_code=code, headers={**headers, "Location": location})
+        return _accepted(request, deployment_id, admitted, scheduled=False)
     # The reference's body as it is for one host; environment and hosts join it where they say something.
     single = outcome.environment is None and len(outcome.hosts) <= 1
     body = outcome.model_dump(exclude={"environment", "hosts"} if single else None)
-    return JSONResponse(body, status_code=code, headers=headers)
+    return JSONResponse(body, status_code=code, headers={"X-Deployment-Id": deployment_id})
+
+
+def _accepted(request: Request, deployment_id: str, admitted: Admitted, *, scheduled: bool) -> JSONResponse:
+    """202: a deploy started (wait=false) or planned; follow it (or cancel a planned one) at the Location."""
+    location = str(request.app.url_path_for("get_deployment", deployment_id=deployment_id))
+    service, at = admitted.request.service, admitted.request.at
+    accepted: DeploymentAccepted | DeploymentScheduled = (
+        DeploymentScheduled(deployment_id=deployment_id, service=service, at=at or "", status_url=location)
+        if scheduled
+        else DeploymentAccepted(deployment_id=deployment_id, service=service, status_url=location)
+    )
+    headers = {"X-Deployment-Id": deployment_id, "Location": location}
+    return JSONResponse(accepted.model_dump(), status_code=status.HTTP_202_ACCEPTED, headers=headers)
 
 
 @router.post("/deploy", responses=RESPONSES, openapi_extra=SIGNED_REQUEST)

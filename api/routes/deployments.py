@@ -1,4 +1,5 @@
-"""The deployment history: not public. A read token opens it; a signed id opens one record."""
+"""The deployment history: not public. A read token opens it; a signed id opens one record, or cancels a planned
+deploy."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ from api.deployer import Deployer
 from api.deps import check_signature, get_client, get_deployer, get_inventory
 from api.inventory import Inventory
 from api.models import DeploymentPage, DeploymentRecord, Outcome
+from api.scheduler import get_scheduler
 from api.settings import Settings
 
 router = APIRouter(tags=["history"])
@@ -94,4 +96,53 @@ def get_deployment(
         )
     if record is None:
         raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"No deployment '{deployment_id}'")
+    return DeploymentRecord.model_validate(record)
+
+
+CANCEL_RESPONSES: dict[int | str, dict[str, Any]] = {
+    200: {"description": "Cancelled: the record, its outcome `cancelled`"},
+    403: {
+        "description": "Invalid signature (or one made for another purpose), or a secret that may not deploy the "
+        "deployment's service"
+    },
+    404: {"description": "No such deployment"},
+    409: {
+        "description": "The deployment is not a planned one waiting for its time: it started, ended, or was cancelled"
+    },
+    429: {"description": "Too many invalid signatures from this address; see Retry-After"},
+}
+CANCEL_SIGNATURE: dict[str, Any] = {
+    "parameters": [
+        {
+            "name": signature.HEADER,
+            "in": "header",
+            "required": True,
+            "description": "`sha256=` and the hex HMAC-SHA256 of `cancel:` and the deployment id, keyed with a secret "
+            "that may deploy its service",
+            "schema": {"type": "string", "pattern": "^sha256=[0-9a-fA-F]{64}$"},
+        }
+    ]
+}
+
+
+@router.delete("/deployments/{deployment_id}", responses=CANCEL_RESPONSES, openapi_extra=CANCEL_SIGNATURE)
+def cancel_deployment(
+    request: Request,
+    deployment_id: Annotated[str, Path(max_length=64)],
+    deployer: Annotated[Deployer, Depends(get_deployer)],
+    inventory: Annotated[Inventory, Depends(get_inventory)],
+) -> DeploymentRecord:
+    """Cancel a planned deploy (`at`) that has not started, with X-Hub-Signature-256 over `cancel:` and the id."""
+    signers = check_signature(request, deployment_id.encode(), get_client(request), "cancel")
+    record = deployer.history.get(deployment_id)
+    if record is None:
+        raise HTTPException(status.HTTP_404_NOT_FOUND, detail=f"No deployment '{deployment_id}'")
+    if not inventory.view().reached(record["environment"]).signs(record["service"] or "", signers):
+        detail = "The secret that signed the id may not deploy this deployment's service"
+        raise HTTPException(status.HTTP_403_FORBIDDEN, detail=detail)
+    cancelled = get_scheduler(request).cancel(deployment_id)
+    record = deployer.history.get(deployment_id) or record
+    if not cancelled:
+        detail = f"Deployment {deployment_id} is {record['outcome']}: only a scheduled one can be cancelled"
+        raise HTTPException(status.HTTP_409_CONFLICT, detail=detail)
     return DeploymentRecord.model_validate(record)

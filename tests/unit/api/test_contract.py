@@ -236,3 +236,50 @@ def test_other_tasks_and_unknown_steps_announce_nothing():
     )
     assert announced == []
     assert finished == {"web1": ["not_a_step"]}
+
+
+# The HTTP contract as OpenAPI documents it.
+
+
+def openapi() -> dict[str, Any]:
+    from api.main import create_app
+
+    return create_app().openapi()
+
+
+def test_the_signed_body_documents_at_and_refuses_unknown_fields():
+    body = openapi()["paths"]["/deploy"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+
+    assert body["additionalProperties"] is False
+    at = body["properties"]["at"]
+    assert "RFC 3339" in at["description"] and "DEPLOY_SCHEDULE_HORIZON" in at["description"]
+    assert {"type": "string", "format": "date-time", "maxLength": 64} in at["anyOf"]
+    assert "a field the API does not know" in openapi()["paths"]["/deploy"]["post"]["responses"]["422"]["description"]
+
+
+def test_the_202_documents_a_started_and_a_planned_deploy():
+    document = openapi()
+    for path in ("/deploy", "/rollback"):
+        schema = document["paths"][path]["post"]["responses"]["202"]["content"]["application/json"]["schema"]
+        assert {option["$ref"].rsplit("/", 1)[1] for option in schema["anyOf"]} == {
+            "DeploymentAccepted",
+            "DeploymentScheduled",
+        }
+    scheduled = document["components"]["schemas"]["DeploymentScheduled"]
+    assert set(scheduled["properties"]) == {"deployment_id", "service", "status", "at", "status_url"}
+    assert scheduled["properties"]["status"]["const"] == "scheduled"
+
+
+def test_the_cancel_is_documented_with_its_signature_and_answers():
+    document = openapi()
+    cancel = document["paths"]["/deployments/{deployment_id}"]["delete"]
+
+    assert {"200", "403", "404", "409"} <= set(cancel["responses"])
+    assert cancel["responses"]["200"]["content"]["application/json"]["schema"]["$ref"].endswith("/DeploymentRecord")
+    (header,) = [parameter for parameter in cancel["parameters"] if parameter["in"] == "header"]
+    assert (header["name"], header["required"]) == ("X-Hub-Signature-256", True)
+    assert "cancel:" in header["description"]
+    record = document["components"]["schemas"]["DeploymentRecord"]["properties"]
+    assert set(record["trigger"]["enum"]) == {"webhook", "schedule", "watch", "cli", "recovery"}
+    assert {"scheduled", "cancelled", "missed"} <= set(record["outcome"]["enum"])
+    assert "planned_at" in record

@@ -245,7 +245,7 @@ def spellings(draw: st.DrawFn, valid: str) -> str:
 
 def claims_a_purpose(body: bytes) -> bool:
     """A body that starts as another purpose's message does: never a deploy body (api.signature)."""
-    return body.startswith((b"rollback:", b"read:"))
+    return body.startswith((b"rollback:", b"read:", b"cancel:"))
 
 
 def deploy_bodies(max_size: int) -> st.SearchStrategy[bytes]:
@@ -277,7 +277,7 @@ def test_another_secret_or_body_is_refused(secret, other_secret, body, other_bod
 @settings(FUZZ, max_examples=300)
 @given(
     secret=secrets,
-    payload=st.binary(max_size=64) | st.sampled_from([b"rollback:", b"read:", b"read:x", b"rollback:{}"]),
+    payload=st.binary(max_size=64) | st.sampled_from([b"rollback:", b"read:", b"read:x", b"rollback:{}", b"cancel:x"]),
     purpose=st.sampled_from(signature.PURPOSES),
     other=st.sampled_from(signature.PURPOSES),
     other_payload=st.binary(max_size=64),
@@ -286,7 +286,7 @@ def test_a_signature_is_valid_for_one_purpose_only(secret, payload, purpose, oth
     """Domain separation: whatever the payloads, a signature made for one purpose is valid for no other; a read's
     or a rollback's can never pass as a deploy body's, since a deploy body never starts with their prefixes."""
     if purpose == "deploy" and claims_a_purpose(payload):
-        with pytest.raises(ValueError, match="never starts with 'rollback:' or 'read:'"):
+        with pytest.raises(ValueError, match="never starts with 'rollback:', 'read:' or 'cancel:'"):
             signature.sign(secret, payload, purpose)
         return
     header = signature.sign(secret, payload, purpose)

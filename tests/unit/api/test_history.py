@@ -480,12 +480,31 @@ def test_a_database_of_schema_1_is_migrated_and_keeps_its_records(tmp_path):
 
     history = History(tmp_path / "h.sqlite3")
 
-    assert history.schema_version() == SCHEMA_VERSION == 7
+    assert history.schema_version() == SCHEMA_VERSION == 8
     record = history.get("d1")
     assert (record["service"], record["outcome"]) == ("portal", "succeeded")
-    for internal in ("to_inspect", "targets", "awaiting_since", "reconcile_checks", "waiting_since"):
+    assert (record["trigger"], record["planned_at"]) == ("webhook", None), "an old record was a webhook's, at once"
+    for internal in ("to_inspect", "targets", "awaiting_since", "reconcile_checks", "waiting_since", "signers"):
         assert internal not in record, "internal columns stay internal"
     assert (record["awaiting_reconciliation"], record["reconciled_at"], record["waiting"]) == (False, None, None)
+
+
+def test_migration_8_says_reconciliation_started_the_records_of_source_recovery(tmp_path):
+    from api.history import MIGRATIONS
+
+    with sqlite3.connect(tmp_path / "h.sqlite3") as raw:
+        for number, migration in enumerate(MIGRATIONS[:7]):
+            raw.executescript(migration)
+            raw.execute(f"PRAGMA user_version = {number + 1}")
+        for deployment_id, source in (("d1", "203.0.113.9"), ("d2", "recovery")):
+            raw.execute(
+                "INSERT INTO deployments (id, action, service, outcome, source, started_at) "
+                f"VALUES ('{deployment_id}', 'rollback', 'portal', 'succeeded', '{source}', '2026-11-01T00:00:00Z')"
+            )
+
+    history = History(tmp_path / "h.sqlite3")
+
+    assert [history.get(deployment_id)["trigger"] for deployment_id in ("d1", "d2")] == ["webhook", "recovery"]
 
 
 def test_a_deploy_stopped_by_a_shutdown_is_inspected_at_the_next_start(tmp_path, fake_runner, monkeypatch):

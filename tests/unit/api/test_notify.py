@@ -152,8 +152,9 @@ def test_rolled_back_arrives_as_a_warning_with_the_error_and_the_last_ten_log_li
     assert tail.splitlines() == [f"log line {number}" for number in range(21, 31)]
 
 
-def test_titles_cover_every_action_and_finished_outcome() -> None:
-    assert set(TITLES) == set(itertools.product(("deploy", "rollback", "remove", "settle"), FINISHED_OUTCOMES))
+def test_titles_cover_every_action_and_finished_outcome_and_a_planned_deploy_s_miss() -> None:
+    finished = itertools.product(("deploy", "rollback", "remove", "settle"), FINISHED_OUTCOMES)
+    assert set(TITLES) == {*finished, ("deploy", "missed"), ("rollback", "missed")}
 
 
 @pytest.mark.parametrize(("action", "outcome"), sorted(TITLES))
@@ -389,7 +390,7 @@ def test_settings_read_notify_events_as_a_comma_list(clean_environment: pytest.M
     assert Settings(webhook_secret=STRONG).deploy_notify_events == ("failed", "rolled_back")
 
 
-def test_settings_read_all_as_every_finished_outcome(clean_environment: pytest.MonkeyPatch) -> None:
+def test_settings_read_all_as_every_finished_outcome_and_missed(clean_environment: pytest.MonkeyPatch) -> None:
     clean_environment.setenv("DEPLOY_NOTIFY_EVENTS", "all")
 
     assert Settings(webhook_secret=STRONG).deploy_notify_events == (
@@ -398,10 +399,11 @@ def test_settings_read_all_as_every_finished_outcome(clean_environment: pytest.M
         "rolled_back",
         "rollback_failed",
         "interrupted",
+        "missed",
     )
 
 
-@pytest.mark.parametrize("events", ["failed, exploded", "running", "rejected"])
+@pytest.mark.parametrize("events", ["failed, exploded", "running", "rejected", "scheduled", "cancelled"])
 def test_settings_refuse_an_event_that_is_not_a_finished_outcome(
     clean_environment: pytest.MonkeyPatch, events: str
 ) -> None:

@@ -1,0 +1,222 @@
+"""Planned deploys: a signed request with `at` waits in the history (outcome `scheduled`) until its time, then runs
+as a webhook deploy answered with 202 does: the same checks (api/admission.py, against the inventory of that moment
+and with the signers recorded at receipt) and the same Deployer.start.
+
+One asyncio task passes over the planned deploys whose time has come (tick), then sleeps until the earliest next one,
+or until it is woken (a new plan, a cancel). A planned deploy leaves `scheduled` only through
+History.leave_scheduled, so of its start, its cancel and its refusal only one ever happens: it runs at most once, and
+a crash just after its start leaves it `running`, which recovery marks interrupted at the next start.
+
+When it comes to run, a deploy of its service may be running: it waits for it, trying again every second, until
+DEPLOY_SCHEDULE_GRACE seconds after its planned time; then it is missed. At start, a planned deploy late by more than
+the grace (the API was down at its time) is missed too; one late by less runs at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import math
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+
+from fastapi import Request
+
+from api import logs
+from api.admission import Admitted, Refused, admit, claim_service, validate
+from api.deployer import Deployer, new_deployment_id, refusal_text
+from api.history import History, Record
+from api.history import now as history_now
+from api.inventory import Inventory
+from api.models import utc_text
+from api.security import RateLimits
+from api.settings import Settings
+
+log = logging.getLogger("deploy")
+
+# How often a planned deploy whose service is busy tries again.
+BUSY_RETRY_SECONDS = 1.0
+# The longest sleep: asyncio sleeps by the monotonic clock, which stands still while the machine is suspended, and
+# planned times are wall-clock times, so the scheduler looks at the wall clock at least this often.
+LONGEST_SLEEP_SECONDS = 60.0
+# The fields of a planned deploy's record that are its request's, checked again when it runs.
+REQUEST_FIELDS = ("service", "image", "environment", "repository", "commit", "message")
+
+
+def epoch(text: str) -> float:
+    return datetime.fromisoformat(text).timestamp()
+
+
+def get_scheduler(request: Request) -> Scheduler:
+    scheduler: Scheduler = request.app.state.scheduler
+    return scheduler
+
+
+class Scheduler:
+    """The planned deploys of a Deployer: plan and cancel them, and run each at its time.
+
+    `clock` is the wall clock (Unix seconds) planned times are held against: the app's, which unit tests replace; they
+    drive a pass with tick() and need not wait for the task.
+    """
+
+    def __init__(
+        self,
+        settings: Settings,
+        deployer: Deployer,
+        inventory: Inventory,
+        rate_limits: RateLimits,
+        clock: Callable[[], float] = time.time,
+    ):
+        self.settings = settings
+        self.deployer = deployer
+        self.history: History = deployer.history
+        self.inventory = inventory
+        self.rate_limits = rate_limits
+        self.clock = clock
+        self._woken = asyncio.Event()
+        self._stop = asyncio.Event()
+        self._passing = asyncio.Lock()
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._task: asyncio.Task[None] | None = None
+        # When this process began to run planned deploys (start() reads the clock again): one planned before, by more
+        # than the grace, was missed while the API was down.
+        self._started_at = clock()
+
+    def plan(self, admitted: Admitted, action: str, source: str, signers: frozenset[str]) -> str:
+        """Record a request with `at` as a planned deploy; its id."""
+        request = admitted.request
+        deployment_id = new_deployment_id(datetime.now(UTC))
+        logs.bind(deployment_id=deployment_id, service=request.service)
+        self.history.create(
+            id=deployment_id,
+            action=action,
+            outcome="scheduled",
+            trigger="webhook",
+            planned_at=request.at,
+            source=source,
+            signers=sorted(signers),
+            service=request.service,
+            image=request.image,
+            environment=request.environment,
+            repository=request.repository,
+            commit=request.commit,
+            message=request.message,
+        )
+        log.info("🗓️  [%s] %s of %s planned for %s", deployment_id, action, request.service, request.at)
+        self.wake()
+        return deployment_id
+
+    def cancel(self, deployment_id: str) -> bool:
+        """Cancel a planned deploy that has not started; False when it is not `scheduled` (any more)."""
+        if not self.history.leave_scheduled(deployment_id, outcome="cancelled", finished_at=history_now()):
+            return False
+        log.info("🗓️  [%s] planned deploy cancelled", deployment_id)
+        self.wake()
+        return True
+
+    def wake(self) -> None:
+        """Have the task look at the planned deploys again now; from any thread."""
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._woken.set)
+
+    def start(self) -> None:
+        """Run the planned deploys from now on: first those whose time passed while the API was down."""
+        self._loop = asyncio.get_running_loop()
+        self._started_at = self.clock()
+        self._task = asyncio.create_task(self._run(), name="scheduler")
+
+    async def stop(self, timeout: float) -> None:
+        """No planned deploy starts any more; those started go on (the deployer's drain ends them)."""
+        self._stop.set()
+        self._woken.set()
+        if self._task is not None:
+            _, late = await asyncio.wait([self._task], timeout=timeout)
+            for task in late:
+                task.cancel()
+
+    async def _run(self) -> None:
+        while not self._stop.is_set():
+            # Cleared before the pass: a wake during it makes the next sleep end at once.
+            self._woken.clear()
+            try:
+                delay = await self.tick()
+            except Exception:  # the scheduler must outlive a pass that broke
+                log.exception("The scheduler's pass over the planned deploys failed")
+                delay = BUSY_RETRY_SECONDS
+            await self._sleep(LONGEST_SLEEP_SECONDS if delay is None else min(delay, LONGEST_SLEEP_SECONDS))
+
+    async def _sleep(self, seconds: float) -> None:
+        """Sleep until woken (or stopped), at most `seconds`."""
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._woken.wait(), seconds)
+
+    async def tick(self) -> float | None:
+        """One pass: start, refuse or mark missed each planned deploy whose time has come. The seconds until the next
+        pass is due: a planned time ahead, or the retry of a busy service; None when nothing is planned."""
+        async with self._passing:
+            now = self.clock()
+            due_in: float | None = None
+            for record in self.history.scheduled():
+                planned = epoch(record["planned_at"] or "")
+                if planned > now:
+                    return min(planned - now, due_in if due_in is not None else math.inf)
+                if not await self._run_due(record, planned, now):
+                    due_in = BUSY_RETRY_SECONDS
+            return due_in
+
+    async def _run_due(self, record: Record, planned: float, now: float) -> bool:
+        """Start a planned deploy whose time has come, or refuse it, or mark it missed; False when its service is
+        busy and it waits."""
+        deployment_id, planned_at = record["id"], record["planned_at"]
+        logs.bind(deployment_id=deployment_id, service=record["service"])
+        grace = self.settings.deploy_schedule_grace
+        if self._started_at - planned > grace:
+            self._miss(record, f"planned for {planned_at}, the API was not running until {utc(self._started_at)}")
+            return True
+        try:
+            document = {field: record.get(field) for field in REQUEST_FIELDS if record.get(field) is not None}
+            signers = frozenset(record.get("signers") or ())
+            admitted = await asyncio.to_thread(admit, self.inventory, self.settings, validate(document), signers)
+            claim = claim_service(self.deployer, self.rate_limits, admitted, deployment_id)
+        except Refused as refusal:
+            if refusal.status_code != 409:
+                self._refuse(record, refusal)
+            elif now - planned > grace:
+                self._miss(record, f"{record['service']} was busy from {planned_at} to {utc(now)}")
+            else:
+                return False
+            return True
+        if not self.history.leave_scheduled(deployment_id, outcome="running", started_at=history_now()):
+            self.deployer.release(claim)  # cancelled in the meantime
+            return True
+        log.info("🗓️  [%s] planned for %s: starting", deployment_id, planned_at)
+        await self.deployer.start(
+            admitted.request,
+            record["source"] or "",
+            action=record["action"],
+            wait=False,
+            hosts=admitted.environment.hosts,
+            claim=claim,
+            strategy=admitted.environment.strategy(admitted.request.service),
+            planned=True,
+        )
+        return True
+
+    def _refuse(self, record: Record, refusal: Refused) -> None:
+        error = f"Refused when it came to run: {refusal_text(refusal.detail)}"
+        refused = self.history.leave_scheduled(
+            record["id"], outcome="rejected", finished_at=history_now(), error=error, http_status=refusal.status_code
+        )
+        if refused:
+            log.warning("[%s] planned %s refused (%d): %s", record["id"], record["action"], refusal.status_code, error)
+
+    def _miss(self, record: Record, why: str) -> None:
+        if self.history.leave_scheduled(record["id"], outcome="missed", finished_at=history_now(), error=why):
+            log.warning("⏰ [%s] planned %s of %s missed: %s", record["id"], record["action"], record["service"], why)
+            self.deployer.finished(record["id"])
+
+
+def utc(timestamp: float) -> str:
+    return utc_text(datetime.fromtimestamp(timestamp, UTC))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable
+from datetime import datetime
 from enum import IntEnum
 from typing import Any, BinaryIO, get_args
 
@@ -13,14 +14,17 @@ from pydantic import ValidationError
 from api.models import Outcome
 from api.signature import HEADER, PURPOSES, sign
 from api.text import printable, printable_json
+from deployctl import when
 from deployctl.client import DEPLOYMENT_ID, Client, Refused, Unavailable
 from deployctl.follow import FollowTimeout, follow
-from deployctl.render import Progress, history_table, outcome_lines, record_lines
+from deployctl.render import Progress, history_table, outcome_lines, record_lines, schedules_table, shown
 from deployctl.settings import DEFAULT_URL, ClientSettings
 
 # The API's own list of outcomes, so the two cannot drift apart.
 OUTCOMES = get_args(Outcome)
 DEFAULT_TIMEOUT = 900.0
+# The API's largest page: the planned deploys are few, and schedules lists them in one.
+SCHEDULES_LIMIT = 100
 
 
 class Exit(IntEnum):
@@ -37,11 +41,12 @@ class ConfigurationError(Exception):
 
 DESCRIPTION = """\
 Deploy and roll back the services of the deployment API, follow each deployment step by step
-until it has finished, and read the history. deploy and rollback sign their request with
-WEBHOOK_SECRET and follow the deployment with a signature over read: and its id, so the webhook
-secret is enough for them; history needs DEPLOY_READ_TOKEN. Both are read from the environment or
-from .env in the current directory (the API's own .env works as it is), DEPLOY_URL tells where
-the API is (default http://127.0.0.1:9000; --url overrides it). The secret is never printed.
+until it has finished, or plan them for a later time, and read the history. deploy, rollback and
+cancel sign their request with WEBHOOK_SECRET, and deploy and rollback follow the deployment with a
+signature over read: and its id, so the webhook secret is enough for them; history and schedules
+need DEPLOY_READ_TOKEN. Both are read from the environment or from .env in the current directory
+(the API's own .env works as it is), DEPLOY_URL tells where the API is (default
+http://127.0.0.1:9000; --url overrides it). The secret is never printed.
 
 Each deploy and rollback carries the time it was signed ("timestamp"), and the API accepts a
 signed request once, within its DEPLOY_REPLAY_WINDOW (300 s by default), so this machine's clock
@@ -56,36 +61,54 @@ EXAMPLES_MAIN = """\
 examples:
   deployctl deploy portal ghcr.io/acme/portal:1.4.2      # signs, starts, follows step by step
   deployctl rollback portal                              # back to the previous kept image
+  deployctl deploy portal ghcr.io/acme/portal:1.4.2 --at "2026-12-08 03:00"   # planned, local time
+  deployctl schedules                                    # the planned deploys
+  deployctl cancel 20261201T101500-5e6f7a8b              # one of them, before it starts
   deployctl history --service portal
   deployctl show 20251127T023912-1a2b3c4d
   deployctl <command> --help                             # each command's options and examples"""
 
 EXIT_CODES = """\
 exit codes:
-  0  succeeded (history, show, sign: answered)
+  0  succeeded (history, schedules, show, sign: answered; deploy or rollback --at: planned;
+     cancel: cancelled)
   1  the deploy or rollback ran and did not succeed: failed, rolled_back, rollback_failed, interrupted
   2  usage or configuration error: bad arguments, a missing WEBHOOK_SECRET or DEPLOY_READ_TOKEN
   3  refused by the API (4xx): signature, read token, service or image not allowed, already running,
-     validation, a stale or replayed request, too many requests (429); the API's detail is printed,
-     and after a 429 the seconds to wait
-  4  the API is unreachable, or the deployment was still running when --timeout ran out"""
+     validation, a stale or replayed request, too many requests (429), a time in the past or beyond
+     the API's horizon, cancelling a deployment that is not planned (409) or unknown (404); the API's
+     detail is printed, and after a 429 the seconds to wait
+  4  the API is unreachable, or the deployment was still running when --timeout ran out, or an API
+     that cannot plan deploys started one given --at at once"""
 
 EXAMPLES = {
     "deploy": """\
 examples:
   deployctl deploy portal ghcr.io/acme/portal:1.4.2 --commit "$(git rev-parse HEAD)" --message "Update homepage"
   deployctl deploy hello-world                 # the image its compose file names, pulled again
-  deployctl deploy portal ghcr.io/acme/portal:1.4.2 --no-follow   # print the deployment id and leave""",
+  deployctl deploy portal ghcr.io/acme/portal:1.4.2 --no-follow   # print the deployment id and leave
+  deployctl deploy portal ghcr.io/acme/portal:1.4.2 --at 2026-12-08T02:00:00Z
+  deployctl deploy portal ghcr.io/acme/portal:1.4.2 --at "2026-12-08 03:00"   # this machine's time zone""",
     "rollback": """\
 examples:
   deployctl rollback portal                    # back to the previous kept image
   deployctl rollback portal ghcr.io/acme/portal:1.4.1 --message "1.4.2 breaks logins"
-  deployctl rollback portal --json | jq -r .outcome""",
+  deployctl rollback portal --json | jq -r .outcome
+  deployctl rollback portal ghcr.io/acme/portal:1.4.1 --at 2026-12-08T03:00:00+01:00""",
     "history": """\
 examples:
   deployctl history
   deployctl history --service portal --outcome rolled_back --limit 5
   deployctl history --json | jq -r '.items[0].id'""",
+    "schedules": """\
+examples:
+  deployctl schedules
+  deployctl schedules --service portal
+  deployctl schedules --json | jq -r '.items[].id'""",
+    "cancel": """\
+examples:
+  deployctl cancel 20261201T101500-5e6f7a8b
+  deployctl cancel 20261201T101500-5e6f7a8b --json | jq -r .outcome""",
     "show": """\
 examples:
   deployctl show 20251127T023912-1a2b3c4d
@@ -96,6 +119,7 @@ examples:
   printf '{"service":"portal","timestamp":%d}' "$(date +%s)" | deployctl sign --value
   printf '{"service":"portal","timestamp":%d}' "$(date +%s)" | deployctl sign --for rollback --value
   printf %s 20251127T023912-1a2b3c4d | deployctl sign --for read --value   # GET /deployments/ID
+  printf %s 20261201T101500-5e6f7a8b | deployctl sign --for cancel --value # DELETE /deployments/ID
   (the signature covers the exact bytes: echo adds a newline, printf without \\n does not;
   the API accepts a signed body once, and only within DEPLOY_REPLAY_WINDOW of its timestamp;
   a signature is valid only for what it was made for: a body signed for /deploy is refused
@@ -156,6 +180,14 @@ def build_parser() -> argparse.ArgumentParser:
         sub.add_argument("--commit", help="recorded with the deployment, e.g. the commit SHA")
         sub.add_argument("--message", help="recorded with the deployment, e.g. the commit message")
         sub.add_argument(
+            "--at",
+            type=_planned_time,
+            metavar="TIME",
+            help="plan it for TIME instead of starting it now: RFC 3339 with its offset (2026-12-08T02:00:00Z, "
+            "2026-12-08T03:00:00+01:00), or a date-time without one (2026-12-08 03:00), in this machine's time zone; "
+            "prints the planned deployment's id and does not follow it",
+        )
+        sub.add_argument(
             "--no-follow", dest="follow", action="store_false", help="print the deployment id and return at once"
         )
         sub.add_argument(
@@ -179,6 +211,18 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("--json", action="store_true", help="print the API's page as JSON")
     history.set_defaults(command=run_history)
 
+    schedules = command("schedules", "list the planned deploys and rollbacks, soonest first (needs DEPLOY_READ_TOKEN)")
+    schedules.add_argument("--service", help="only this service")
+    schedules.add_argument("--json", action="store_true", help="print the API's page as JSON")
+    schedules.set_defaults(command=run_schedules)
+
+    cancel = command("cancel", "cancel a planned deploy or rollback before it starts (signed with WEBHOOK_SECRET)")
+    cancel.add_argument(
+        "deployment_id", metavar="ID", help="a planned deployment's id, as deploy --at and schedules print them"
+    )
+    cancel.add_argument("--json", action="store_true", help="print the cancelled record as JSON")
+    cancel.set_defaults(command=run_cancel)
+
     show = command(
         "show", "show one deployment: steps, images, error and logs (read token, else signed over read: and the id)"
     )
@@ -200,7 +244,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=PURPOSES,
         default="deploy",
         help="what the signature is for: deploy (a body for POST /deploy), rollback (a body for POST /rollback), "
-        "read (a deployment id, for GET /deployments/ID); a signature made for one is refused for the others "
+        "read (a deployment id, for GET /deployments/ID), cancel (a deployment id, for DELETE /deployments/ID); "
+        "a signature made for one is refused for the others "
         "(default: %(default)s)",
     )
     sign_command.add_argument("--value", action="store_true", help="print only sha256=<hex>, for scripts")
@@ -217,6 +262,8 @@ def run_deployment(args: argparse.Namespace, settings: ClientSettings) -> int:
         "commit": args.commit,
         "message": args.message,
     }
+    if args.at is not None:
+        return plan_deployment(args, settings, {**fields, "at": when.sent(args.at)})
     with _client(args, settings, secret=True) as client:
         accepted = client.start(args.action, fields)
         deployment_id = accepted["deployment_id"]
@@ -252,6 +299,26 @@ def run_deployment(args: argparse.Namespace, settings: ClientSettings) -> int:
     return exit_for(record)
 
 
+def plan_deployment(args: argparse.Namespace, settings: ClientSettings, fields: dict[str, str | None]) -> Exit:
+    """POST the deploy or rollback with `at`: the API keeps it until then, so there is nothing to follow yet."""
+    with _client(args, settings, secret=True) as client:
+        accepted = client.start(args.action, fields)
+    deployment_id = printable(str(accepted["deployment_id"]))
+    if accepted.get("status") != "scheduled":
+        # An API from before planned deploys ignores `at`: the deploy it started cannot be taken back from here.
+        return _fail(
+            Exit.UNREACHABLE,
+            f"the API started {args.action} {deployment_id} now instead of planning it: it does not know `at` "
+            f"(a version from before planned deploys); see it with: deployctl show {deployment_id}",
+        )
+    if args.json:
+        _print_json(accepted)
+    else:
+        planned = when.utc_and_local(accepted.get("at"))
+        print(f"Scheduled {deployment_id}: {args.action} {printable(args.service)} at {planned}")
+    return Exit.SUCCEEDED
+
+
 def run_history(args: argparse.Namespace, settings: ClientSettings) -> Exit:
     if settings.deploy_read_token is None:
         raise ConfigurationError("history needs DEPLOY_READ_TOKEN (the API's own, from the environment or .env)")
@@ -270,9 +337,33 @@ def run_history(args: argparse.Namespace, settings: ClientSettings) -> Exit:
     return Exit.SUCCEEDED
 
 
+def run_schedules(args: argparse.Namespace, settings: ClientSettings) -> Exit:
+    if settings.deploy_read_token is None:
+        raise ConfigurationError("schedules needs DEPLOY_READ_TOKEN (the API's own, from the environment or .env)")
+    with _client(args, settings) as client:
+        page = client.deployments(service=args.service, outcome="scheduled", limit=SCHEDULES_LIMIT)
+    if args.json:
+        _print_json(page)
+    else:
+        print("\n".join(schedules_table(page)))
+    return Exit.SUCCEEDED
+
+
+def run_cancel(args: argparse.Namespace, settings: ClientSettings) -> Exit:
+    _check_deployment_id(args.deployment_id)
+    with _client(args, settings, secret=True) as client:
+        record = client.cancel(args.deployment_id)
+    if args.json:
+        _print_json(record)
+    else:
+        action = shown(record, "action", "deploy")
+        planned = when.utc_and_local(record.get("planned_at"))
+        print(f"Cancelled {args.deployment_id}: {action} {shown(record, 'service', '?')} planned for {planned}")
+    return Exit.SUCCEEDED
+
+
 def run_show(args: argparse.Namespace, settings: ClientSettings) -> Exit:
-    if not DEPLOYMENT_ID.fullmatch(args.deployment_id):
-        raise ConfigurationError(f"'{args.deployment_id}' is not a deployment id")
+    _check_deployment_id(args.deployment_id)
     if settings.deploy_read_token is None and settings.webhook_secret is None:
         raise ConfigurationError("show needs DEPLOY_READ_TOKEN or WEBHOOK_SECRET (from the environment or .env)")
     with _client(args, settings, secret=settings.deploy_read_token is None) as client:
@@ -321,6 +412,12 @@ def _client(args: argparse.Namespace, settings: ClientSettings, *, secret: bool 
         secret=_secret(settings) if secret else None,
         read_token=token.get_secret_value() if token else None,
     )
+
+
+def _check_deployment_id(text: str) -> None:
+    """What goes into a URL's path is an id, nothing else."""
+    if not DEPLOYMENT_ID.fullmatch(text):
+        raise ConfigurationError(f"'{text}' is not a deployment id")
 
 
 def _secret(settings: ClientSettings) -> bytes:
@@ -372,6 +469,13 @@ def _positive_seconds(text: str) -> float:
     if value <= 0:
         raise argparse.ArgumentTypeError("must be more than 0")
     return value
+
+
+def _planned_time(text: str) -> datetime:
+    try:
+        return when.parse_time(text)
+    except ValueError as error:
+        raise argparse.ArgumentTypeError(str(error)) from None
 
 
 def _bounded(low: int, high: int | None) -> Callable[[str], int]:

@@ -1,5 +1,6 @@
-"""The API as deployctl uses it: signed deploys and rollbacks, records read by token or signed over `read:` and their
-id. Each signature is made for its purpose (api.signature), so that none is valid for another request."""
+"""The API as deployctl uses it: signed deploys and rollbacks (now or planned), records read by token or signed over
+`read:` and their id, planned ones cancelled signed over `cancel:` and their id. Each signature is made for its purpose
+(api.signature), so that none is valid for another request."""
 
 from __future__ import annotations
 
@@ -83,8 +84,9 @@ class Client:
 
     def start(self, action: str, fields: dict[str, str | None]) -> dict[str, Any]:
         """POST /deploy or /rollback with ?wait=false, its body signed for that action (a purpose of api.signature);
-        the 202 body ({"deployment_id", ...}). Sent once: the API accepts a signed body once only, so trying again is
-        a new call that signs the time anew."""
+        the 202 body ({"deployment_id", ...}; for a planned one, with `at` among the fields, "status": "scheduled"
+        and "at"). Sent once: the API accepts a signed body once only, so trying again is a new call that signs the
+        time anew."""
         assert self._secret is not None, "starting a deployment needs the webhook secret"
         body = encode_body(fields, int(self._clock()))
         headers = {"Content-Type": "application/json", HEADER: sign(self._secret, body, purpose=action)}
@@ -92,6 +94,13 @@ class Client:
         if not DEPLOYMENT_ID.fullmatch(str(answer.get("deployment_id", ""))):
             raise Unavailable(f"{self.url}/{action} answered without a deployment id: {answer}")
         return answer
+
+    def cancel(self, deployment_id: str) -> dict[str, Any]:
+        """DELETE /deployments/{id}, signed over `cancel:` and the id: the record, cancelled. Refused (409) unless it
+        is still planned."""
+        assert self._secret is not None, "cancelling a planned deployment needs the webhook secret"
+        headers = {HEADER: sign(self._secret, deployment_id.encode(), purpose="cancel")}
+        return self._request("DELETE", f"/deployments/{deployment_id}", headers=headers)
 
     def deployment(self, deployment_id: str) -> dict[str, Any]:
         """GET /deployments/{id}: signed over `read:` and the id when this client holds the secret, else with the read

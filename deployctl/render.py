@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import Any, TextIO
 
 from api.text import printable, printable_lines
+from deployctl import when
 
 SPINNER = "⠋⠙⠹⠸⠼⠴⠦⠧⠇⠏"
 LOG_TAIL_LINES = 20
@@ -22,6 +23,9 @@ OUTCOMES = {
     "interrupted": "was interrupted",
     "rejected": "was refused",
     "running": "is still running",
+    "scheduled": "is planned",
+    "cancelled": "was cancelled before it started",
+    "missed": "was missed: it did not start at its time",
 }
 
 
@@ -66,7 +70,7 @@ def step_line(step: dict[str, Any]) -> str:
 def outcome_lines(record: dict[str, Any]) -> list[str]:
     """The end of a deployment: what became of it, which image runs, and why it failed (error, log tail)."""
     outcome = record.get("outcome", "?")
-    mark = "✓" if outcome == "succeeded" else "…" if outcome == "running" else "✗"
+    mark = "✓" if outcome == "succeeded" else "…" if outcome in ("running", "scheduled") else "✗"
     words = OUTCOMES.get(outcome) or shown(record, "outcome", "?")
     lines = [f"{mark} {shown(record, 'action', 'deploy')} of {shown(record, 'service', '?')} {words}"]
     if record.get("duration_seconds") is not None:
@@ -98,22 +102,29 @@ def outcome_lines(record: dict[str, Any]) -> list[str]:
     return lines
 
 
-def record_lines(record: dict[str, Any]) -> list[str]:
-    """One deployment in full, for `deployctl show`."""
-    requested = shown(record, "image") or (
+def requested_image(record: dict[str, Any]) -> str:
+    """The image asked for; when none was, the one the API takes."""
+    return shown(record, "image") or (
         "the previous kept image" if record.get("action") == "rollback" else "the compose file's image"
     )
+
+
+def record_lines(record: dict[str, Any]) -> list[str]:
+    """One deployment in full, for `deployctl show`."""
+    # A planned deployment's started_at is when the API received it, until it starts.
+    started = "received" if record.get("outcome") in ("scheduled", "cancelled") else "started"
     fields = [
         ("deployment", shown(record, "id")),
         ("action", shown(record, "action")),
         ("service", shown(record, "service")),
         ("outcome", shown(record, "outcome")),
-        ("requested", requested),
+        ("requested", requested_image(record)),
         ("repository", shown(record, "repository")),
         ("commit", shown(record, "commit")),
         ("message", shown(record, "message")),
         ("source", shown(record, "source")),
-        ("started", timestamp(record.get("started_at")) + " UTC"),
+        ("planned for", when.utc_and_local(record["planned_at"]) if record.get("planned_at") else ""),
+        (started, timestamp(record.get("started_at")) + " UTC"),
         ("finished", timestamp(record.get("finished_at")) + (" UTC" if record.get("finished_at") else "")),
         ("duration", duration(record.get("duration_seconds"))),
         ("old image", image_label(record.get("old_image"), record.get("old_image_id"))),
@@ -125,8 +136,8 @@ def record_lines(record: dict[str, Any]) -> list[str]:
     if record.get("waiting"):
         fields.append(("waiting", shown(record, "waiting")))
     if record.get("reconciliation"):
-        when = f" at {timestamp(record['reconciled_at'])} UTC" if record.get("reconciled_at") else ""
-        fields.append(("reconciled", shown(record, "reconciliation") + when))
+        at = f" at {timestamp(record['reconciled_at'])} UTC" if record.get("reconciled_at") else ""
+        fields.append(("reconciled", shown(record, "reconciliation") + at))
     lines = [f"{name:<12} {value}" for name, value in fields if value]
     steps = record.get("steps") or []
     if steps:
@@ -153,15 +164,43 @@ def history_table(page: dict[str, Any]) -> list[str]:
         )
         for item in items
     ]
-    widths = [max(len(row[column]) for row in (header, *rows)) for column in range(len(header))]
-    lines = [
-        "  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip()
-        for row in [header, *rows]
-    ]
+    lines = _columns([header, *rows])
     first = page.get("offset", 0) + 1
     last = page.get("offset", 0) + len(items)
     lines.append(f"{first}-{last} of {printable(str(page.get('total', len(items))))}, newest first")
     return lines
+
+
+def schedules_table(page: dict[str, Any]) -> list[str]:
+    """The planned deployments, soonest first: when each is planned (here and in UTC) and when it was received."""
+    items = sorted(page.get("items", []), key=lambda item: str(item.get("planned_at") or ""))
+    if not items:
+        return ["No deploys are planned."]
+    header = ("ID", "SERVICE", "ACTION", "IMAGE", "AT (LOCAL)", "AT (UTC)", "RECEIVED (UTC)")
+    rows = [
+        (
+            shown(item, "id"),
+            shown(item, "service", "-"),
+            shown(item, "action"),
+            requested_image(item),
+            when.local(item.get("planned_at")),
+            when.utc(item.get("planned_at")),
+            timestamp(item.get("started_at")),
+        )
+        for item in items
+    ]
+    lines = _columns([header, *rows])
+    total = page.get("total", len(items))
+    if isinstance(total, int) and total > len(items):
+        lines.append(f"{len(items)} of {total} planned (the last received), soonest first")
+    else:
+        lines.append(f"{len(items)} planned, soonest first")
+    return lines
+
+
+def _columns(rows: list[tuple[str, ...]]) -> list[str]:
+    widths = [max(len(row[column]) for row in rows) for column in range(len(rows[0]))]
+    return ["  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)).rstrip() for row in rows]
 
 
 def waited_for(waiting: str) -> str:

@@ -1,10 +1,12 @@
 """A fake deployment API on loopback for the clients' unit tests: scripted answers, every request kept.
 
 Like the real API, it checks each signature for its purpose (api.signature): a body for the endpoint it was sent
-to (`rollback:` and the body for /rollback), `read:` and the id for GET /deployments/{id}; a signature made for
-another purpose is refused with the API's words. Like the real API with DEPLOY_REQUIRE_TIMESTAMP=true, it refuses
-a signed body without a fresh `timestamp`, or one it has received before; unlike it, it also keeps each such
-refusal in `problems`, and a test that leaves one there fails: the clients must never send either.
+to (`rollback:` and the body for /rollback), `read:` and the id for GET /deployments/{id}, `cancel:` and the id for
+DELETE /deployments/{id}; a signature made for another purpose is refused with the API's words. A body with `at` is
+planned (202, "scheduled"), and DELETE cancels the record GET would answer if it is planned, as the API does.
+Like the real API with DEPLOY_REQUIRE_TIMESTAMP=true, it refuses a signed body without a fresh `timestamp`, or one
+it has received before; unlike it, it also keeps each such refusal in `problems`, and a test that leaves one there
+fails: the clients must never send either.
 
 It also makes records that carry terminal escapes in every text (`hostile_record`), and finds what of them reached
 a client's output (`unprintable`)."""
@@ -17,6 +19,7 @@ import time
 import unicodedata
 from collections.abc import Iterator
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -163,8 +166,11 @@ class FakeApi:
                 return 403, {"detail": problem}
             if self.start_answer is not None:
                 return self.start_answer
-            service = json.loads(seen.body)["service"]
+            document = json.loads(seen.body)
+            service = document["service"]
             status_url = f"/deployments/{DEPLOYMENT_ID}"
+            if "at" in document:
+                return planned(document["at"], service)
             return 202, {
                 "deployment_id": DEPLOYMENT_ID,
                 "service": service,
@@ -176,6 +182,8 @@ class FakeApi:
                 return 401, {"detail": "A valid read token is required: Authorization: Bearer <DEPLOY_READ_TOKEN>"}
             return 200, self.page
         deployment_id = parts.path.removeprefix("/deployments/")
+        if seen.method == "DELETE":
+            return self.cancel(deployment_id, signature)
         if not bearer and signature is None:
             return 401, {
                 "detail": "A valid read token, or X-Hub-Signature-256 over read: and the deployment id, is required"
@@ -189,6 +197,20 @@ class FakeApi:
             self.unavailable_reads -= 1
             return 502, {"detail": "Bad gateway"}
         return 200, self.timeline.pop(0) if len(self.timeline) > 1 else self.timeline[0]
+
+    def cancel(self, deployment_id: str, signature: str | None) -> tuple[int, dict[str, Any]]:
+        """DELETE /deployments/{id}: the record GET answers, cancelled, if it is planned."""
+        if not is_valid(SECRET.encode(), deployment_id.encode(), signature, "cancel"):
+            return 403, {"detail": self.invalid_signature(deployment_id.encode(), signature, "cancel")}
+        if deployment_id != DEPLOYMENT_ID:
+            return 404, {"detail": f"No deployment '{deployment_id}'"}
+        current = self.timeline[0]
+        if current["outcome"] != "scheduled":
+            detail = f"Deployment {deployment_id} is {current['outcome']}: only a scheduled one can be cancelled"
+            return 409, {"detail": detail}
+        finished_at = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+        self.timeline = [{**current, "outcome": "cancelled", "finished_at": finished_at}]
+        return 200, self.timeline[0]
 
     def invalid_signature(self, payload: bytes, header: str | None, purpose: str) -> str:
         """The API's 403 detail: what a signature valid for another purpose was made for."""
@@ -214,6 +236,24 @@ class FakeApi:
         return [seen for seen in self.seen if seen.method == method]
 
 
+def planned(at: Any, service: str) -> tuple[int, dict[str, Any]]:
+    """The API's answer to a body with `at`: 422 unless it is a date-time with an offset, else the planned deploy's
+    202, its time in UTC to the second."""
+    try:
+        moment = datetime.fromisoformat(at)
+    except (TypeError, ValueError):
+        moment = None
+    if moment is None or moment.tzinfo is None:
+        return 422, {"detail": [f"at: Input should be a date-time with its offset: {at!r}"]}
+    return 202, {
+        "deployment_id": DEPLOYMENT_ID,
+        "service": service,
+        "status": "scheduled",
+        "at": moment.astimezone(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "status_url": f"/deployments/{DEPLOYMENT_ID}",
+    }
+
+
 def serving() -> Iterator[FakeApi]:
     """Body of a `fake_api` fixture: a FakeApi listening on a loopback port, shut down afterwards."""
     api = FakeApi()
@@ -223,6 +263,9 @@ def serving() -> Iterator[FakeApi]:
             self.answer()
 
         def do_POST(self) -> None:
+            self.answer()
+
+        def do_DELETE(self) -> None:
             self.answer()
 
         def answer(self) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import subprocess
 import sys
 import time
@@ -45,12 +46,12 @@ def test_help_describes_every_command_with_examples_and_the_exit_codes(capsys):
         main(["--help"])
     assert exit_info.value.code == 0
     text = capsys.readouterr().out
-    for command in ("deploy", "rollback", "history", "show", "sign"):
-        assert f"\n    {command} " in text, f"{command} has a help line"
+    for command in ("deploy", "rollback", "history", "schedules", "cancel", "show", "sign"):
+        assert re.search(rf"\n    {command}\s+\w", text), f"{command} has a help line"
     assert "WEBHOOK_SECRET" in text and "DEPLOY_READ_TOKEN" in text and "DEPLOY_URL" in text
     for code in range(5):
         assert f"\n  {code}  " in text, f"exit code {code} is documented"
-    for command in ("deploy", "rollback", "history", "show", "sign"):
+    for command in ("deploy", "rollback", "history", "schedules", "cancel", "show", "sign"):
         with pytest.raises(SystemExit):
             main([command, "--help"])
         assert f"examples:\n  deployctl {command}" in capsys.readouterr().out
@@ -487,9 +488,11 @@ def test_sign_prints_the_header_for_the_exact_bytes_of_a_file_or_stdin(capsys, m
     assert (code, out) == (0, sign(SECRET.encode(), body.rstrip()) + "\n")
 
 
-@pytest.mark.parametrize("purpose", ["deploy", "rollback", "read"])
+@pytest.mark.parametrize("purpose", ["deploy", "rollback", "read", "cancel"])
 def test_sign_for_a_purpose_signs_what_the_api_checks_for_it_and_nothing_else(capsys, tmp_path, purpose):
-    payload = DEPLOYMENT_ID.encode() if purpose == "read" else b'{"service":"portal","timestamp":1764211152}'
+    payload = (
+        DEPLOYMENT_ID.encode() if purpose in ("read", "cancel") else b'{"service":"portal","timestamp":1764211152}'
+    )
     (tmp_path / "payload").write_bytes(payload)
 
     code, out, _ = run(capsys, "sign", "payload", "--value", *(["--for", purpose] if purpose != "deploy" else []))
@@ -497,17 +500,18 @@ def test_sign_for_a_purpose_signs_what_the_api_checks_for_it_and_nothing_else(ca
     assert code == 0
     signature = out.rstrip("\n")
     assert signature == sign(SECRET.encode(), payload, purpose)
-    for other in {"deploy", "rollback", "read"} - {purpose}:
+    for other in {"deploy", "rollback", "read", "cancel"} - {purpose}:
         assert not is_valid(SECRET.encode(), payload, signature, other), f"made for {purpose}, refused for {other}"
 
 
-def test_sign_help_shows_a_rollback_and_a_read(capsys):
+def test_sign_help_shows_a_rollback_a_read_and_a_cancel(capsys):
     with pytest.raises(SystemExit):
         main(["sign", "--help"])
     text = capsys.readouterr().out
-    assert "--for {deploy,rollback,read}" in text
+    assert "--for {deploy,rollback,read,cancel}" in text
     assert "| deployctl sign --for rollback --value" in text
     assert f"printf %s {DEPLOYMENT_ID} | deployctl sign --for read --value" in text
+    assert "printf %s 20261201T101500-5e6f7a8b | deployctl sign --for cancel --value" in text
 
 
 def assert_printed_escaped(text: str) -> None:
@@ -651,4 +655,4 @@ def test_sign_refuses_a_deploy_body_that_starts_as_another_purpose_s_message(cap
 
     assert code == 2
     assert out == ""
-    assert "a body for POST /deploy never starts with 'rollback:' or 'read:'" in err
+    assert "a body for POST /deploy never starts with 'rollback:', 'read:' or 'cancel:'" in err

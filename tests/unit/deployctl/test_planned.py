@@ -1,0 +1,399 @@
+"""deployctl and planned deploys against the fake API: deploy and rollback --at, schedules, cancel.
+
+Every test runs in one local time zone, Central European time, given as a POSIX TZ rule so that it needs no time zone
+database: CET (+01:00) in winter, CEST (+02:00) from the last Sunday of March 02:00 to the last Sunday of October
+03:00."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+from fakeapi import DEPLOYMENT_ID, HOSTILE, HOSTILE_ESCAPED, READ_TOKEN, SECRET, record, unprintable
+
+from api.signature import is_valid
+from deployctl.cli import main
+
+CENTRAL_EUROPE = "CET-1CEST,M3.5.0,M10.5.0/3"
+ACCEPTED = (
+    "give 2026-12-08T02:00:00Z or 2026-12-08T03:00:00+01:00 (RFC 3339, with its offset), or 2026-12-08 03:00 "
+    "(a date-time without one, in this machine's time zone, CET/CEST)"
+)
+OTHER_ID = "20261201T101500-5e6f7a8b"
+
+
+def set_zone(zone: str | None) -> None:
+    if zone is None:
+        os.environ.pop("TZ", None)
+    else:
+        os.environ["TZ"] = zone
+    time.tzset()
+
+
+@pytest.fixture(autouse=True)
+def local_zone() -> Iterator[None]:
+    saved = os.environ.get("TZ")
+    set_zone(CENTRAL_EUROPE)
+    yield
+    set_zone(saved)
+
+
+def run(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    assert SECRET not in out + err, "the secret is never printed"
+    return code, out, err
+
+
+def usage_error(capsys, *argv: str) -> str:
+    """What argparse printed when it refused argv (exit 2)."""
+    with pytest.raises(SystemExit) as exit_info:
+        main(list(argv))
+    assert exit_info.value.code == 2
+    return capsys.readouterr().err
+
+
+def planned_record(planned_at: str = "2026-12-08T02:00:00Z", **fields: Any) -> dict[str, Any]:
+    """A record as the API keeps a planned deploy: nothing run yet, started_at when it was received."""
+    return record(
+        "scheduled",
+        [],
+        **{
+            "planned_at": planned_at,
+            "trigger": "webhook",
+            "started_at": "2026-12-01T10:15:00.000Z",
+            "finished_at": None,
+            "duration_seconds": None,
+            "http_status": None,
+            "old_image": None,
+            "old_image_id": None,
+            "new_image": None,
+            "new_image_id": None,
+            **fields,
+        },
+    )
+
+
+def test_deploy_at_a_utc_time_signs_at_and_is_planned_without_following(capsys, fake_api):
+    code, out, err = run(capsys, "deploy", "portal", "acme/portal:1.4.2", "--at", "2026-12-08T02:00:00Z")
+
+    assert (code, err) == (0, "")
+    (start,) = fake_api.seen
+    assert (start.method, start.path, start.query) == ("POST", "/deploy", {"wait": ["false"]})
+    assert start.body == (
+        b'{"service":"portal","image":"acme/portal:1.4.2","at":"2026-12-08T02:00:00+00:00","timestamp":%d}'
+        % start.timestamp
+    )
+    assert is_valid(SECRET.encode(), start.body, start.headers["X-Hub-Signature-256"], "deploy")
+    assert out == f"Scheduled {DEPLOYMENT_ID}: deploy portal at 2026-12-08 02:00:00 UTC (2026-12-08 03:00:00 CET)\n"
+
+
+@pytest.mark.parametrize(
+    ("given", "sent", "utc", "local"),
+    [
+        ("2026-12-08T02:00:00Z", "2026-12-08T02:00:00+00:00", "2026-12-08 02:00:00", "2026-12-08 03:00:00 CET"),
+        ("2026-12-08t02:00:00z", "2026-12-08T02:00:00+00:00", "2026-12-08 02:00:00", "2026-12-08 03:00:00 CET"),
+        ("2026-12-08T03:00:00+01:00", "2026-12-08T03:00:00+01:00", "2026-12-08 02:00:00", "2026-12-08 03:00:00 CET"),
+        ("2026-12-07T21:00:00-05:00", "2026-12-07T21:00:00-05:00", "2026-12-08 02:00:00", "2026-12-08 03:00:00 CET"),
+        ("2026-12-08 03:00", "2026-12-08T03:00:00+01:00", "2026-12-08 02:00:00", "2026-12-08 03:00:00 CET"),
+        ("2026-12-08T03:00:00.750", "2026-12-08T03:00:00+01:00", "2026-12-08 02:00:00", "2026-12-08 03:00:00 CET"),
+        ("2026-07-01 03:00:00", "2026-07-01T03:00:00+02:00", "2026-07-01 01:00:00", "2026-07-01 03:00:00 CEST"),
+    ],
+    ids=["Z", "lower-case", "offset", "negative-offset", "local-winter", "local-sub-seconds", "local-summer"],
+)
+def test_each_form_of_time_is_sent_with_its_offset_and_printed_in_utc_and_local_time(
+    capsys, fake_api, given, sent, utc, local
+):
+    code, out, _ = run(capsys, "deploy", "portal", "--at", given)
+
+    assert code == 0
+    (start,) = fake_api.requests("POST")
+    assert json.loads(start.body)["at"] == sent
+    assert out == f"Scheduled {DEPLOYMENT_ID}: deploy portal at {utc} UTC ({local})\n"
+
+
+@pytest.mark.parametrize(
+    ("zone", "sent"),
+    [
+        ("UTC0", "2026-12-08T03:00:00+00:00"),
+        ("EST5EDT,M3.2.0,M11.1.0", "2026-12-08T03:00:00-05:00"),
+        ("<+0530>-5:30", "2026-12-08T03:00:00+05:30"),
+    ],
+)
+def test_a_time_without_offset_is_taken_in_the_machine_s_zone(capsys, fake_api, zone, sent):
+    set_zone(zone)
+
+    assert run(capsys, "deploy", "portal", "--at", "2026-12-08T03:00")[0] == 0
+
+    (start,) = fake_api.requests("POST")
+    assert json.loads(start.body)["at"] == sent
+
+
+def test_a_local_time_the_clocks_skip_or_repeat_is_refused_asking_for_the_offset(capsys, fake_api):
+    skipped = usage_error(capsys, "deploy", "portal", "--at", "2026-03-29 02:30")
+    repeated = usage_error(capsys, "deploy", "portal", "--at", "2026-10-25 02:30")
+
+    assert (
+        "argument --at: 2026-03-29 02:30:00 does not exist in this machine's time zone (CET/CEST): the clocks skip "
+        "it; give a time with its offset" in skipped
+    )
+    assert (
+        "argument --at: 2026-10-25 02:30:00 comes twice in this machine's time zone (CET/CEST), as the clocks go "
+        "back: give it with its offset, 2026-10-25T02:30:00+02:00 or 2026-10-25T02:30:00+01:00" in repeated
+    )
+    assert fake_api.seen == []
+
+
+@pytest.mark.parametrize(
+    "given",
+    [
+        "tomorrow",
+        "2026-12-08",
+        "1796263200",
+        "03:00",
+        "2026-12-08T02:00:00+0100",
+        "08.12.2026 03:00",
+        "2026-13-08T02:00:00Z",
+        "2026-12-08T25:00:00Z",
+        "",
+    ],
+)
+def test_a_time_deployctl_cannot_read_exits_2_naming_the_accepted_forms(capsys, fake_api, given):
+    err = usage_error(capsys, "deploy", "portal", "--at", given)
+
+    assert "usage: deployctl deploy" in err
+    assert f"error: argument --at: '{given}' is not a time" in err
+    assert err.rstrip().endswith(ACCEPTED)
+    assert fake_api.seen == []
+
+
+def test_an_unreadable_time_is_echoed_escaped(capsys):
+    err = usage_error(capsys, "rollback", "portal", "--at", HOSTILE)
+
+    assert unprintable(err) == []
+    assert f"'{HOSTILE_ESCAPED}' is not a time" in err
+
+
+def test_json_prints_the_planned_deploy_s_202_body(capsys, fake_api):
+    code, out, _ = run(capsys, "deploy", "portal", "--at", "2026-12-08T03:00:00+01:00", "--json")
+
+    assert code == 0
+    assert json.loads(out) == {
+        "deployment_id": DEPLOYMENT_ID,
+        "service": "portal",
+        "status": "scheduled",
+        "at": "2026-12-08T02:00:00Z",
+        "status_url": f"/deployments/{DEPLOYMENT_ID}",
+    }
+    assert fake_api.requests("GET") == []
+
+
+def test_rollback_at_is_planned_and_signed_for_rollback(capsys, fake_api):
+    code, out, _ = run(capsys, "rollback", "portal", "--message", "1.4.2 breaks logins", "--at", "2026-12-08 03:00")
+
+    assert code == 0
+    (start,) = fake_api.requests("POST")
+    assert start.path == "/rollback"
+    assert start.body == (
+        b'{"service":"portal","message":"1.4.2 breaks logins","at":"2026-12-08T03:00:00+01:00","timestamp":%d}'
+        % start.timestamp
+    )
+    assert is_valid(SECRET.encode(), start.body, start.headers["X-Hub-Signature-256"], "rollback")
+    assert not is_valid(SECRET.encode(), start.body, start.headers["X-Hub-Signature-256"], "deploy")
+    assert out == f"Scheduled {DEPLOYMENT_ID}: rollback portal at 2026-12-08 02:00:00 UTC (2026-12-08 03:00:00 CET)\n"
+
+
+def test_a_time_the_api_refuses_exits_3_with_its_detail(capsys, fake_api):
+    fake_api.start_answer = (400, {"detail": "at 2025-01-01T00:00:00Z is in the past"})
+
+    code, out, err = run(capsys, "deploy", "portal", "--at", "2025-01-01T00:00:00Z")
+
+    assert (code, out) == (3, "")
+    assert err == "deployctl: refused by the API (400): at 2025-01-01T00:00:00Z is in the past\n"
+
+
+def test_an_api_that_started_the_deploy_at_once_exits_4_and_says_so(capsys, fake_api):
+    """An API from before planned deploys ignores `at`: deployctl must not report the deploy as planned."""
+    accepted = {"deployment_id": DEPLOYMENT_ID, "service": "portal", "status": "running", "status_url": "/x"}
+    fake_api.start_answer = (202, accepted)
+
+    code, out, err = run(capsys, "deploy", "portal", "--at", "2026-12-08T02:00:00Z")
+
+    assert (code, out) == (4, "")
+    assert err == (
+        f"deployctl: the API started deploy {DEPLOYMENT_ID} now instead of planning it: it does not know `at` "
+        f"(a version from before planned deploys); see it with: deployctl show {DEPLOYMENT_ID}\n"
+    )
+    assert fake_api.requests("GET") == []
+
+
+def test_schedules_is_a_table_of_the_planned_deploys_soonest_first(capsys, fake_api, monkeypatch):
+    monkeypatch.setenv("DEPLOY_READ_TOKEN", READ_TOKEN)
+    later = planned_record("2026-12-08T02:00:00Z")
+    sooner = planned_record("2026-07-01T01:00:00Z", id=OTHER_ID, action="rollback", image=None)
+    sooner["started_at"] = "2026-12-01T10:20:00.000Z"
+    fake_api.page = {"items": [sooner, later], "total": 2, "limit": 100, "offset": 0}
+
+    code, out, _ = run(capsys, "schedules", "--service", "portal")
+
+    assert code == 0
+    (read,) = fake_api.requests("GET")
+    assert read.path == "/deployments" and read.headers["Authorization"] == f"Bearer {READ_TOKEN}"
+    assert read.query == {"service": ["portal"], "outcome": ["scheduled"], "limit": ["100"]}
+    assert out.splitlines() == [
+        "ID                        SERVICE  ACTION    IMAGE                    AT (LOCAL)                "
+        "AT (UTC)             RECEIVED (UTC)",
+        "20261201T101500-5e6f7a8b  portal   rollback  the previous kept image  2026-07-01 03:00:00 CEST  "
+        "2026-07-01 01:00:00  2026-12-01 10:20:00",
+        "20251127T023912-1a2b3c4d  portal   deploy    acme/portal:1.4.2        2026-12-08 03:00:00 CET   "
+        "2026-12-08 02:00:00  2026-12-01 10:15:00",
+        "2 planned, soonest first",
+    ]
+    code, out, _ = run(capsys, "schedules", "--json")
+    assert (code, json.loads(out)) == (0, fake_api.page)
+    assert fake_api.requests("GET")[-1].query == {"outcome": ["scheduled"], "limit": ["100"]}
+
+
+def test_schedules_names_the_compose_file_s_image_and_says_when_more_are_planned(capsys, fake_api, monkeypatch):
+    monkeypatch.setenv("DEPLOY_READ_TOKEN", READ_TOKEN)
+    fake_api.page = {"items": [planned_record(image=None)], "total": 101, "limit": 100, "offset": 0}
+
+    code, out, _ = run(capsys, "schedules")
+
+    assert code == 0
+    assert "  deploy  the compose file's image  2026-12-08 03:00:00 CET  " in out
+    assert out.endswith("\n1 of 101 planned (the last received), soonest first\n")
+
+
+def test_schedules_with_none_planned_says_so(capsys, fake_api, monkeypatch):
+    monkeypatch.setenv("DEPLOY_READ_TOKEN", READ_TOKEN)
+    fake_api.page = {"items": [], "total": 0, "limit": 100, "offset": 0}
+
+    assert run(capsys, "schedules") == (0, "No deploys are planned.\n", "")
+
+
+def test_schedules_needs_the_read_token(capsys, fake_api):
+    code, _, err = run(capsys, "schedules")
+
+    assert code == 2
+    assert "schedules needs DEPLOY_READ_TOKEN" in err
+    assert fake_api.seen == []
+
+
+def test_schedules_cells_are_printed_escaped(capsys, fake_api, monkeypatch):
+    monkeypatch.setenv("DEPLOY_READ_TOKEN", READ_TOKEN)
+    hostile = planned_record(HOSTILE, image=HOSTILE + "acme/portal:1.4.2", service=HOSTILE + "portal")
+    fake_api.page = {"items": [hostile], "total": 1, "limit": 100, "offset": 0}
+
+    code, out, err = run(capsys, "schedules")
+
+    assert code == 0
+    assert unprintable(out + err) == []
+    assert f"  {HOSTILE_ESCAPED}portal  " in out and f"  {HOSTILE_ESCAPED}acme/portal:1.4.2  " in out
+    assert out.count(HOSTILE_ESCAPED) == 4, "service, image, and the time that is none, in both columns"
+
+
+def test_cancel_signs_the_id_for_cancel_and_prints_what_was_planned(capsys, fake_api):
+    fake_api.timeline = [planned_record()]
+
+    code, out, err = run(capsys, "cancel", DEPLOYMENT_ID)
+
+    assert (code, err) == (0, "")
+    (cancel,) = fake_api.seen
+    assert (cancel.method, cancel.path, cancel.body) == ("DELETE", f"/deployments/{DEPLOYMENT_ID}", b"")
+    signature = cancel.headers["X-Hub-Signature-256"]
+    assert is_valid(SECRET.encode(), DEPLOYMENT_ID.encode(), signature, "cancel")
+    assert not is_valid(SECRET.encode(), DEPLOYMENT_ID.encode(), signature, "read"), "made for cancel only"
+    assert out == (
+        f"Cancelled {DEPLOYMENT_ID}: deploy portal planned for 2026-12-08 02:00:00 UTC (2026-12-08 03:00:00 CET)\n"
+    )
+
+
+def test_cancel_json_prints_the_cancelled_record(capsys, fake_api):
+    fake_api.timeline = [planned_record(action="rollback", image=None)]
+
+    code, out, _ = run(capsys, "cancel", DEPLOYMENT_ID, "--json")
+
+    assert code == 0
+    cancelled = json.loads(out)
+    assert (cancelled["outcome"], cancelled["action"], cancelled["planned_at"]) == (
+        "cancelled",
+        "rollback",
+        "2026-12-08T02:00:00Z",
+    )
+    assert cancelled["finished_at"] is not None
+
+
+@pytest.mark.parametrize(
+    ("deployment_id", "timeline", "printed"),
+    [
+        (
+            DEPLOYMENT_ID,
+            [record()],
+            f"(409): Deployment {DEPLOYMENT_ID} is succeeded: only a scheduled one can be cancelled",
+        ),
+        (DEPLOYMENT_ID, [record("running", [])], "(409): Deployment 20251127T023912-1a2b3c4d is running"),
+        (OTHER_ID, [planned_record()], f"(404): No deployment '{OTHER_ID}'"),
+    ],
+    ids=["finished", "started", "unknown"],
+)
+def test_cancel_refused_exits_3_with_the_api_detail_on_one_line(capsys, fake_api, deployment_id, timeline, printed):
+    fake_api.timeline = timeline
+
+    code, out, err = run(capsys, "cancel", deployment_id)
+
+    assert (code, out) == (3, "")
+    assert err.startswith(f"deployctl: refused by the API {printed}")
+    assert err.count("\n") == 1
+
+
+def test_cancel_with_a_wrong_secret_exits_3(capsys, fake_api, monkeypatch):
+    monkeypatch.setenv("WEBHOOK_SECRET", "not-the-secret-" + "x" * 32)
+    fake_api.timeline = [planned_record()]
+
+    code, _, err = run(capsys, "cancel", DEPLOYMENT_ID)
+
+    assert code == 3
+    assert "refused by the API (403): Invalid signature" in err
+    assert fake_api.timeline[0]["outcome"] == "scheduled"
+
+
+def test_cancel_of_an_unreachable_api_exits_4(capsys, fake_api):
+    closed = fake_api.url.rsplit(":", 1)[0] + ":9"
+
+    code, _, err = run(capsys, "--url", closed, "cancel", DEPLOYMENT_ID)
+
+    assert code == 4
+    assert f"deployctl: the API did not answer: {closed}/deployments/{DEPLOYMENT_ID}" in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["cancel", "../etc/passwd"], "'../etc/passwd' is not a deployment id"),
+        (["cancel", DEPLOYMENT_ID], "WEBHOOK_SECRET is not set"),
+    ],
+)
+def test_cancel_without_an_id_or_the_secret_exits_2(capsys, fake_api, monkeypatch, argv, message):
+    monkeypatch.delenv("WEBHOOK_SECRET")
+
+    code, _, err = run(capsys, *argv)
+
+    assert code == 2
+    assert message in err
+    assert fake_api.seen == []
+
+
+def test_show_of_a_planned_deploy_says_when_it_is_planned_and_was_received(capsys, fake_api):
+    fake_api.timeline = [planned_record()]
+
+    code, out, _ = run(capsys, "show", DEPLOYMENT_ID)
+
+    assert code == 0
+    assert "planned for  2026-12-08 02:00:00 UTC (2026-12-08 03:00:00 CET)\n" in out
+    assert "received     2026-12-01 10:15:00 UTC\n" in out and "started " not in out
+    assert out.endswith("… deploy of portal is planned\n")

@@ -95,6 +95,17 @@ MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE deployments ADD COLUMN signers TEXT NOT NULL DEFAULT '[]';
     CREATE INDEX deployments_planned ON deployments (planned_at) WHERE outcome = 'scheduled';
     """,
+    # 8 -> 9: the recurring schedules (deploy_services.<name>.schedule) as last seen, and their latest tick recorded;
+    # one record per service and tick, whoever creates it.
+    """
+    CREATE TABLE schedules (
+        service TEXT PRIMARY KEY,
+        cron TEXT NOT NULL,
+        timezone TEXT NOT NULL,
+        last_tick TEXT NOT NULL
+    );
+    CREATE UNIQUE INDEX deployments_schedule_ticks ON deployments (service, planned_at) WHERE triggered_by = 'schedule';
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -384,6 +395,47 @@ class History:
                 ).rowcount
                 == 1
             )
+
+    def schedule_state(self, service: str) -> tuple[str, str, str] | None:
+        """A recurring schedule as last seen: its cron expression, its zone, and its latest tick recorded (UTC)."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT cron, timezone, last_tick FROM schedules WHERE service = ?", (service,)
+            ).fetchone()
+        return None if row is None else (row[0], row[1], row[2])
+
+    def remember_schedule(self, service: str, cron: str, timezone: str, last_tick: str) -> None:
+        """A schedule seen for the first time, or changed: its ticks up to `last_tick` do not count."""
+        with self._lock:
+            self._db.execute(
+                "INSERT INTO schedules (service, cron, timezone, last_tick) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (service) DO UPDATE SET cron = excluded.cron, timezone = excluded.timezone, "
+                "last_tick = excluded.last_tick",
+                (service, cron, timezone, last_tick),
+            )
+
+    def record_tick(self, **record: Unpack[RecordFields]) -> bool:
+        """Create the planned deploy of a schedule's tick (`planned_at`) and make it the schedule's latest, in one
+        transaction; False when the tick has its record already (two passes, a restart), which is left alone."""
+        record.setdefault("started_at", now())
+        fields = [field for field in _FIELDS if field in record]
+        values = [_encode(field, record[field]) for field in fields]  # type: ignore[literal-required]
+        columns = ", ".join(_column(field) for field in fields)
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                created = self._db.execute(
+                    f"INSERT OR IGNORE INTO deployments ({columns}) VALUES ({', '.join('?' * len(fields))})", values
+                ).rowcount
+                self._db.execute(
+                    "UPDATE schedules SET last_tick = ? WHERE service = ? AND last_tick < ?",
+                    (record.get("planned_at"), record.get("service"), record.get("planned_at")),
+                )
+                self._db.execute("COMMIT")
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+        return created == 1
 
     def awaiting(self) -> builtins.list[Record]:
         """The records awaiting reconciliation, oldest first, with their internal fields."""

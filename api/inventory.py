@@ -18,6 +18,7 @@ from ansible.parsing.dataloader import DataLoader
 from ansible.template import Templar
 from ansible.vars.manager import VariableManager
 
+from api.schedules import Schedule, parse_schedule
 from api.settings import DEFAULT_SIGNER, SECRET_ENV
 from module_utils import deploy_rules
 from module_utils.deploy_rules import RECREATE, allows_image
@@ -41,6 +42,9 @@ class ServicePolicy:
     # (deploy_rules.settings_problem): a deploy of it is refused until the inventory is fixed.
     strategy: str = RECREATE
     problem: str = ""
+    # Its recurring deploy (api/schedules.py), if any, and what is wrong with it: the inventory is refused then.
+    schedule: Schedule | None = None
+    schedule_problem: str = ""
 
     def signs(self, signers: Collection[str]) -> bool:
         """Whether one of the secret sets that signed a request may deploy the service."""
@@ -146,15 +150,23 @@ def _names(value: object) -> list[str]:
     return [str(item) for item in value] if isinstance(value, list | tuple) else [str(value)]
 
 
-def _policy(service: str, entry: dict[str, Any]) -> ServicePolicy:
+def _policy(service: str, entry: dict[str, Any], schedule_timezone: str) -> ServicePolicy:
     repositories = deploy_rules.repositories(entry)
     problem = deploy_rules.settings_problem(service, entry)
     strategy = str(entry.get("strategy") or RECREATE) if not problem else RECREATE
+    schedule, schedule_problem = None, ""
+    if entry.get("schedule") is not None:
+        try:
+            schedule = parse_schedule(entry["schedule"], schedule_timezone)
+        except ValueError as error:
+            schedule_problem = str(error)
     return ServicePolicy(
         tuple(sorted(set(_names(entry.get("secret_env"))))),
         tuple(sorted(set(repositories))) or None,
         strategy,
         problem,
+        schedule,
+        schedule_problem,
     )
 
 
@@ -187,7 +199,54 @@ def secret_env_problems(view: InventoryView, known: Collection[str]) -> list[str
     return problems
 
 
-def read_inventory(path: Path) -> InventoryView:
+@dataclass(frozen=True)
+class ServiceSchedule:
+    """A service's recurring deploy, the hosts whose entries hold it, and the secret sets a tick signs with: the
+    service's secret_env names on those hosts, or WEBHOOK_SECRET where it has none."""
+
+    service: str
+    schedule: Schedule
+    hosts: tuple[str, ...]
+    signers: frozenset[str]
+
+
+def service_schedules(view: InventoryView) -> dict[str, ServiceSchedule]:
+    """Every service's recurring deploy. Where the hosts disagree (schedule_problems refuses such an inventory), the
+    first host's counts."""
+    found: dict[str, ServiceSchedule] = {}
+    for host, services in view.everywhere.host_services.items():
+        for service, policy in services.items():
+            if policy.schedule is None:
+                continue
+            signers = frozenset(policy.secret_envs or (DEFAULT_SIGNER,))
+            known = found.get(service)
+            if known is None:
+                found[service] = ServiceSchedule(service, policy.schedule, (host,), signers)
+            elif known.schedule == policy.schedule:
+                found[service] = ServiceSchedule(service, known.schedule, (*known.hosts, host), known.signers | signers)
+    return dict(sorted(found.items()))
+
+
+def schedule_problems(view: InventoryView) -> list[str]:
+    """What is wrong with the schedules of the inventory: one that does not parse, or a service whose hosts hold
+    different schedules (one tick deploys the service once, to the hosts of the default environment)."""
+    problems = []
+    first: dict[str, tuple[str, Schedule]] = {}
+    for host, services in view.everywhere.host_services.items():
+        for service, policy in services.items():
+            if policy.schedule_problem:
+                problems.append(f"host {host}, service {service!r}: {policy.schedule_problem}")
+            elif policy.schedule is not None:
+                other_host, schedule = first.setdefault(service, (host, policy.schedule))
+                if schedule != policy.schedule:
+                    problems.append(
+                        f"host {host}, service {service!r}: schedule differs from host {other_host}'s; a service has "
+                        "one schedule"
+                    )
+    return problems
+
+
+def read_inventory(path: Path, schedule_timezone: str = "UTC") -> InventoryView:
     """Every host's services (its `deploy_services`) with their policies, and every host's compose directory."""
     loader = DataLoader()
     inventory = InventoryManager(loader=loader, sources=[str(path)])
@@ -198,7 +257,8 @@ def read_inventory(path: Path) -> InventoryView:
         host_vars = variables.get_vars(host=host)
         services = host_vars.get("deploy_services") or {}
         host_services[host.name] = {
-            str(name): _policy(str(name), entry if isinstance(entry, dict) else {}) for name, entry in services.items()
+            str(name): _policy(str(name), entry if isinstance(entry, dict) else {}, schedule_timezone)
+            for name, entry in services.items()
         }
         if "deploy_compose_dir" in host_vars:
             compose_dir = Templar(loader=loader, variables=host_vars).template(host_vars["deploy_compose_dir"])
@@ -220,14 +280,15 @@ def read_inventory(path: Path) -> InventoryView:
 class Inventory:
     """The inventory, read again whenever one of its files changes.
 
-    An inventory whose secret_env names a variable the API does not hold is refused: at start (InventoryError), and
-    after a change (`problem` says why, the last good view is kept for reading, and no deploy runs until it is
-    fixed), so that a typo can neither leave a service open to WEBHOOK_SECRET nor fail silently.
+    An inventory whose secret_env names a variable the API does not hold, or with a schedule that is wrong, is refused:
+    at start (InventoryError), and after a change (`problem` says why, the last good view is kept for reading, and no
+    deploy runs until it is fixed), so that a typo can neither leave a service open to WEBHOOK_SECRET nor fail silently.
     """
 
-    def __init__(self, path: Path, secret_names: Collection[str] = ()):
+    def __init__(self, path: Path, secret_names: Collection[str] = (), schedule_timezone: str = "UTC"):
         self.path = path
         self.secret_names = frozenset(secret_names)
+        self.schedule_timezone = schedule_timezone
         self._lock = threading.Lock()
         self._stamp: float | None = None
         self._view: InventoryView | None = None
@@ -245,8 +306,8 @@ class Inventory:
             return self._view
 
     def _reload(self) -> None:
-        view = read_inventory(self.path)
-        problems = secret_env_problems(view, self.secret_names)
+        view = read_inventory(self.path, self.schedule_timezone)
+        problems = secret_env_problems(view, self.secret_names) + schedule_problems(view)
         if problems:
             self.problem = f"{self.path}: " + "; ".join(problems)
             if self._view is not None:

@@ -76,7 +76,9 @@ def create_app(settings: Settings | None = None, clock: Callable[[], float] = ti
         app.state.settings = current = settings or get_settings()
         app.state.clock = clock
         logs.configure(current.log_format)
-        app.state.inventory = inventory = Inventory(current.deploy_inventory, current.service_secrets)
+        app.state.inventory = inventory = Inventory(
+            current.deploy_inventory, current.service_secrets, current.deploy_schedule_timezone
+        )
         inventory.view()
         with instance_lock(current.deploy_state_dir):
             history = History(current.history_file, current.deploy_history_retention)
@@ -86,8 +88,12 @@ def create_app(settings: Settings | None = None, clock: Callable[[], float] = ti
             app.state.engines = engines = EngineWatch(
                 current, deployer, hosts=lambda: inventory.view().everywhere.hosts
             )
+            app.state.scheduler = scheduler = Scheduler(current, deployer, inventory, rate_limits, clock)
             app.state.metrics = metrics = Metrics(
-                history, services=lambda: inventory.view().services, engines=engines.reachability
+                history,
+                services=lambda: inventory.view().services,
+                engines=engines.reachability,
+                next_runs=lambda: {entry.service: tick.timestamp() for entry, tick in scheduler.next_runs()},
             )
             urls = current.deploy_notify_urls.get_secret_value() if current.deploy_notify_urls else None
             notifier = Notifier(urls, current.deploy_notify_events, on_result=metrics.notification)
@@ -102,7 +108,6 @@ def create_app(settings: Settings | None = None, clock: Callable[[], float] = ti
             reconciler = Reconciler(recovery, current.deploy_reconcile_interval)
             deployer.on_awaiting = reconciler.add
             engines.on_answer = reconciler.host_answers
-            app.state.scheduler = scheduler = Scheduler(current, deployer, inventory, rate_limits, clock)
             # Recovery first: a planned deploy a crash left `running` is interrupted, never started again.
             reconciler.start(recovery.recover())
             scheduler.start()

@@ -99,6 +99,23 @@ class EngineCollector(Collector):
         yield up
 
 
+class ScheduleCollector(Collector):
+    """When each recurring schedule ticks next, as the scheduler computes it from the inventory."""
+
+    def __init__(self, next_runs: Callable[[], Mapping[str, float]]):
+        self.next_runs = next_runs
+
+    def collect(self) -> Iterator[Metric]:
+        next_run = GaugeMetricFamily(
+            "deployer_schedule_next_run_timestamp_seconds",
+            "When the service's recurring schedule (deploy_services.<name>.schedule) ticks next, in Unix time",
+            labels=["service"],
+        )
+        for service, timestamp in sorted(self.next_runs().items()):
+            next_run.add_metric([service], timestamp)
+        yield next_run
+
+
 class Metrics:
     """One registry per app, so that tests may build many."""
 
@@ -107,6 +124,7 @@ class Metrics:
         history: History,
         services: Callable[[], Iterable[str]],
         engines: Callable[[], Mapping[str, bool]] = dict,
+        next_runs: Callable[[], Mapping[str, float]] = dict,
     ):
         # The `_created` series would double every counter, and dashboards do not use them.
         disable_created_metrics()
@@ -155,6 +173,7 @@ class Metrics:
         )
         registry.register(HistoryCollector(history, services))
         registry.register(EngineCollector(engines))
+        registry.register(ScheduleCollector(next_runs))
         for endpoint in ACTIONS:
             for result in WEBHOOK_RESULTS:
                 self.webhook_requests.labels(endpoint, result)

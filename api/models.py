@@ -197,7 +197,9 @@ class DeploymentRecord(BaseModel):
     )
     outcome: Outcome
     trigger: Trigger = Field(
-        "webhook", description="What started it: webhook (a signed POST, planned or not), recovery (reconciliation)"
+        "webhook",
+        description="What started it: webhook (a signed POST, planned or not), schedule (a tick of "
+        "deploy_services.<name>.schedule), recovery (reconciliation)",
     )
     planned_at: str | None = Field(None, description="When a planned deploy was to run (UTC); null: it ran at once")
     environment: str | None = Field(None, description="The inventory group deployed to; null: every host")
@@ -256,3 +258,21 @@ class DeploymentPage(BaseModel):
     total: int
     limit: int
     offset: int
+
+
+class ScheduleItem(BaseModel):
+    """A recurring schedule of the inventory (deploy_services.<name>.schedule) and its next tick."""
+
+    service: str
+    cron: str = Field(description="The 5-field cron expression")
+    timezone: str = Field(description="The IANA time zone it is read in")
+    image: str | None = Field(description="The image each tick deploys; null means the compose file's")
+    next_run: str = Field(description="The next tick, in UTC")
+    hosts: list[str] = Field(description="The hosts whose deploy_services entry holds the schedule")
+
+
+class SchedulesPage(BaseModel):
+    """The recurring schedules, by service, and the planned deploys waiting for their time, soonest first."""
+
+    items: list[ScheduleItem]
+    planned: list[DeploymentRecord]

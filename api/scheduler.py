@@ -1,6 +1,6 @@
-"""Planned deploys: a signed request with `at` waits in the history (outcome `scheduled`) until its time, then runs
-as a webhook deploy answered with 202 does: the same checks (api/admission.py, against the inventory of that moment
-and with the signers recorded at receipt) and the same Deployer.start.
+"""Planned deploys and recurring schedules: a signed request with `at` waits in the history (outcome `scheduled`) until
+its time, then runs as a webhook deploy answered with 202 does: the same checks (api/admission.py, against the inventory
+of that moment and with the signers recorded at receipt) and the same Deployer.start.
 
 One asyncio task passes over the planned deploys whose time has come (tick), then sleeps until the earliest next one,
 or until it is woken (a new plan, a cancel). A planned deploy leaves `scheduled` only through
@@ -10,6 +10,13 @@ a crash just after its start leaves it `running`, which recovery marks interrupt
 When it comes to run, a deploy of its service may be running: it waits for it, trying again every second, until
 DEPLOY_SCHEDULE_GRACE seconds after its planned time; then it is missed. At start, a planned deploy late by more than
 the grace (the API was down at its time) is missed too; one late by less runs at once.
+
+A recurring schedule (deploy_services.<name>.schedule, api/schedules.py) becomes a planned deploy when its tick comes,
+and runs as one from then on (trigger `schedule`, planned_at the tick). Each pass records the latest tick since the
+one recorded before (History.record_tick: one record per service and tick, so a second pass or a restart creates
+none); ticks before it, passed while the API was down, do not count. A schedule seen for the first time, or changed,
+counts from then on. A tick deploys the service once, to the hosts the default environment (DEPLOY_ENVIRONMENT)
+reaches, signed by the secret sets of its entries (WEBHOOK_SECRET where it has no secret_env).
 """
 
 from __future__ import annotations
@@ -17,9 +24,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
 
 from fastapi import Request
@@ -29,7 +35,7 @@ from api.admission import Admitted, Refused, admit, claim_service, validate
 from api.deployer import Deployer, new_deployment_id, refusal_text
 from api.history import History, Record
 from api.history import now as history_now
-from api.inventory import Inventory
+from api.inventory import Inventory, ServiceSchedule, service_schedules
 from api.models import utc_text
 from api.security import RateLimits
 from api.settings import Settings
@@ -153,18 +159,59 @@ class Scheduler:
             await asyncio.wait_for(self._woken.wait(), seconds)
 
     async def tick(self) -> float | None:
-        """One pass: start, refuse or mark missed each planned deploy whose time has come. The seconds until the next
-        pass is due: a planned time ahead, or the retry of a busy service; None when nothing is planned."""
+        """One pass: record the schedules' ticks that came, then start, refuse or mark missed each planned deploy
+        whose time has come. The seconds until the next pass is due: a planned time or a tick ahead, or the retry of
+        a busy service; None when nothing is planned."""
         async with self._passing:
             now = self.clock()
-            due_in: float | None = None
+            schedules = service_schedules(await asyncio.to_thread(self.inventory.view))
+            due_in = self._record_ticks(schedules.values(), now)
             for record in self.history.scheduled():
                 planned = epoch(record["planned_at"] or "")
                 if planned > now:
-                    return min(planned - now, due_in if due_in is not None else math.inf)
+                    return least(due_in, planned - now)
                 if not await self._run_due(record, planned, now):
-                    due_in = BUSY_RETRY_SECONDS
+                    due_in = least(due_in, BUSY_RETRY_SECONDS)
             return due_in
+
+    def _record_ticks(self, schedules: Iterable[ServiceSchedule], now: float) -> float | None:
+        """Record the latest tick of each schedule that came since its last one; the seconds until the next tick."""
+        due_in: float | None = None
+        for entry in schedules:
+            service, schedule = entry.service, entry.schedule
+            state = self.history.schedule_state(service)
+            if state is None or state[:2] != (schedule.cron, schedule.timezone):
+                self.history.remember_schedule(service, schedule.cron, schedule.timezone, utc(now))
+            else:
+                tick = schedule.latest_tick(epoch(state[2]), now)
+                if tick is not None:
+                    self._record_tick(entry, tick)
+            due_in = least(due_in, schedule.next_tick(now).timestamp() - now)
+        return due_in
+
+    def _record_tick(self, entry: ServiceSchedule, tick: datetime) -> None:
+        deployment_id, planned_at = new_deployment_id(tick), utc_text(tick)
+        created = self.history.record_tick(
+            id=deployment_id,
+            action="deploy",
+            outcome="scheduled",
+            trigger="schedule",
+            planned_at=planned_at,
+            source="schedule",
+            signers=sorted(entry.signers),
+            service=entry.service,
+            image=entry.schedule.image,
+            message=f"schedule {entry.schedule.cron} ({entry.schedule.timezone})",
+        )
+        if created:
+            logs.bind(deployment_id=deployment_id, service=entry.service)
+            log.info("🗓️  [%s] %s: tick of %s", deployment_id, entry.service, planned_at)
+
+    def next_runs(self) -> list[tuple[ServiceSchedule, datetime]]:
+        """Each recurring schedule of the inventory, and its next tick after now. Blocking: it may read the
+        inventory."""
+        now = self.clock()
+        return [(entry, entry.schedule.next_tick(now)) for entry in service_schedules(self.inventory.view()).values()]
 
     async def _run_due(self, record: Record, planned: float, now: float) -> bool:
         """Start a planned deploy whose time has come, or refuse it, or mark it missed; False when its service is
@@ -201,6 +248,7 @@ class Scheduler:
             claim=claim,
             strategy=admitted.environment.strategy(admitted.request.service),
             planned=True,
+            trigger=record["trigger"],
         )
         return True
 
@@ -216,6 +264,10 @@ class Scheduler:
         if self.history.leave_scheduled(record["id"], outcome="missed", finished_at=history_now(), error=why):
             log.warning("⏰ [%s] planned %s of %s missed: %s", record["id"], record["action"], record["service"], why)
             self.deployer.finished(record["id"])
+
+
+def least(seconds: float | None, other: float) -> float:
+    return other if seconds is None else min(seconds, other)
 
 
 def utc(timestamp: float) -> str:

@@ -22,6 +22,7 @@ from pydantic_settings import BaseSettings, NoDecode, PydanticBaseSettingsSource
 from api.history import Retention
 from api.models import ENVIRONMENT_PATTERN, NOTIFY_EVENTS, NotifyEvent
 from api.notify import target_urls
+from api.schedules import zone_problem
 
 MIN_SECRET_LENGTH = 32
 # A secret's entropy, estimated from how its characters are spread; 32 random hex digits (128 bits) measure 90 or more.
@@ -244,11 +245,24 @@ class Settings(BaseSettings):
         description="Seconds a planned deploy (`at`) may start late: after the API was down at its time, or while "
         "its service is busy with another deploy; later, it is missed",
     )
+    deploy_schedule_timezone: str = Field(
+        "UTC",
+        description="IANA time zone (e.g. Europe/Berlin) of the cron expressions of deploy_services.<name>.schedule "
+        "that name none",
+    )
     deploy_schedule_horizon: int = Field(
         7_776_000, gt=0, description="Seconds ahead a deploy may be planned (`at`); 90 days by default"
     )
     deploy_host: str = Field("127.0.0.1", description="Address to listen on")
     deploy_port: int = Field(9000, ge=1, le=65535, description="Port to listen on")
+
+    @field_validator("deploy_schedule_timezone")
+    @classmethod
+    def _known_zone(cls, value: str) -> str:
+        problem = zone_problem(value)
+        if problem:
+            raise ValueError(problem)
+        return value
 
     @field_validator("webhook_secret")
     @classmethod

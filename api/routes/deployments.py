@@ -13,8 +13,8 @@ from api import signature
 from api.deployer import Deployer
 from api.deps import check_signature, get_client, get_deployer, get_inventory
 from api.inventory import Inventory
-from api.models import DeploymentPage, DeploymentRecord, Outcome
-from api.scheduler import get_scheduler
+from api.models import DeploymentPage, DeploymentRecord, Outcome, ScheduleItem, SchedulesPage, utc_text
+from api.scheduler import Scheduler, get_scheduler
 from api.settings import Settings
 
 router = APIRouter(tags=["history"])
@@ -62,6 +62,30 @@ def list_deployments(
     return DeploymentPage(
         items=[DeploymentRecord.model_validate(item) for item in items], total=total, limit=limit, offset=offset
     )
+
+
+@router.get("/schedules", responses=UNAUTHORIZED)
+def list_schedules(
+    request: Request,
+    credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(bearer)],
+    scheduler: Annotated[Scheduler, Depends(get_scheduler)],
+) -> SchedulesPage:
+    """The recurring schedules of the inventory with their next tick, and the planned deploys waiting, soonest first."""
+    if not _has_read_token(request, credentials):
+        raise _unauthorized(request, "A valid read token is required: Authorization: Bearer <DEPLOY_READ_TOKEN>")
+    items = [
+        ScheduleItem(
+            service=entry.service,
+            cron=entry.schedule.cron,
+            timezone=entry.schedule.timezone,
+            image=entry.schedule.image,
+            next_run=utc_text(tick),
+            hosts=list(entry.hosts),
+        )
+        for entry, tick in scheduler.next_runs()
+    ]
+    planned = [DeploymentRecord.model_validate(record) for record in scheduler.history.scheduled()]
+    return SchedulesPage(items=items, planned=planned)
 
 
 @router.get("/deployments/{deployment_id}", responses={**UNAUTHORIZED, 404: {"description": "No such deployment"}})

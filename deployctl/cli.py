@@ -17,14 +17,12 @@ from api.text import printable, printable_json
 from deployctl import when
 from deployctl.client import DEPLOYMENT_ID, Client, Refused, Unavailable
 from deployctl.follow import FollowTimeout, follow
-from deployctl.render import Progress, history_table, outcome_lines, record_lines, schedules_table, shown
+from deployctl.render import Progress, history_table, outcome_lines, record_lines, schedules_lines, shown
 from deployctl.settings import DEFAULT_URL, ClientSettings
 
 # The API's own list of outcomes, so the two cannot drift apart.
 OUTCOMES = get_args(Outcome)
 DEFAULT_TIMEOUT = 900.0
-# The API's largest page: the planned deploys are few, and schedules lists them in one.
-SCHEDULES_LIMIT = 100
 
 
 class Exit(IntEnum):
@@ -62,7 +60,7 @@ examples:
   deployctl deploy portal ghcr.io/acme/portal:1.4.2      # signs, starts, follows step by step
   deployctl rollback portal                              # back to the previous kept image
   deployctl deploy portal ghcr.io/acme/portal:1.4.2 --at "2026-12-08 03:00"   # planned, local time
-  deployctl schedules                                    # the planned deploys
+  deployctl schedules                                    # the recurring schedules and planned deploys
   deployctl cancel 20261201T101500-5e6f7a8b              # one of them, before it starts
   deployctl history --service portal
   deployctl show 20251127T023912-1a2b3c4d
@@ -104,7 +102,8 @@ examples:
 examples:
   deployctl schedules
   deployctl schedules --service portal
-  deployctl schedules --json | jq -r '.items[].id'""",
+  deployctl schedules --json | jq -r '.items[].next_run'   # the recurring schedules' next runs (UTC)
+  deployctl schedules --json | jq -r '.planned[].id'       # the planned deploys' ids""",
     "cancel": """\
 examples:
   deployctl cancel 20261201T101500-5e6f7a8b
@@ -211,9 +210,14 @@ def build_parser() -> argparse.ArgumentParser:
     history.add_argument("--json", action="store_true", help="print the API's page as JSON")
     history.set_defaults(command=run_history)
 
-    schedules = command("schedules", "list the planned deploys and rollbacks, soonest first (needs DEPLOY_READ_TOKEN)")
+    schedules = command(
+        "schedules",
+        "list the recurring schedules, then the planned deploys and rollbacks, soonest first (needs DEPLOY_READ_TOKEN)",
+    )
     schedules.add_argument("--service", help="only this service")
-    schedules.add_argument("--json", action="store_true", help="print the API's page as JSON")
+    schedules.add_argument(
+        "--json", action="store_true", help="print the API's answer as JSON (with --service, only that service's)"
+    )
     schedules.set_defaults(command=run_schedules)
 
     cancel = command("cancel", "cancel a planned deploy or rollback before it starts (signed with WEBHOOK_SECRET)")
@@ -341,11 +345,18 @@ def run_schedules(args: argparse.Namespace, settings: ClientSettings) -> Exit:
     if settings.deploy_read_token is None:
         raise ConfigurationError("schedules needs DEPLOY_READ_TOKEN (the API's own, from the environment or .env)")
     with _client(args, settings) as client:
-        page = client.deployments(service=args.service, outcome="scheduled", limit=SCHEDULES_LIMIT)
+        answer = client.schedules()
+    if args.service is not None:
+        # GET /schedules has no filter: it answers every service's, which are few.
+        answer = {
+            **answer,
+            "items": [item for item in answer.get("items", []) if item.get("service") == args.service],
+            "planned": [record for record in answer.get("planned", []) if record.get("service") == args.service],
+        }
     if args.json:
-        _print_json(page)
+        _print_json(answer)
     else:
-        print("\n".join(schedules_table(page)))
+        print("\n".join(schedules_lines(answer)))
     return Exit.SUCCEEDED
 
 

@@ -119,6 +119,12 @@ class Client:
         headers = {"Authorization": f"Bearer {self._read_token}"}
         return self._request("GET", "/deployments", params=params, headers=headers)
 
+    def schedules(self) -> dict[str, Any]:
+        """GET /schedules with the read token: {"items": the recurring schedules, "planned": the planned deploys,
+        soonest first}."""
+        assert self._read_token, "the schedules need the read token"
+        return self._request("GET", "/schedules", headers={"Authorization": f"Bearer {self._read_token}"})
+
     def _request(self, method: str, path: str, **kwargs: Any) -> dict[str, Any]:
         """The answer's JSON object; Refused on 4xx, Unavailable when there is no answer from the API itself."""
         try:

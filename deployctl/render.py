@@ -1,4 +1,4 @@
-"""What a person reads: steps as they happen, an outcome, a record, the history as a table.
+"""What a person reads: steps as they happen, an outcome, a record, the history and the schedules as tables.
 
 A record's text came from a signer (message, commit...), a host or a container (errors, details, logs): every value
 shown goes through api.text, so that no control character in it reaches the terminal.
@@ -171,9 +171,42 @@ def history_table(page: dict[str, Any]) -> list[str]:
     return lines
 
 
-def schedules_table(page: dict[str, Any]) -> list[str]:
+def schedules_lines(answer: dict[str, Any]) -> list[str]:
+    """GET /schedules for a person: the recurring schedules, then the planned deploys; one line when there is
+    neither."""
+    recurring = answer.get("items") or []
+    planned = answer.get("planned") or []
+    if not recurring and not planned:
+        return ["No schedules, and no deploys are planned."]
+    return [*recurring_table(recurring), "", *planned_table(planned)]
+
+
+def recurring_table(items: list[dict[str, Any]]) -> list[str]:
+    """The recurring schedules: cron expression, the zone it is read in, the image each run deploys, the next run
+    (here and in UTC) and the hosts."""
+    if not items:
+        return ["No recurring schedules."]
+    header = ("SERVICE", "CRON", "ZONE", "IMAGE", "NEXT RUN (LOCAL)", "NEXT RUN (UTC)", "HOSTS")
+    rows = [
+        (
+            shown(item, "service", "-"),
+            shown(item, "cron"),
+            shown(item, "timezone"),
+            shown(item, "image", "the compose file's image"),
+            when.local(item.get("next_run")),
+            when.utc(item.get("next_run")),
+            ", ".join(printable(str(host)) for host in item.get("hosts") or []) or "-",
+        )
+        for item in items
+    ]
+    lines = _columns([header, *rows])
+    lines.append(f"{len(items)} recurring" + (" schedule" if len(items) == 1 else " schedules"))
+    return lines
+
+
+def planned_table(items: list[dict[str, Any]]) -> list[str]:
     """The planned deployments, soonest first: when each is planned (here and in UTC) and when it was received."""
-    items = sorted(page.get("items", []), key=lambda item: str(item.get("planned_at") or ""))
+    items = sorted(items, key=lambda item: str(item.get("planned_at") or ""))
     if not items:
         return ["No deploys are planned."]
     header = ("ID", "SERVICE", "ACTION", "IMAGE", "AT (LOCAL)", "AT (UTC)", "RECEIVED (UTC)")
@@ -190,11 +223,7 @@ def schedules_table(page: dict[str, Any]) -> list[str]:
         for item in items
     ]
     lines = _columns([header, *rows])
-    total = page.get("total", len(items))
-    if isinstance(total, int) and total > len(items):
-        lines.append(f"{len(items)} of {total} planned (the last received), soonest first")
-    else:
-        lines.append(f"{len(items)} planned, soonest first")
+    lines.append(f"{len(items)} planned, soonest first")
     return lines
 
 

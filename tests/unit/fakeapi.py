@@ -4,6 +4,7 @@ Like the real API, it checks each signature for its purpose (api.signature): a b
 to (`rollback:` and the body for /rollback), `read:` and the id for GET /deployments/{id}, `cancel:` and the id for
 DELETE /deployments/{id}; a signature made for another purpose is refused with the API's words. A body with `at` is
 planned (202, "scheduled"), and DELETE cancels the record GET would answer if it is planned, as the API does.
+GET /deployments and GET /schedules answer `page` and `schedules` to the read token, 401 without it.
 Like the real API with DEPLOY_REQUIRE_TIMESTAMP=true, it refuses a signed body without a fresh `timestamp`, or one
 it has received before; unlike it, it also keeps each such refusal in `problems`, and a test that leaves one there
 fails: the clients must never send either.
@@ -144,6 +145,7 @@ class FakeApi:
     timeline: list[dict[str, Any]] = field(default_factory=lambda: [record()])
     unavailable_reads: int = 0
     page: dict[str, Any] = field(default_factory=dict)
+    schedules: dict[str, Any] = field(default_factory=lambda: {"items": [], "planned": []})
     received: set[bytes] = field(default_factory=set)
     problems: list[str] = field(default_factory=list)
 
@@ -181,6 +183,10 @@ class FakeApi:
             if not bearer:
                 return 401, {"detail": "A valid read token is required: Authorization: Bearer <DEPLOY_READ_TOKEN>"}
             return 200, self.page
+        if parts.path == "/schedules":
+            if not bearer:
+                return 401, {"detail": "A valid read token is required: Authorization: Bearer <DEPLOY_READ_TOKEN>"}
+            return 200, self.schedules
         deployment_id = parts.path.removeprefix("/deployments/")
         if seen.method == "DELETE":
             return self.cancel(deployment_id, signature)

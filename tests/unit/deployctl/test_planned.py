@@ -231,49 +231,143 @@ def test_an_api_that_started_the_deploy_at_once_exits_4_and_says_so(capsys, fake
     assert fake_api.requests("GET") == []
 
 
-def test_schedules_is_a_table_of_the_planned_deploys_soonest_first(capsys, fake_api, monkeypatch):
-    monkeypatch.setenv("DEPLOY_READ_TOKEN", READ_TOKEN)
-    later = planned_record("2026-12-08T02:00:00Z")
+def recurring(service: str = "portal", **fields: Any) -> dict[str, Any]:
+    """A recurring schedule as GET /schedules lists it."""
+    return {
+        "service": service,
+        "cron": "0 3 * * *",
+        "timezone": "Europe/Berlin",
+        "image": None,
+        "next_run": "2027-01-16T02:00:00Z",
+        "hosts": ["nas"],
+        **fields,
+    }
+
+
+def planned_pair() -> list[dict[str, Any]]:
+    """Two planned deploys of portal as GET /schedules lists them, soonest first."""
     sooner = planned_record("2026-07-01T01:00:00Z", id=OTHER_ID, action="rollback", image=None)
     sooner["started_at"] = "2026-12-01T10:20:00.000Z"
-    fake_api.page = {"items": [sooner, later], "total": 2, "limit": 100, "offset": 0}
+    return [sooner, planned_record("2026-12-08T02:00:00Z")]
 
-    code, out, _ = run(capsys, "schedules", "--service", "portal")
+
+PLANNED_TABLE = [
+    "ID                        SERVICE  ACTION    IMAGE                    AT (LOCAL)                "
+    "AT (UTC)             RECEIVED (UTC)",
+    "20261201T101500-5e6f7a8b  portal   rollback  the previous kept image  2026-07-01 03:00:00 CEST  "
+    "2026-07-01 01:00:00  2026-12-01 10:20:00",
+    "20251127T023912-1a2b3c4d  portal   deploy    acme/portal:1.4.2        2026-12-08 03:00:00 CET   "
+    "2026-12-08 02:00:00  2026-12-01 10:15:00",
+    "2 planned, soonest first",
+]
+
+
+def test_schedules_lists_the_recurring_schedules_then_the_planned_deploys(capsys, fake_api, monkeypatch):
+    monkeypatch.setenv("DEPLOY_READ_TOKEN", READ_TOKEN)
+    fake_api.schedules = {
+        "items": [
+            recurring("hello-world", cron="*/15 * * * *", timezone="UTC", next_run="2027-07-15T10:15:00Z"),
+            recurring(image="ghcr.io/acme/portal:stable", hosts=["web-1", "web-2"]),
+        ],
+        "planned": list(reversed(planned_pair())),
+    }
+
+    code, out, err = run(capsys, "schedules")
+
+    assert (code, err) == (0, "")
+    (read,) = fake_api.requests("GET")
+    assert (read.path, read.query) == ("/schedules", {})
+    assert read.headers["Authorization"] == f"Bearer {READ_TOKEN}"
+    assert out.splitlines() == [
+        "SERVICE      CRON          ZONE           IMAGE                       NEXT RUN (LOCAL)          "
+        "NEXT RUN (UTC)       HOSTS",
+        "hello-world  */15 * * * *  UTC            the compose file's image    2027-07-15 12:15:00 CEST  "
+        "2027-07-15 10:15:00  nas",
+        "portal       0 3 * * *     Europe/Berlin  ghcr.io/acme/portal:stable  2027-01-16 03:00:00 CET   "
+        "2027-01-16 02:00:00  web-1, web-2",
+        "2 recurring schedules",
+        "",
+        *PLANNED_TABLE,
+    ]
+
+
+def test_schedules_with_only_recurring_ones_says_no_deploys_are_planned(capsys, fake_api, monkeypatch):
+    monkeypatch.setenv("DEPLOY_READ_TOKEN", READ_TOKEN)
+    fake_api.schedules = {"items": [recurring()], "planned": []}
+
+    code, out, _ = run(capsys, "schedules")
 
     assert code == 0
-    (read,) = fake_api.requests("GET")
-    assert read.path == "/deployments" and read.headers["Authorization"] == f"Bearer {READ_TOKEN}"
-    assert read.query == {"service": ["portal"], "outcome": ["scheduled"], "limit": ["100"]}
     assert out.splitlines() == [
-        "ID                        SERVICE  ACTION    IMAGE                    AT (LOCAL)                "
-        "AT (UTC)             RECEIVED (UTC)",
-        "20261201T101500-5e6f7a8b  portal   rollback  the previous kept image  2026-07-01 03:00:00 CEST  "
-        "2026-07-01 01:00:00  2026-12-01 10:20:00",
-        "20251127T023912-1a2b3c4d  portal   deploy    acme/portal:1.4.2        2026-12-08 03:00:00 CET   "
-        "2026-12-08 02:00:00  2026-12-01 10:15:00",
-        "2 planned, soonest first",
+        "SERVICE  CRON       ZONE           IMAGE                     NEXT RUN (LOCAL)         "
+        "NEXT RUN (UTC)       HOSTS",
+        "portal   0 3 * * *  Europe/Berlin  the compose file's image  2027-01-16 03:00:00 CET  "
+        "2027-01-16 02:00:00  nas",
+        "1 recurring schedule",
+        "",
+        "No deploys are planned.",
     ]
-    code, out, _ = run(capsys, "schedules", "--json")
-    assert (code, json.loads(out)) == (0, fake_api.page)
-    assert fake_api.requests("GET")[-1].query == {"outcome": ["scheduled"], "limit": ["100"]}
 
 
-def test_schedules_names_the_compose_file_s_image_and_says_when_more_are_planned(capsys, fake_api, monkeypatch):
+def test_schedules_with_only_planned_deploys_says_there_is_no_recurring_one(capsys, fake_api, monkeypatch):
     monkeypatch.setenv("DEPLOY_READ_TOKEN", READ_TOKEN)
-    fake_api.page = {"items": [planned_record(image=None)], "total": 101, "limit": 100, "offset": 0}
+    fake_api.schedules = {"items": [], "planned": planned_pair()}
+
+    code, out, _ = run(capsys, "schedules")
+
+    assert code == 0
+    assert out.splitlines() == ["No recurring schedules.", "", *PLANNED_TABLE]
+
+
+def test_schedules_names_the_compose_file_s_image_of_a_planned_deploy(capsys, fake_api, monkeypatch):
+    monkeypatch.setenv("DEPLOY_READ_TOKEN", READ_TOKEN)
+    fake_api.schedules = {"items": [], "planned": [planned_record(image=None)]}
 
     code, out, _ = run(capsys, "schedules")
 
     assert code == 0
     assert "  deploy  the compose file's image  2026-12-08 03:00:00 CET  " in out
-    assert out.endswith("\n1 of 101 planned (the last received), soonest first\n")
+    assert out.endswith("\n1 planned, soonest first\n")
 
 
-def test_schedules_with_none_planned_says_so(capsys, fake_api, monkeypatch):
+def test_schedules_with_neither_says_so_on_one_line(capsys, fake_api, monkeypatch):
     monkeypatch.setenv("DEPLOY_READ_TOKEN", READ_TOKEN)
-    fake_api.page = {"items": [], "total": 0, "limit": 100, "offset": 0}
 
-    assert run(capsys, "schedules") == (0, "No deploys are planned.\n", "")
+    assert run(capsys, "schedules") == (0, "No schedules, and no deploys are planned.\n", "")
+    assert run(capsys, "schedules", "--json") == (0, '{\n  "items": [],\n  "planned": []\n}\n', "")
+
+
+def test_schedules_service_keeps_only_that_service_s_schedules_and_planned_deploys(capsys, fake_api, monkeypatch):
+    monkeypatch.setenv("DEPLOY_READ_TOKEN", READ_TOKEN)
+    other = planned_record("2026-08-01T01:00:00Z", id="20261201T103000-0a1b2c3d", service="hello-world")
+    fake_api.schedules = {
+        "items": [recurring("hello-world", cron="*/15 * * * *"), recurring()],
+        "planned": [planned_pair()[0], other, planned_pair()[1]],
+    }
+
+    code, out, _ = run(capsys, "schedules", "--service", "portal")
+
+    assert code == 0
+    assert fake_api.requests("GET")[-1].query == {}, "GET /schedules has no filter: deployctl filters"
+    assert "hello-world" not in out
+    assert out.splitlines()[1].startswith("portal   0 3 * * *  Europe/Berlin  ")
+    assert out.splitlines()[4:] == PLANNED_TABLE
+
+    code, out, _ = run(capsys, "schedules", "--service", "portal", "--json")
+    assert (code, json.loads(out)) == (0, {"items": [recurring()], "planned": planned_pair()})
+
+    code, out, _ = run(capsys, "schedules", "--service", "grafana")
+    assert (code, out) == (0, "No schedules, and no deploys are planned.\n")
+
+
+def test_schedules_json_prints_the_api_s_answer_unchanged(capsys, fake_api, monkeypatch):
+    monkeypatch.setenv("DEPLOY_READ_TOKEN", READ_TOKEN)
+    fake_api.schedules = {"items": [recurring(), recurring("hello-world")], "planned": planned_pair()}
+
+    code, out, err = run(capsys, "schedules", "--json")
+
+    assert (code, err) == (0, "")
+    assert json.loads(out) == fake_api.schedules
 
 
 def test_schedules_needs_the_read_token(capsys, fake_api):
@@ -284,17 +378,43 @@ def test_schedules_needs_the_read_token(capsys, fake_api):
     assert fake_api.seen == []
 
 
+def test_schedules_with_a_wrong_read_token_exits_3(capsys, fake_api, monkeypatch):
+    monkeypatch.setenv("DEPLOY_READ_TOKEN", "not-the-read-token-0123456789")
+
+    code, out, err = run(capsys, "schedules")
+
+    assert (code, out) == (3, "")
+    assert err == (
+        "deployctl: refused by the API (401): A valid read token is required: Authorization: Bearer "
+        "<DEPLOY_READ_TOKEN>\n  (DEPLOY_READ_TOKEN (or WEBHOOK_SECRET, for one deployment) is not the API's)\n"
+    )
+    (read,) = fake_api.seen
+    assert read.path == "/schedules"
+
+
 def test_schedules_cells_are_printed_escaped(capsys, fake_api, monkeypatch):
     monkeypatch.setenv("DEPLOY_READ_TOKEN", READ_TOKEN)
+    hostile_schedule = recurring(
+        HOSTILE + "portal",
+        cron=HOSTILE + "0 3 * * *",
+        timezone=HOSTILE + "Europe/Berlin",
+        image=HOSTILE + "acme/portal:stable",
+        next_run=HOSTILE,
+        hosts=[HOSTILE + "nas"],
+    )
     hostile = planned_record(HOSTILE, image=HOSTILE + "acme/portal:1.4.2", service=HOSTILE + "portal")
-    fake_api.page = {"items": [hostile], "total": 1, "limit": 100, "offset": 0}
+    fake_api.schedules = {"items": [hostile_schedule], "planned": [hostile]}
 
     code, out, err = run(capsys, "schedules")
 
     assert code == 0
     assert unprintable(out + err) == []
     assert f"  {HOSTILE_ESCAPED}portal  " in out and f"  {HOSTILE_ESCAPED}acme/portal:1.4.2  " in out
-    assert out.count(HOSTILE_ESCAPED) == 4, "service, image, and the time that is none, in both columns"
+    assert f"{HOSTILE_ESCAPED}0 3 * * *  {HOSTILE_ESCAPED}Europe/Berlin  {HOSTILE_ESCAPED}acme/portal:stable" in out
+    assert out.count(HOSTILE_ESCAPED) == 11, (
+        "recurring: service, cron, zone, image, hosts and the next run that is none, in both columns; "
+        "planned: service, image, and the time that is none, in both columns"
+    )
 
 
 def test_cancel_signs_the_id_for_cancel_and_prints_what_was_planned(capsys, fake_api):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 from fakerunner import FakeRunner
+from receiver import Receiver
 
 from api import deployer as deployer_module
 from api import engines as engines_module
@@ -23,3 +24,12 @@ def fake_runner(monkeypatch) -> FakeRunner:
 def no_engine_watch(monkeypatch) -> None:
     """The engine watch is off unless a test turns it on: its checks would be runs of their own."""
     monkeypatch.setenv("DEPLOY_ENGINE_CHECK_INTERVAL", "0")
+
+
+@pytest.fixture
+def notified(monkeypatch) -> Receiver:
+    """A notification receiver the app sends to (DEPLOY_NOTIFY_URLS)."""
+    receiver = Receiver()
+    monkeypatch.setenv("DEPLOY_NOTIFY_URLS", receiver.url)
+    yield receiver
+    receiver.close()

@@ -14,7 +14,6 @@ from pathlib import Path
 import pytest
 from fakerunner import FakeRunner, success_result
 from fastapi.testclient import TestClient
-from receiver import Receiver
 from test_history import (
     NEW_ID,
     OLD_ID,
@@ -448,14 +447,6 @@ def runs_now(image_id: str) -> RunResult:
 
 def restored() -> RunResult:
     return RunResult(status="successful", rc=0, results={HOST: {**success_result(), "new_image_id": OLD_ID}})
-
-
-@pytest.fixture
-def notified(monkeypatch) -> Receiver:
-    receiver = Receiver()
-    monkeypatch.setenv("DEPLOY_NOTIFY_URLS", receiver.url)
-    yield receiver
-    receiver.close()
 
 
 def test_a_failed_rollback_waits_for_the_engine_then_is_restored_linked_counted_once_and_notified_twice(

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 from fakerunner import FakeRunner
 from fastapi.testclient import TestClient
-from receiver import Receiver
 from test_history import make_settings, read, signed_post, wait_for
 from test_metrics import sample, scrape
 from test_routes import SECRET
@@ -363,14 +362,6 @@ def test_at_start_a_plan_late_by_less_than_the_grace_runs_at_once(tmp_path, fake
         record = wait_for(client, deployment_id, finished)
     assert record["outcome"] == "succeeded"
     assert deploys(fake_runner) == ["portal"]
-
-
-@pytest.fixture
-def notified(monkeypatch) -> Receiver:
-    receiver = Receiver()
-    monkeypatch.setenv("DEPLOY_NOTIFY_URLS", receiver.url)
-    yield receiver
-    receiver.close()
 
 
 def test_at_start_a_plan_late_by_more_than_the_grace_is_missed_and_notified(tmp_path, fake_runner, clock, notified):

@@ -11,7 +11,6 @@ from pathlib import Path
 import pytest
 from fakerunner import FakeRunner
 from fastapi.testclient import TestClient
-from receiver import Receiver
 from test_history import make_settings, read, signed_post, wait_for
 from test_metrics import sample, scrape
 from test_scheduler import NOW, Clock, deploys, finished, tick
@@ -45,14 +44,6 @@ def with_schedule(settings, schedule: str = NIGHTLY, at_time: float = NOW) -> No
 @pytest.fixture
 def clock() -> Clock:
     return Clock()
-
-
-@pytest.fixture
-def notified(monkeypatch) -> Receiver:
-    receiver = Receiver()
-    monkeypatch.setenv("DEPLOY_NOTIFY_URLS", receiver.url)
-    yield receiver
-    receiver.close()
 
 
 @pytest.fixture

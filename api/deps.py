@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from fastapi import HTTPException, Request, status
 
@@ -12,6 +13,18 @@ from api.inventory import Inventory
 from api.metrics import Metrics
 from api.security import RateLimits, client_address
 from api.settings import Settings
+
+
+def signature_parameter(covers: str) -> dict[str, Any]:
+    """X-Hub-Signature-256 as an OpenAPI header parameter, for routes that read it themselves (the signature is
+    checked before anything is parsed, so FastAPI cannot infer it); `covers` says what is signed, and with what."""
+    return {
+        "name": signature.HEADER,
+        "in": "header",
+        "required": True,
+        "description": f"`sha256=` and the hex HMAC-SHA256 of {covers}",
+        "schema": {"type": "string", "pattern": "^sha256=[0-9a-fA-F]{64}$"},
+    }
 
 
 def get_inventory(request: Request) -> Inventory:

@@ -6,7 +6,6 @@ from fastapi import APIRouter, Depends, Query, Request, status
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
-from api import signature
 from api.admission import (
     Admitted,
     Refused,
@@ -20,7 +19,16 @@ from api.admission import (
     validate,
 )
 from api.deployer import Deployer
-from api.deps import SignedBody, endpoint, get_deployer, get_inventory, get_metrics, get_rate_limits, signed_body
+from api.deps import (
+    SignedBody,
+    endpoint,
+    get_deployer,
+    get_inventory,
+    get_metrics,
+    get_rate_limits,
+    signature_parameter,
+    signed_body,
+)
 from api.inventory import Inventory
 from api.models import DeployFailure, DeploymentAccepted, DeploymentScheduled, DeployRequest, DeploySuccess
 from api.scheduler import get_scheduler
@@ -57,16 +65,7 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
 # The routes read the raw body themselves (the signature is checked before anything is parsed), so FastAPI cannot
 # infer the body or the header: both are described here, for /docs and for clients generated from the schema.
 SIGNED_REQUEST: dict[str, Any] = {
-    "parameters": [
-        {
-            "name": signature.HEADER,
-            "in": "header",
-            "required": True,
-            "description": "`sha256=` and the hex HMAC-SHA256 of the raw body, keyed with the webhook secret "
-            "(as GitHub signs webhooks)",
-            "schema": {"type": "string", "pattern": "^sha256=[0-9a-fA-F]{64}$"},
-        }
-    ],
+    "parameters": [signature_parameter("the raw body, keyed with the webhook secret (as GitHub signs webhooks)")],
     "requestBody": {
         "required": True,
         "description": "Signed as sent: the signature covers these exact bytes",

@@ -11,7 +11,7 @@ from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 
 from api import signature
 from api.deployer import Deployer
-from api.deps import check_signature, get_client, get_deployer, get_inventory
+from api.deps import check_signature, get_client, get_deployer, get_inventory, signature_parameter
 from api.inventory import Inventory
 from api.models import DeploymentPage, DeploymentRecord, Outcome, ScheduleItem, SchedulesPage, utc_text
 from api.scheduler import Scheduler, get_scheduler
@@ -137,14 +137,7 @@ CANCEL_RESPONSES: dict[int | str, dict[str, Any]] = {
 }
 CANCEL_SIGNATURE: dict[str, Any] = {
     "parameters": [
-        {
-            "name": signature.HEADER,
-            "in": "header",
-            "required": True,
-            "description": "`sha256=` and the hex HMAC-SHA256 of `cancel:` and the deployment id, keyed with a secret "
-            "that may deploy its service",
-            "schema": {"type": "string", "pattern": "^sha256=[0-9a-fA-F]{64}$"},
-        }
+        signature_parameter("`cancel:` and the deployment id, keyed with a secret that may deploy its service")
     ]
 }
 

@@ -40,7 +40,9 @@ description:
     rollout stopped on other hosts) the restored image also becomes the newest of the history again. Its outcome is
     in its record and RV(state); a rollback that fails does not fail the module.
   - C(status) reads what the service runs and the container's state, and changes nothing; it reads the API's own
-    service too.
+    service too. With O(watch) it also pulls the image the service is deployed from (O(image), else the compose
+    file's), as C(pull_image) does, and reports the image ID its name points to now - what the API's registry watch
+    compares with the running one.
   - What a step reads comes from an earlier step of the same call or from O(state), the RV(state) of an earlier
     call. Steps that lack what they read are refused before anything runs.
   - With O(finish_unchanged), a call whose steps end with C(pull_image) also runs C(compose_up), C(health_check) and
@@ -171,6 +173,10 @@ options:
     description: C(settle) - the image ID of the container to keep.
     type: str
     default: ""
+  watch:
+    description: C(status) - also pull the image the service is deployed from and report it (see the description).
+    type: bool
+    default: false
 attributes:
   check_mode:
     support: full
@@ -225,7 +231,8 @@ finished:
   type: bool
   returned: always
 status:
-  description: C(service), C(container_id), C(image), C(image_id) and C(state) of what runs.
+  description: C(service), C(container_id), C(image), C(image_id) and C(state) of what runs; with O(watch), also
+    C(latest_image) and C(latest_image_id), the image pulled and the ID it names now.
   type: dict
   returned: when C(status) ran
 logs:
@@ -281,6 +288,7 @@ ARGUMENT_SPEC = {
     "drain_seconds": {"type": "int", "default": 3},
     "observe_seconds": {"type": "int", "default": 0},
     "keep_image_id": {"type": "str", "default": ""},
+    "watch": {"type": "bool", "default": False},
 }
 
 

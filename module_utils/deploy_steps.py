@@ -688,6 +688,12 @@ def run_steps(
             "state": container_state(docker, capture["container_id"]),
             "containers": containers,
         }
+        if params["watch"]:
+            # The image the service is deployed from, as the registry has it now: what a watch compares with what runs.
+            latest = params["image"] or capture["file_image"]
+            pulled = pull_image(docker, name=latest, pull=True, platform=params["platform"], check_mode=check_mode)
+            result["status"].update(latest_image=latest, latest_image_id=pulled["image_id"] or None)
+            result["changed"] |= pulled["changed"]
         return {"step": "status", "success": True, "detail": result["status"]["state"]}
 
     work = {

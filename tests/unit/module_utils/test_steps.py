@@ -673,3 +673,26 @@ def test_the_status_says_what_runs_and_changes_nothing(monkeypatch):
     }
     assert result["state"]["steps"] == [] and result["next_steps"] == []
     assert tuple(result["status"]) == STATUS_FIELDS, "what the API reads of a status (api/contract.py)"
+
+
+@pytest.mark.parametrize(("image", "pulled_name"), [("", "web:v1"), ("registry.example/web:stable", None)])
+def test_a_watch_pulls_the_image_the_service_is_deployed_from_and_reports_its_id(monkeypatch, image, pulled_name):
+    fake = Steps(monkeypatch, a_capture(), pulled={"changed": True, "image_id": NEW_ID})
+
+    result = steps.run_steps(ENGINE, params(steps=["status"], watch=True, image=image), check_mode=False)
+
+    pulled = fake.last("pull_image")
+    assert (pulled["name"], pulled["pull"], pulled["check_mode"]) == (pulled_name or image, True, False)
+    assert result["status"]["image_id"] == OLD_ID, "what runs"
+    assert (result["status"]["latest_image"], result["status"]["latest_image_id"]) == (pulled_name or image, NEW_ID)
+    assert result["changed"] is True, "the pull moved the tag: the watch's one change"
+    assert result["state"]["steps"] == [] and result["next_steps"] == []
+
+
+def test_a_status_read_pulls_nothing(monkeypatch):
+    fake = Steps(monkeypatch, a_capture())
+
+    result = steps.run_steps(ENGINE, params(steps=["status"]), check_mode=True)
+
+    assert "pull_image" not in fake.calls and "latest_image_id" not in result["status"]
+    assert result["changed"] is False

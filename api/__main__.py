@@ -22,7 +22,7 @@ def main() -> int:
             print(f"deploy API: refusing to start: {name}: {problem['msg']}", file=sys.stderr)
         return 2
     try:
-        Inventory(settings.deploy_inventory, settings.service_secrets).view()
+        Inventory.of(settings).view()
     except InventoryError as error:
         print(f"deploy API: refusing to start: DEPLOY_INVENTORY: {error}", file=sys.stderr)
         return 2

@@ -7,8 +7,9 @@ playbook's (module_utils/deploy_rules.py, through the inventory's policies).
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import HTTPException, status
@@ -18,7 +19,7 @@ from api.deployer import DeployConflict, Deployer, RunningDeploy
 from api.deps import SignedBody
 from api.history import History
 from api.inventory import Environment, Inventory, InventoryView
-from api.models import TIMESTAMP_MAX, DeployRequest
+from api.models import TIMESTAMP_MAX, DeployRequest, utc_text
 from api.security import RateLimits, request_digest, timestamp_problem
 from api.settings import Settings
 
@@ -211,3 +212,27 @@ def claim_service(
             headers={"Retry-After": str(retry_after)},
         )
     return claim
+
+
+def check_window(admitted: Admitted, action: str, at: float, now: float) -> float | None:
+    """Whether a deploy may start at `at` (now, or its planned time) in the service's deploy_window on every host it
+    reaches: None when it may (and for a rollback, which no window holds back); when the request queues, the time the
+    window opens; otherwise 423 naming the window and its next opening."""
+    if action != "deploy":
+        return None
+    service = admitted.request.service
+    try:
+        opens = admitted.environment.window_opens(service, at)
+    except ValueError as error:
+        detail = f"{service!r} can never deploy: {error}. Fix deploy_window in the inventory"
+        raise Refused(status.HTTP_423_LOCKED, detail, "outside_window") from None
+    if opens is None or admitted.request.queue:
+        return opens
+    windows = "; ".join(map(str, admitted.environment.windows(service)))
+    opening = datetime.fromtimestamp(opens, UTC)
+    detail = (
+        f"{service!r} deploys only in its deploy window {windows}; it opens next at {utc_text(opening)}. "
+        'Send "queue": true to plan the deploy for then'
+    )
+    headers = None if admitted.request.at else {"Retry-After": str(math.ceil(opens - now))}
+    raise Refused(status.HTTP_423_LOCKED, detail, "outside_window", headers=headers)

@@ -39,6 +39,9 @@ EXTRA_VARS = (VAR_SERVICE, VAR_IMAGE, VAR_ENVIRONMENT, VAR_BATCHES, VAR_ROLLBACK
 # How long a step waits for a Docker engine that does not answer; the reconciliation's status reads pass 0, so that a
 # probe of an engine that is down costs one quick run.
 VAR_ENGINE_WAIT = "deploy_engine_wait"
+# The status read also pulls the image the service is deployed from, and publishes the ID it names (the registry
+# watch, api/watch.py).
+VAR_WATCH = "deploy_watch"
 # The image ID whose container a settling keeps (the reconciliation of a blue-green deploy that died with two).
 VAR_KEEP_IMAGE_ID = "deploy_keep_image_id"
 

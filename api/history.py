@@ -106,6 +106,14 @@ MIGRATIONS: tuple[str, ...] = (
     );
     CREATE UNIQUE INDEX deployments_schedule_ticks ON deployments (service, planned_at) WHERE triggered_by = 'schedule';
     """,
+    # 9 -> 10: a schedule is a cron expression or a registry watch (api/schedules.py, Schedule.rule); a watch's
+    # deploys are ticks too, one per service and tick.
+    """
+    ALTER TABLE schedules RENAME COLUMN cron TO rule;
+    DROP INDEX deployments_schedule_ticks;
+    CREATE UNIQUE INDEX deployments_schedule_ticks ON deployments (service, planned_at)
+        WHERE triggered_by IN ('schedule', 'watch');
+    """,
 )
 SCHEMA_VERSION = len(MIGRATIONS)
 
@@ -397,22 +405,44 @@ class History:
             )
 
     def schedule_state(self, service: str) -> tuple[str, str, str] | None:
-        """A recurring schedule as last seen: its cron expression, its zone, and its latest tick recorded (UTC)."""
+        """A recurring schedule as last seen: its rule (Schedule.rule), its zone, and its latest tick recorded
+        (UTC)."""
         with self._lock:
             row = self._db.execute(
-                "SELECT cron, timezone, last_tick FROM schedules WHERE service = ?", (service,)
+                "SELECT rule, timezone, last_tick FROM schedules WHERE service = ?", (service,)
             ).fetchone()
         return None if row is None else (row[0], row[1], row[2])
 
-    def remember_schedule(self, service: str, cron: str, timezone: str, last_tick: str) -> None:
+    def remember_schedule(self, service: str, rule: str, timezone: str, last_tick: str) -> None:
         """A schedule seen for the first time, or changed: its ticks up to `last_tick` do not count."""
         with self._lock:
             self._db.execute(
-                "INSERT INTO schedules (service, cron, timezone, last_tick) VALUES (?, ?, ?, ?) "
-                "ON CONFLICT (service) DO UPDATE SET cron = excluded.cron, timezone = excluded.timezone, "
+                "INSERT INTO schedules (service, rule, timezone, last_tick) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT (service) DO UPDATE SET rule = excluded.rule, timezone = excluded.timezone, "
                 "last_tick = excluded.last_tick",
-                (service, cron, timezone, last_tick),
+                (service, rule, timezone, last_tick),
             )
+
+    def pass_tick(self, service: str, tick: str) -> bool:
+        """Make `tick` the schedule's latest without a record (a tick skipped, or a watch's look at the registry);
+        False when it was already (two passes, a restart)."""
+        with self._lock:
+            return (
+                self._db.execute(
+                    "UPDATE schedules SET last_tick = ? WHERE service = ? AND last_tick < ?", (tick, service, tick)
+                ).rowcount
+                == 1
+            )
+
+    def last_watch_deploy(self, service: str) -> Record | None:
+        """The latest deploy of `service` a registry watch started that has finished, if any."""
+        with self._lock:
+            row = self._db.execute(
+                "SELECT * FROM deployments WHERE service = ? AND triggered_by = 'watch'"
+                " AND outcome NOT IN ('scheduled', 'running') ORDER BY started_at DESC, rowid DESC LIMIT 1",
+                (service,),
+            ).fetchone()
+        return None if row is None else _decode(row)
 
     def record_tick(self, **record: Unpack[RecordFields]) -> bool:
         """Create the planned deploy of a schedule's tick (`planned_at`) and make it the schedule's latest, in one

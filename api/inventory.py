@@ -18,8 +18,8 @@ from ansible.parsing.dataloader import DataLoader
 from ansible.template import Templar
 from ansible.vars.manager import VariableManager
 
-from api.schedules import Schedule, parse_schedule
-from api.settings import DEFAULT_SIGNER, SECRET_ENV
+from api.schedules import Schedule, Window, parse_schedule, parse_window, windows_open
+from api.settings import DEFAULT_SIGNER, SECRET_ENV, Settings
 from module_utils import deploy_rules
 from module_utils.deploy_rules import RECREATE, allows_image
 
@@ -42,9 +42,11 @@ class ServicePolicy:
     # (deploy_rules.settings_problem): a deploy of it is refused until the inventory is fixed.
     strategy: str = RECREATE
     problem: str = ""
-    # Its recurring deploy (api/schedules.py), if any, and what is wrong with it: the inventory is refused then.
+    # Its recurring deploy and its deploy window (api/schedules.py), if any, and what is wrong with them: the
+    # inventory is refused then.
     schedule: Schedule | None = None
-    schedule_problem: str = ""
+    window: Window | None = None
+    timing_problem: str = ""
 
     def signs(self, signers: Collection[str]) -> bool:
         """Whether one of the secret sets that signed a request may deploy the service."""
@@ -102,6 +104,16 @@ class Environment:
             if policy.problem
         )
 
+    def windows(self, service: str) -> tuple[Window, ...]:
+        """The deploy windows of the service on the hosts of the environment, each once."""
+        found = (policy.window for policy in self.policies(service).values() if policy.window is not None)
+        return tuple(dict.fromkeys(found))
+
+    def window_opens(self, service: str, at: float) -> float | None:
+        """None when a deploy of the service may start at `at` on every host; else when it next may (ValueError when
+        the hosts' windows share no minute)."""
+        return windows_open(self.windows(service), at)
+
     def hosts_refusing_image(self, service: str, image: str) -> tuple[str, ...]:
         return tuple(host for host, policy in self.policies(service).items() if not policy.allows_image(image))
 
@@ -150,23 +162,37 @@ def _names(value: object) -> list[str]:
     return [str(item) for item in value] if isinstance(value, list | tuple) else [str(value)]
 
 
-def _policy(service: str, entry: dict[str, Any], schedule_timezone: str) -> ServicePolicy:
+@dataclass(frozen=True)
+class Timing:
+    """What a schedule or a window that says nothing more is read with: DEPLOY_SCHEDULE_TIMEZONE, and
+    DEPLOY_WATCH_INTERVAL for a watch without cron."""
+
+    timezone: str = "UTC"
+    watch_interval: int = 300
+
+
+def _policy(service: str, entry: dict[str, Any], host_window: Any, timing: Timing) -> ServicePolicy:
     repositories = deploy_rules.repositories(entry)
     problem = deploy_rules.settings_problem(service, entry)
     strategy = str(entry.get("strategy") or RECREATE) if not problem else RECREATE
-    schedule, schedule_problem = None, ""
-    if entry.get("schedule") is not None:
-        try:
-            schedule = parse_schedule(entry["schedule"], schedule_timezone)
-        except ValueError as error:
-            schedule_problem = str(error)
+    schedule, window, timing_problem = None, None, ""
+    try:
+        if entry.get("schedule") is not None:
+            schedule = parse_schedule(entry["schedule"], timing.timezone, timing.watch_interval)
+        # The service's own window, else its host's (or group's).
+        window_value = entry.get("deploy_window", host_window)
+        if window_value is not None:
+            window = parse_window(window_value, timing.timezone)
+    except ValueError as error:
+        timing_problem = str(error)
     return ServicePolicy(
         tuple(sorted(set(_names(entry.get("secret_env"))))),
         tuple(sorted(set(repositories))) or None,
         strategy,
         problem,
         schedule,
-        schedule_problem,
+        window,
+        timing_problem,
     )
 
 
@@ -228,14 +254,14 @@ def service_schedules(view: InventoryView) -> dict[str, ServiceSchedule]:
 
 
 def schedule_problems(view: InventoryView) -> list[str]:
-    """What is wrong with the schedules of the inventory: one that does not parse, or a service whose hosts hold
-    different schedules (one tick deploys the service once, to the hosts of the default environment)."""
+    """What is wrong with the schedules and windows of the inventory: one that does not parse, or a service whose
+    hosts hold different schedules (one tick deploys the service once, to the hosts of the default environment)."""
     problems = []
     first: dict[str, tuple[str, Schedule]] = {}
     for host, services in view.everywhere.host_services.items():
         for service, policy in services.items():
-            if policy.schedule_problem:
-                problems.append(f"host {host}, service {service!r}: {policy.schedule_problem}")
+            if policy.timing_problem:
+                problems.append(f"host {host}, service {service!r}: {policy.timing_problem}")
             elif policy.schedule is not None:
                 other_host, schedule = first.setdefault(service, (host, policy.schedule))
                 if schedule != policy.schedule:
@@ -246,7 +272,7 @@ def schedule_problems(view: InventoryView) -> list[str]:
     return problems
 
 
-def read_inventory(path: Path, schedule_timezone: str = "UTC") -> InventoryView:
+def read_inventory(path: Path, timing: Timing = Timing()) -> InventoryView:
     """Every host's services (its `deploy_services`) with their policies, and every host's compose directory."""
     loader = DataLoader()
     inventory = InventoryManager(loader=loader, sources=[str(path)])
@@ -257,7 +283,9 @@ def read_inventory(path: Path, schedule_timezone: str = "UTC") -> InventoryView:
         host_vars = variables.get_vars(host=host)
         services = host_vars.get("deploy_services") or {}
         host_services[host.name] = {
-            str(name): _policy(str(name), entry if isinstance(entry, dict) else {}, schedule_timezone)
+            str(name): _policy(
+                str(name), entry if isinstance(entry, dict) else {}, host_vars.get("deploy_window"), timing
+            )
             for name, entry in services.items()
         }
         if "deploy_compose_dir" in host_vars:
@@ -285,14 +313,20 @@ class Inventory:
     deploy runs until it is fixed), so that a typo can neither leave a service open to WEBHOOK_SECRET nor fail silently.
     """
 
-    def __init__(self, path: Path, secret_names: Collection[str] = (), schedule_timezone: str = "UTC"):
+    def __init__(self, path: Path, secret_names: Collection[str] = (), timing: Timing = Timing()):
         self.path = path
         self.secret_names = frozenset(secret_names)
-        self.schedule_timezone = schedule_timezone
+        self.timing = timing
         self._lock = threading.Lock()
         self._stamp: float | None = None
         self._view: InventoryView | None = None
         self.problem: str | None = None
+
+    @classmethod
+    def of(cls, settings: Settings) -> Inventory:
+        """DEPLOY_INVENTORY, with the secrets, the time zone and the watch interval of the API's settings."""
+        timing = Timing(settings.deploy_schedule_timezone, settings.deploy_watch_interval)
+        return cls(settings.deploy_inventory, settings.service_secrets, timing)
 
     def view(self) -> InventoryView:
         """The newest valid view; InventoryError when none was ever valid."""
@@ -306,7 +340,7 @@ class Inventory:
             return self._view
 
     def _reload(self) -> None:
-        view = read_inventory(self.path, self.schedule_timezone)
+        view = read_inventory(self.path, self.timing)
         problems = secret_env_problems(view, self.secret_names) + schedule_problems(view)
         if problems:
             self.problem = f"{self.path}: " + "; ".join(problems)

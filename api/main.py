@@ -76,9 +76,7 @@ def create_app(settings: Settings | None = None, clock: Callable[[], float] = ti
         app.state.settings = current = settings or get_settings()
         app.state.clock = clock
         logs.configure(current.log_format)
-        app.state.inventory = inventory = Inventory(
-            current.deploy_inventory, current.service_secrets, current.deploy_schedule_timezone
-        )
+        app.state.inventory = inventory = Inventory.of(current)
         inventory.view()
         with instance_lock(current.deploy_state_dir):
             history = History(current.history_file, current.deploy_history_retention)
@@ -93,7 +91,7 @@ def create_app(settings: Settings | None = None, clock: Callable[[], float] = ti
                 history,
                 services=lambda: inventory.view().services,
                 engines=engines.reachability,
-                next_runs=lambda: {entry.service: tick.timestamp() for entry, tick in scheduler.next_runs()},
+                next_runs=lambda: {entry.service: tick.timestamp() for entry, tick, _ in scheduler.next_runs()},
             )
             urls = current.deploy_notify_urls.get_secret_value() if current.deploy_notify_urls else None
             notifier = Notifier(urls, current.deploy_notify_events, on_result=metrics.notification)
@@ -107,6 +105,7 @@ def create_app(settings: Settings | None = None, clock: Callable[[], float] = ti
             )
             reconciler = Reconciler(recovery, current.deploy_reconcile_interval)
             deployer.on_awaiting = reconciler.add
+            scheduler.on_skip = metrics.skip
             engines.on_answer = reconciler.host_answers
             # Recovery first: a planned deploy a crash left `running` is interrupted, never started again.
             reconciler.start(recovery.recover())

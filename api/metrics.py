@@ -35,7 +35,10 @@ WEBHOOK_RESULTS = (
     "conflict",
     "rate_limited",
     "inventory_invalid",
+    "outside_window",
 )
+# Why a tick of a recurring schedule deployed nothing (api/scheduler.py, SkipReason).
+SKIP_REASONS = ("outside_window", "unchanged", "failed_before", "watch_failed")
 NOTIFICATION_RESULTS = ("sent", "failed", "dropped")
 # A deploy is a pull, a restart and a health check: seconds to a few minutes; DEPLOY_TIMEOUT is 900 s.
 DURATION_BUCKETS = (2.5, 5, 10, 15, 20, 30, 45, 60, 90, 120, 180, 300, 600, 900)
@@ -159,6 +162,14 @@ class Metrics:
             ["service"],
             registry=registry,
         )
+        self.skipped = Counter(
+            "deployer_skipped_deployments",
+            "Ticks of recurring schedules that deployed nothing: outside_window (the service's deploy window was "
+            "closed), unchanged (a watch found the running image in the registry), failed_before (a watch found the "
+            "image its last deploy rolled back), watch_failed (a watch could not read the registry or the host)",
+            ["service", "reason"],
+            registry=registry,
+        )
         self.webhook_requests = Counter(
             "deployer_webhook_requests",
             "Requests to POST /deploy and POST /rollback, by what became of them",
@@ -189,6 +200,8 @@ class Metrics:
                 for strategy in STRATEGIES:
                     self.duration.labels(service, action, strategy)
             self.missed.labels(service)
+            for reason in SKIP_REASONS:
+                self.skipped.labels(service, reason)
             for trigger in ("automatic", "manual", "recovery"):
                 for result in ("succeeded", "failed"):
                     self.rollbacks.labels(service, trigger, result)
@@ -213,6 +226,11 @@ class Metrics:
         elif action == "rollback":
             trigger = "recovery" if record.get("source") == "recovery" else "manual"
             self.rollbacks.labels(service, trigger, "succeeded" if outcome == "succeeded" else "failed").inc()
+
+    def skip(self, service: str, reason: str) -> None:
+        """Count a tick of a recurring schedule that deployed nothing, and why (SKIP_REASONS)."""
+        self._know([service])
+        self.skipped.labels(service, reason).inc()
 
     def know_notification_schemes(self, schemes: Iterable[str]) -> None:
         for scheme in schemes:

@@ -94,6 +94,11 @@ class DeployRequest(BaseModel):
     at: Annotated[str, Field(max_length=64, json_schema_extra={"format": "date-time"})] | None = Field(
         None, description=AT
     )
+    queue: bool = Field(
+        False,
+        description="Outside the service's deploy_window: false refuses the deploy (423, naming the next window), "
+        "true plans it for the window's next opening (202, status `scheduled`). Rollbacks are never held to a window",
+    )
 
     @field_validator("repository", "commit", "message", mode="before")
     @classmethod
@@ -161,6 +166,8 @@ Outcome = Literal["scheduled", "running", FinishedOutcome, "rejected", "cancelle
 NotifyEvent = Literal[FinishedOutcome, "missed"]
 NOTIFY_EVENTS: tuple[NotifyEvent, ...] = (*FINISHED_OUTCOMES, "missed")
 Trigger = Literal["webhook", "schedule", "watch", "cli", "recovery"]
+# How deployctl's User-Agent begins: the API records what it sends as trigger `cli`.
+DEPLOYCTL_AGENT = "deployctl/"
 Reconciliation = Literal["restored", "completed", "removed", "superseded", "nothing", "failed"]
 
 
@@ -198,8 +205,9 @@ class DeploymentRecord(BaseModel):
     outcome: Outcome
     trigger: Trigger = Field(
         "webhook",
-        description="What started it: webhook (a signed POST, planned or not), schedule (a tick of "
-        "deploy_services.<name>.schedule), recovery (reconciliation)",
+        description="What started it: webhook (a signed POST, planned or not), cli (the same, sent by deployctl), "
+        "schedule (a tick of deploy_services.<name>.schedule), watch (a schedule with watch: true that found a new "
+        "image in the registry), recovery (reconciliation)",
     )
     planned_at: str | None = Field(None, description="When a planned deploy was to run (UTC); null: it ran at once")
     environment: str | None = Field(None, description="The inventory group deployed to; null: every host")
@@ -264,9 +272,16 @@ class ScheduleItem(BaseModel):
     """A recurring schedule of the inventory (deploy_services.<name>.schedule) and its next tick."""
 
     service: str
-    cron: str = Field(description="The 5-field cron expression")
+    cron: str | None = Field(description="The 5-field cron expression; null for a watch that ticks every interval")
     timezone: str = Field(description="The IANA time zone it is read in")
     image: str | None = Field(description="The image each tick deploys; null means the compose file's")
+    watch: bool = Field(
+        False, description="A tick deploys only when the registry holds another image under that name than runs"
+    )
+    interval: int | None = Field(None, description="Seconds between the ticks of a watch without cron")
+    window: str | None = Field(
+        None, description="The service's deploy_window on the hosts a tick reaches: ticks outside it deploy nothing"
+    )
     next_run: str = Field(description="The next tick, in UTC")
     hosts: list[str] = Field(description="The hosts whose deploy_services entry holds the schedule")
 

@@ -12,7 +12,10 @@ DEPLOY_SCHEDULE_GRACE seconds after its planned time; then it is missed. At star
 the grace (the API was down at its time) is missed too; one late by less runs at once.
 
 A recurring schedule (deploy_services.<name>.schedule, api/schedules.py) becomes a planned deploy when its tick comes,
-and runs as one from then on (trigger `schedule`, planned_at the tick). Each pass records the latest tick since the
+and runs as one from then on (trigger `schedule`, planned_at the tick); a watch's tick looks at the registry first
+(api/watch.py), in a task of its own, and becomes one (trigger `watch`) only when it finds a new image. A tick at which
+the service's deploy window is closed deploys nothing, nor does a look that finds nothing to deploy: both are counted
+(on_skip), as skipped. Each pass records the latest tick since the
 one recorded before (History.record_tick: one record per service and tick, so a second pass or a restart creates
 none); ticks before it, passed while the API was down, do not count. A schedule seen for the first time, or changed,
 counts from then on. A tick deploys the service once, to the hosts the default environment (DEPLOY_ENVIRONMENT)
@@ -25,20 +28,24 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from datetime import UTC, datetime
 
 from fastapi import Request
 
-from api import logs
-from api.admission import Admitted, Refused, admit, claim_service, validate
+from api import contract, logs
+from api.admission import Admitted, Refused, admit, check_window, claim_service, validate
 from api.deployer import Deployer, new_deployment_id, refusal_text
 from api.history import History, Record
 from api.history import now as history_now
-from api.inventory import Inventory, ServiceSchedule, service_schedules
-from api.models import utc_text
+from api.inventory import Environment, Inventory, InventoryView, ServiceSchedule, service_schedules
+from api.models import Trigger, utc_text
+from api.recovery import PROBE_KEEP_RUNS, PROBES_DIR, probe_run_id
+from api.runner import RunResult, run_playbook
+from api.schedules import Window
 from api.security import RateLimits
 from api.settings import Settings
+from api.watch import SkipReason, look
 
 log = logging.getLogger("deploy")
 
@@ -89,8 +96,17 @@ class Scheduler:
         # When this process began to run planned deploys (start() reads the clock again): one planned before, by more
         # than the grace, was missed while the API was down.
         self._started_at = clock()
+        # The watches looking at the registry, by service; and the tick that came during a look, looked at after it.
+        self._looking: dict[str, asyncio.Task[None]] = {}
+        self._next_look: dict[str, datetime] = {}
+        # Why each service's latest tick that deployed nothing did not: the log says it again only when it changed.
+        self._last_skip: dict[str, str] = {}
+        # A tick that deployed nothing, and why (the metrics' skipped counter).
+        self.on_skip: Callable[[str, SkipReason], None] = lambda service, reason: None
 
-    def plan(self, admitted: Admitted, action: str, source: str, signers: frozenset[str]) -> str:
+    def plan(
+        self, admitted: Admitted, action: str, source: str, signers: frozenset[str], trigger: Trigger = "webhook"
+    ) -> str:
         """Record a request with `at` as a planned deploy; its id."""
         request = admitted.request
         deployment_id = new_deployment_id(datetime.now(UTC))
@@ -99,7 +115,7 @@ class Scheduler:
             id=deployment_id,
             action=action,
             outcome="scheduled",
-            trigger="webhook",
+            trigger=trigger,
             planned_at=request.at,
             source=source,
             signers=sorted(signers),
@@ -137,8 +153,10 @@ class Scheduler:
         """No planned deploy starts any more; those started go on (the deployer's drain ends them)."""
         self._stop.set()
         self._woken.set()
-        if self._task is not None:
-            _, late = await asyncio.wait([self._task], timeout=timeout)
+        # A look under way ends with the deployer's shutting_down; none records a deploy any more.
+        tasks = [task for task in (self._task, *self._looking.values()) if task is not None]
+        if tasks:
+            _, late = await asyncio.wait(tasks, timeout=timeout)
             for task in late:
                 task.cancel()
 
@@ -164,8 +182,8 @@ class Scheduler:
         a busy service; None when nothing is planned."""
         async with self._passing:
             now = self.clock()
-            schedules = service_schedules(await asyncio.to_thread(self.inventory.view))
-            due_in = self._record_ticks(schedules.values(), now)
+            view = await asyncio.to_thread(self.inventory.view)
+            due_in = self._record_ticks(view, now)
             for record in self.history.scheduled():
                 planned = epoch(record["planned_at"] or "")
                 if planned > now:
@@ -174,44 +192,142 @@ class Scheduler:
                     due_in = least(due_in, BUSY_RETRY_SECONDS)
             return due_in
 
-    def _record_ticks(self, schedules: Iterable[ServiceSchedule], now: float) -> float | None:
-        """Record the latest tick of each schedule that came since its last one; the seconds until the next tick."""
+    def _record_ticks(self, view: InventoryView, now: float) -> float | None:
+        """Act on the latest tick of each schedule that came since its last one: record its planned deploy, look at
+        the registry for a watch, or skip it outside the deploy window. The seconds until the next tick."""
         due_in: float | None = None
-        for entry in schedules:
+        for entry in service_schedules(view).values():
             service, schedule = entry.service, entry.schedule
             state = self.history.schedule_state(service)
-            if state is None or state[:2] != (schedule.cron, schedule.timezone):
-                self.history.remember_schedule(service, schedule.cron, schedule.timezone, utc(now))
+            if state is None or state[:2] != (schedule.rule, schedule.timezone):
+                self.history.remember_schedule(service, schedule.rule, schedule.timezone, utc(now))
             else:
                 tick = schedule.latest_tick(epoch(state[2]), now)
                 if tick is not None:
-                    self._record_tick(entry, tick)
+                    self._act_on_tick(entry, tick, self._environment(view))
             due_in = least(due_in, schedule.next_tick(now).timestamp() - now)
         return due_in
 
-    def _record_tick(self, entry: ServiceSchedule, tick: datetime) -> None:
+    def _environment(self, view: InventoryView) -> Environment:
+        """The hosts a tick deploys to: those of the default environment (DEPLOY_ENVIRONMENT), else every host."""
+        return view.reached(self.settings.deploy_environment)
+
+    def _act_on_tick(self, entry: ServiceSchedule, tick: datetime, environment: Environment) -> None:
+        service, planned_at = entry.service, utc_text(tick)
+        try:
+            closed = environment.window_opens(service, tick.timestamp()) is not None
+        except ValueError:
+            closed = False  # windows that never open: the deploy's own check refuses it, and says why
+        if closed:
+            if self.history.pass_tick(service, planned_at):
+                windows = "; ".join(map(str, environment.windows(service)))
+                self._skip(service, "outside_window", f"tick of {planned_at} outside its deploy window {windows}")
+        elif not entry.schedule.watch:
+            self._record_tick(entry, tick, "schedule", f"schedule {entry.schedule.cron} ({entry.schedule.timezone})")
+        elif self.history.pass_tick(service, planned_at):
+            self._look_at_registry(entry, tick, tuple(environment.policies(service)))
+
+    def _record_tick(self, entry: ServiceSchedule, tick: datetime, trigger: Trigger, message: str) -> None:
         deployment_id, planned_at = new_deployment_id(tick), utc_text(tick)
         created = self.history.record_tick(
             id=deployment_id,
             action="deploy",
             outcome="scheduled",
-            trigger="schedule",
+            trigger=trigger,
             planned_at=planned_at,
-            source="schedule",
+            source=trigger,
             signers=sorted(entry.signers),
             service=entry.service,
             image=entry.schedule.image,
-            message=f"schedule {entry.schedule.cron} ({entry.schedule.timezone})",
+            message=message,
         )
         if created:
             logs.bind(deployment_id=deployment_id, service=entry.service)
-            log.info("🗓️  [%s] %s: tick of %s", deployment_id, entry.service, planned_at)
+            log.info("🗓️  [%s] %s: tick of %s (%s)", deployment_id, entry.service, planned_at, trigger)
 
-    def next_runs(self) -> list[tuple[ServiceSchedule, datetime]]:
-        """Each recurring schedule of the inventory, and its next tick after now. Blocking: it may read the
-        inventory."""
+    def _skip(self, service: str, reason: SkipReason, detail: str) -> None:
+        """Count a tick that deployed nothing; say why, in the log at INFO when it is news (a watch looks every few
+        minutes, and finds the same most of the time), and at WARNING when a watch could not look."""
+        logs.bind(deployment_id=None, service=service)
+        news = self._last_skip.get(service) != detail
+        self._last_skip[service] = detail
+        level = logging.WARNING if reason == "watch_failed" else logging.INFO if news else logging.DEBUG
+        log.log(level, "⏭️  %s: nothing deployed (%s): %s", service, reason.replace("_", " "), detail)
+        self.on_skip(service, reason)
+
+    def _look_at_registry(self, entry: ServiceSchedule, tick: datetime, hosts: tuple[str, ...]) -> None:
+        """Look at the registry for a watch's tick, in a task of its own; a tick that comes during a look is looked at
+        right after it, so that a push is seen within one interval of it."""
+        if entry.service in self._looking:
+            self._next_look[entry.service] = tick
+            return
+        task = asyncio.create_task(self._look(entry, tick, hosts), name=f"watch-{entry.service}")
+        self._looking[entry.service] = task
+
+    async def _look(self, entry: ServiceSchedule, tick: datetime, hosts: tuple[str, ...]) -> None:
+        service = entry.service
+        try:
+            if not self._busy(service):
+                run = await asyncio.to_thread(self._read_registry, entry, hosts)
+                found = look(run, hosts, self.history.last_watch_deploy(service))
+                if self._stop.is_set() or self._busy(service):
+                    pass  # stopping, or a deploy began meanwhile: the next tick looks again
+                elif found.deploy:
+                    self._last_skip.pop(service, None)
+                    self._record_tick(entry, tick, "watch", found.detail)
+                    self.wake()
+                elif found.reason is not None:
+                    self._skip(service, found.reason, found.detail)
+        except Exception:  # the watch must outlive a look that broke
+            log.exception("The registry watch of %s failed", service)
+        finally:
+            del self._looking[service]
+            later = self._next_look.pop(service, None)
+            if later is not None and not self._stop.is_set():
+                self._look_at_registry(entry, later, hosts)
+
+    def _busy(self, service: str) -> bool:
+        """A deploy of the service runs, or one planned is due: a look now would race with it."""
+        if any(claim.service == service for claim in self.deployer.running()):
+            return True
         now = self.clock()
-        return [(entry, entry.schedule.next_tick(now)) for entry in service_schedules(self.inventory.view()).values()]
+        return any(
+            record["service"] == service and epoch(record["planned_at"] or "") <= now
+            for record in self.history.scheduled()
+        )
+
+    def _read_registry(self, entry: ServiceSchedule, hosts: tuple[str, ...]) -> RunResult:
+        """The status read with deploy_watch on `hosts`: what each runs, and what the registry has (blocking)."""
+        extravars: dict[str, object] = {
+            contract.VAR_SERVICE: entry.service,
+            contract.VAR_WATCH: True,
+            # An engine that does not answer makes this look fail at once; the next tick looks again.
+            contract.VAR_ENGINE_WAIT: 0,
+        }
+        if entry.schedule.image:
+            extravars[contract.VAR_IMAGE] = entry.schedule.image
+        return run_playbook(
+            run_id=probe_run_id(f"watch-{entry.service}"),
+            playbook=self.deployer.playbook("status"),
+            extravars=extravars,
+            limit=hosts,
+            inventory=self.settings.deploy_inventory,
+            state_dir=self.settings.deploy_state_dir / PROBES_DIR,
+            timeout=self.settings.deploy_timeout,
+            keep_runs=PROBE_KEEP_RUNS,
+            cancel=self.deployer.shutting_down,
+            stats_key=contract.STATUS_KEY,
+        )
+
+    def next_runs(self) -> list[tuple[ServiceSchedule, datetime, tuple[Window, ...]]]:
+        """Each recurring schedule of the inventory, its next tick after now, and the deploy windows its ticks are
+        held to. Blocking: it may read the inventory."""
+        now, view = self.clock(), self.inventory.view()
+        environment = self._environment(view)
+        return [
+            (entry, entry.schedule.next_tick(now), environment.windows(entry.service))
+            for entry in service_schedules(view).values()
+        ]
 
     async def _run_due(self, record: Record, planned: float, now: float) -> bool:
         """Start a planned deploy whose time has come, or refuse it, or mark it missed; False when its service is
@@ -226,6 +342,7 @@ class Scheduler:
             document = {field: record.get(field) for field in REQUEST_FIELDS if record.get(field) is not None}
             signers = frozenset(record.get("signers") or ())
             admitted = await asyncio.to_thread(admit, self.inventory, self.settings, validate(document), signers)
+            check_window(admitted, record["action"], now, now)
             claim = claim_service(self.deployer, self.rate_limits, admitted, deployment_id)
         except Refused as refusal:
             if refusal.status_code != 409:

@@ -248,7 +248,13 @@ class Settings(BaseSettings):
     deploy_schedule_timezone: str = Field(
         "UTC",
         description="IANA time zone (e.g. Europe/Berlin) of the cron expressions of deploy_services.<name>.schedule "
-        "that name none",
+        "and deploy_window that name none",
+    )
+    deploy_watch_interval: int = Field(
+        300,
+        ge=1,
+        description="Seconds between two looks at the registry for a schedule with watch: true and no cron (the "
+        "schedule's interval overrides it)",
     )
     deploy_schedule_horizon: int = Field(
         7_776_000, gt=0, description="Seconds ahead a deploy may be planned (`at`); 90 days by default"

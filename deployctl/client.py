@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 
 from api import __version__
+from api.models import DEPLOYCTL_AGENT
 from api.signature import HEADER, sign
 
 # What the API's ids look like (20251127T023912-1a2b3c4d); anything else is refused before it reaches a URL.
@@ -73,7 +74,7 @@ class Client:
             base_url=self.url,
             timeout=timeout,
             # Cloudflare's browser integrity check turns away the default user agents of HTTP libraries.
-            headers={"User-Agent": f"deployctl/{__version__}"},
+            headers={"User-Agent": f"{DEPLOYCTL_AGENT}{__version__}"},
         )
 
     def __enter__(self) -> Client:

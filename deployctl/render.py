@@ -181,16 +181,26 @@ def schedules_lines(answer: dict[str, Any]) -> list[str]:
     return [*recurring_table(recurring), "", *planned_table(planned)]
 
 
+def ticks(item: dict[str, Any]) -> str:
+    """When a schedule ticks: its cron expression or its interval, and whether it watches the registry; then its deploy
+    window, if any."""
+    when = shown(item, "cron") if item.get("cron") else f"every {shown(item, 'interval')} s"
+    if item.get("watch"):
+        when += ", watch"
+    return f"{when}, window {shown(item, 'window')}" if item.get("window") else when
+
+
 def recurring_table(items: list[dict[str, Any]]) -> list[str]:
-    """The recurring schedules: cron expression, the zone it is read in, the image each run deploys, the next run
-    (here and in UTC) and the hosts."""
+    """The recurring schedules: when they tick (a cron expression, or a watch's interval; `watch` when a tick deploys
+    only a new image of the registry), the zone, the image each run deploys, the next run (here and in UTC) and the
+    hosts."""
     if not items:
         return ["No recurring schedules."]
-    header = ("SERVICE", "CRON", "ZONE", "IMAGE", "NEXT RUN (LOCAL)", "NEXT RUN (UTC)", "HOSTS")
+    header = ("SERVICE", "WHEN", "ZONE", "IMAGE", "NEXT RUN (LOCAL)", "NEXT RUN (UTC)", "HOSTS")
     rows = [
         (
             shown(item, "service", "-"),
-            shown(item, "cron"),
+            ticks(item),
             shown(item, "timezone"),
             shown(item, "image", "the compose file's image"),
             when.local(item.get("next_run")),

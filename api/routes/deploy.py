@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+from dataclasses import replace
+from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, status
@@ -13,6 +15,7 @@ from api.admission import (
     check_first_receipt,
     check_fresh,
     check_planned_time,
+    check_window,
     claim_service,
     load_document,
     timestamp_of,
@@ -30,7 +33,16 @@ from api.deps import (
     signed_body,
 )
 from api.inventory import Inventory
-from api.models import DeployFailure, DeploymentAccepted, DeploymentScheduled, DeployRequest, DeploySuccess
+from api.models import (
+    DEPLOYCTL_AGENT,
+    DeployFailure,
+    DeploymentAccepted,
+    DeploymentScheduled,
+    DeployRequest,
+    DeploySuccess,
+    Trigger,
+    utc_text,
+)
 from api.scheduler import get_scheduler
 from api.settings import Settings
 
@@ -54,6 +66,10 @@ RESPONSES: dict[int | str, dict[str, Any]] = {
         "every host, an expired or replayed request"
     },
     409: {"description": "A deployment of this service is already running (never for a planned one)"},
+    423: {
+        "description": "A deploy outside the service's deploy_window (at its `at`, or now), without `queue`: the "
+        "detail names the window and its next opening, Retry-After the seconds until then"
+    },
     413: {"description": "Body too large"},
     422: {
         "description": "A field has the wrong type or an invalid value, or the body has a field the API does not know"
@@ -90,6 +106,7 @@ async def run_action(
     # One reading of the clock for the window, the one-time check and `at`, so that no edge lies between them.
     now = request.app.state.clock()
     source = signed.client
+    trigger = trigger_of(request)
     document, malformed = load_document(signed.raw)
     try:
         try:
@@ -106,10 +123,11 @@ async def run_action(
             if refusal.status_code != status.HTTP_503_SERVICE_UNAVAILABLE:
                 rate_limits.refused(source)
             raise
+        admitted = queued(admitted, check_window(admitted, action, epoch_of(admitted.request.at, now), now))
         if admitted.request.at is not None:
             # Planned: nothing is claimed nor spent now; the checks run again when it comes to run.
             deployment_id = await run_in_threadpool(
-                get_scheduler(request).plan, admitted, action, source, signed.signers
+                get_scheduler(request).plan, admitted, action, source, signed.signers, trigger
             )
             get_metrics(request).webhook(endpoint(request), "accepted")
             return _accepted(request, deployment_id, admitted, scheduled=True)
@@ -122,6 +140,7 @@ async def run_action(
             hosts=admitted.environment.hosts,
             claim=claim,
             strategy=admitted.environment.strategy(admitted.request.service),
+            trigger=trigger,
         )
     except Refused as refusal:
         get_metrics(request).webhook(endpoint(request), refusal.result)
@@ -135,6 +154,25 @@ async def run_action(
     single = outcome.environment is None and len(outcome.hosts) <= 1
     body = outcome.model_dump(exclude={"environment", "hosts"} if single else None)
     return JSONResponse(body, status_code=code, headers={"X-Deployment-Id": deployment_id})
+
+
+def trigger_of(request: Request) -> Trigger:
+    """cli for a request deployctl sent (it says so in its User-Agent), webhook for any other. Only a record's label:
+    the signature, not this, decides what runs."""
+    return "cli" if request.headers.get("user-agent", "").startswith(DEPLOYCTL_AGENT) else "webhook"
+
+
+def epoch_of(at: str | None, now: float) -> float:
+    """When a request is to run: its `at`, else now."""
+    return now if at is None else datetime.fromisoformat(at).timestamp()
+
+
+def queued(admitted: Admitted, opens: float | None) -> Admitted:
+    """A request that asked to queue, planned for the opening of its deploy window (check_window); else as it is."""
+    if opens is None:
+        return admitted
+    at = utc_text(datetime.fromtimestamp(opens, UTC))
+    return replace(admitted, request=admitted.request.model_copy(update={"at": at}))
 
 
 def _accepted(request: Request, deployment_id: str, admitted: Admitted, *, scheduled: bool) -> JSONResponse:

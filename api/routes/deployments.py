@@ -79,10 +79,13 @@ def list_schedules(
             cron=entry.schedule.cron,
             timezone=entry.schedule.timezone,
             image=entry.schedule.image,
+            watch=entry.schedule.watch,
+            interval=entry.schedule.interval if entry.schedule.cron is None else None,
+            window="; ".join(map(str, windows)) or None,
             next_run=utc_text(tick),
             hosts=list(entry.hosts),
         )
-        for entry, tick in scheduler.next_runs()
+        for entry, tick, windows in scheduler.next_runs()
     ]
     planned = [DeploymentRecord.model_validate(record) for record in scheduler.history.scheduled()]
     return SchedulesPage(items=items, planned=planned)

@@ -27,7 +27,6 @@ import httpx
 import pytest
 import yaml
 from conftest import service
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.apiserver import ApiServer
 from tests.support.dockercli import compose_down, container_of, docker_on, image
@@ -111,12 +110,7 @@ class Site:
         return record
 
     def metric(self, name: str, **labels: str) -> float | None:
-        text = httpx.get(f"{self.server.url}/metrics", timeout=10).text
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name == name and all(sample.labels.get(key) == value for key, value in labels.items()):
-                    return float(sample.value)
-        return None
+        return self.server.metric(name, **labels)
 
     def health(self) -> dict[str, Any]:
         answer = httpx.get(f"{self.server.url}/health", timeout=10)

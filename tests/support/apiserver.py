@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+from prometheus_client.parser import text_string_to_metric_families
 
 from api.signature import HEADER, sign
 
@@ -124,6 +125,14 @@ class ApiServer:
     def get(self, path: str, *, token: str | None = READ_TOKEN, **params: Any) -> httpx.Response:
         headers = {"Authorization": f"Bearer {token}"} if token else {}
         return httpx.get(f"{self.url}{path}", headers=headers, params=params, timeout=10)
+
+    def metric(self, name: str, **labels: str) -> float | None:
+        """A sample of /metrics by its name and labels; None when there is none."""
+        for family in text_string_to_metric_families(self.get("/metrics").text):
+            for sample in family.samples:
+                if sample.name == name and all(sample.labels.get(key) == value for key, value in labels.items()):
+                    return float(sample.value)
+        return None
 
     def record(self, deployment_id: str) -> dict[str, Any]:
         response = self.get(f"/deployments/{deployment_id}")

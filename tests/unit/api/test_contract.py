@@ -67,6 +67,10 @@ def test_every_extra_var_the_api_passes_is_read_by_the_playbooks_or_the_role():
     # The reconciliation's status reads pass deploy_engine_wait=0: the status entry point takes it.
     assert contract.VAR_ENGINE_WAIT in specs["status"]["options"]
     assert contract.VAR_ENGINE_WAIT in words(ROLE / "tasks" / "status.yml")
+    # The registry watch's look is the status read with deploy_watch, and the schedule's image as `image`.
+    assert contract.VAR_WATCH in specs["status"]["options"]
+    assert contract.VAR_WATCH in words(ROLE / "tasks" / "status.yml")
+    assert contract.VAR_IMAGE in words(REPO / "playbooks" / "status.yml")
 
 
 def test_the_engine_check_publishes_what_the_engine_watch_reads_and_never_fails():

@@ -480,7 +480,7 @@ def test_a_database_of_schema_1_is_migrated_and_keeps_its_records(tmp_path):
 
     history = History(tmp_path / "h.sqlite3")
 
-    assert history.schema_version() == SCHEMA_VERSION == 9
+    assert history.schema_version() == SCHEMA_VERSION == 10
     record = history.get("d1")
     assert (record["service"], record["outcome"]) == ("portal", "succeeded")
     assert (record["trigger"], record["planned_at"]) == ("webhook", None), "an old record was a webhook's, at once"

@@ -284,6 +284,9 @@ def test_get_schedules_lists_the_schedules_then_the_planned_deploys(client):
             "cron": "0 3 * * *",
             "timezone": "Europe/Berlin",
             "image": None,
+            "watch": False,
+            "interval": None,
+            "window": None,
             "next_run": TICK,
             "hosts": ["localhost"],
         }

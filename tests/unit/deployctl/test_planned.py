@@ -268,6 +268,14 @@ def test_schedules_lists_the_recurring_schedules_then_the_planned_deploys(capsys
         "items": [
             recurring("hello-world", cron="*/15 * * * *", timezone="UTC", next_run="2027-07-15T10:15:00Z"),
             recurring(image="ghcr.io/acme/portal:stable", hosts=["web-1", "web-2"]),
+            recurring(
+                "grafana",
+                cron=None,
+                watch=True,
+                interval=300,
+                window="* 2-4 * * * (Europe/Berlin)",
+                next_run="2027-01-16T01:05:00Z",
+            ),
         ],
         "planned": list(reversed(planned_pair())),
     }
@@ -279,13 +287,15 @@ def test_schedules_lists_the_recurring_schedules_then_the_planned_deploys(capsys
     assert (read.path, read.query) == ("/schedules", {})
     assert read.headers["Authorization"] == f"Bearer {READ_TOKEN}"
     assert out.splitlines() == [
-        "SERVICE      CRON          ZONE           IMAGE                       NEXT RUN (LOCAL)          "
-        "NEXT RUN (UTC)       HOSTS",
-        "hello-world  */15 * * * *  UTC            the compose file's image    2027-07-15 12:15:00 CEST  "
-        "2027-07-15 10:15:00  nas",
-        "portal       0 3 * * *     Europe/Berlin  ghcr.io/acme/portal:stable  2027-01-16 03:00:00 CET   "
-        "2027-01-16 02:00:00  web-1, web-2",
-        "2 recurring schedules",
+        "SERVICE      WHEN                                                    ZONE           "
+        "IMAGE                       NEXT RUN (LOCAL)          NEXT RUN (UTC)       HOSTS",
+        "hello-world  */15 * * * *                                            UTC            "
+        "the compose file's image    2027-07-15 12:15:00 CEST  2027-07-15 10:15:00  nas",
+        "portal       0 3 * * *                                               Europe/Berlin  "
+        "ghcr.io/acme/portal:stable  2027-01-16 03:00:00 CET   2027-01-16 02:00:00  web-1, web-2",
+        "grafana      every 300 s, watch, window * 2-4 * * * (Europe/Berlin)  Europe/Berlin  "
+        "the compose file's image    2027-01-16 02:05:00 CET   2027-01-16 01:05:00  nas",
+        "3 recurring schedules",
         "",
         *PLANNED_TABLE,
     ]
@@ -299,7 +309,7 @@ def test_schedules_with_only_recurring_ones_says_no_deploys_are_planned(capsys, 
 
     assert code == 0
     assert out.splitlines() == [
-        "SERVICE  CRON       ZONE           IMAGE                     NEXT RUN (LOCAL)         "
+        "SERVICE  WHEN       ZONE           IMAGE                     NEXT RUN (LOCAL)         "
         "NEXT RUN (UTC)       HOSTS",
         "portal   0 3 * * *  Europe/Berlin  the compose file's image  2027-01-16 03:00:00 CET  "
         "2027-01-16 02:00:00  nas",

@@ -74,7 +74,8 @@ exit codes:
   2  usage or configuration error: bad arguments, a missing WEBHOOK_SECRET or DEPLOY_READ_TOKEN
   3  refused by the API (4xx): signature, read token, service or image not allowed, already running,
      validation, a stale or replayed request, too many requests (429), a time in the past or beyond
-     the API's horizon, cancelling a deployment that is not planned (409) or unknown (404); the API's
+     the API's horizon, a deploy outside the service's deploy window (423: --queue plans it for the
+     window's opening), cancelling a deployment that is not planned (409) or unknown (404); the API's
      detail is printed, and after a 429 the seconds to wait
   4  the API is unreachable, or the deployment was still running when --timeout ran out, or an API
      that cannot plan deploys started one given --at at once"""
@@ -86,7 +87,8 @@ examples:
   deployctl deploy hello-world                 # the image its compose file names, pulled again
   deployctl deploy portal ghcr.io/acme/portal:1.4.2 --no-follow   # print the deployment id and leave
   deployctl deploy portal ghcr.io/acme/portal:1.4.2 --at 2026-12-08T02:00:00Z
-  deployctl deploy portal ghcr.io/acme/portal:1.4.2 --at "2026-12-08 03:00"   # this machine's time zone""",
+  deployctl deploy portal ghcr.io/acme/portal:1.4.2 --at "2026-12-08 03:00"   # this machine's time zone
+  deployctl deploy portal ghcr.io/acme/portal:1.4.2 --queue   # outside its deploy window: at its opening""",
     "rollback": """\
 examples:
   deployctl rollback portal                    # back to the previous kept image
@@ -186,6 +188,13 @@ def build_parser() -> argparse.ArgumentParser:
             "2026-12-08T03:00:00+01:00), or a date-time without one (2026-12-08 03:00), in this machine's time zone; "
             "prints the planned deployment's id and does not follow it",
         )
+        if action == "deploy":
+            sub.add_argument(
+                "--queue",
+                action="store_true",
+                help="outside the service's deploy window, plan it for the window's next opening instead of being "
+                "refused (rollbacks are never held to a window)",
+            )
         sub.add_argument(
             "--no-follow", dest="follow", action="store_false", help="print the deployment id and return at once"
         )
@@ -258,19 +267,23 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def run_deployment(args: argparse.Namespace, settings: ClientSettings) -> int:
-    fields = {
+    fields: dict[str, str | bool | None] = {
         "service": args.service,
         "image": args.image,
         "environment": args.environment,
         "repository": args.repository,
         "commit": args.commit,
         "message": args.message,
+        "queue": getattr(args, "queue", False),
     }
     if args.at is not None:
         return plan_deployment(args, settings, {**fields, "at": when.sent(args.at)})
     with _client(args, settings, secret=True) as client:
         accepted = client.start(args.action, fields)
         deployment_id = accepted["deployment_id"]
+        if accepted.get("status") == "scheduled":
+            # Queued: the service's deploy window is closed, and the API planned it for the window's opening.
+            return print_planned(args, accepted, "queued to its deploy window")
         if not args.follow:
             if args.json:
                 _print_json(accepted)
@@ -303,7 +316,7 @@ def run_deployment(args: argparse.Namespace, settings: ClientSettings) -> int:
     return exit_for(record)
 
 
-def plan_deployment(args: argparse.Namespace, settings: ClientSettings, fields: dict[str, str | None]) -> Exit:
+def plan_deployment(args: argparse.Namespace, settings: ClientSettings, fields: dict[str, str | bool | None]) -> Exit:
     """POST the deploy or rollback with `at`: the API keeps it until then, so there is nothing to follow yet."""
     with _client(args, settings, secret=True) as client:
         accepted = client.start(args.action, fields)
@@ -315,11 +328,18 @@ def plan_deployment(args: argparse.Namespace, settings: ClientSettings, fields: 
             f"the API started {args.action} {deployment_id} now instead of planning it: it does not know `at` "
             f"(a version from before planned deploys); see it with: deployctl show {deployment_id}",
         )
+    return print_planned(args, accepted)
+
+
+def print_planned(args: argparse.Namespace, accepted: dict[str, Any], why: str = "") -> Exit:
+    """A deploy the API planned (202, status `scheduled`): its id and when it runs, here and in UTC."""
     if args.json:
         _print_json(accepted)
     else:
         planned = when.utc_and_local(accepted.get("at"))
-        print(f"Scheduled {deployment_id}: {args.action} {printable(args.service)} at {planned}")
+        because = f" ({why})" if why else ""
+        deployment_id = printable(str(accepted["deployment_id"]))
+        print(f"Scheduled {deployment_id}: {args.action} {printable(args.service)} at {planned}{because}")
     return Exit.SUCCEEDED
 
 
@@ -460,6 +480,8 @@ def _refusal_text(refusal: Refused) -> str:
     elif refusal.status == 429:
         wait = f"in {refusal.retry_after} s" if refusal.retry_after is not None else "later"
         hint = f"too many requests: try again {wait}"
+    elif refusal.status == 423:
+        hint = "outside the service's deploy window: deploy --queue plans it for the window's opening"
     return f"refused by the API ({refusal.status}):{text}" + (f"\n  ({hint})" if hint else "")
 
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import re
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import httpx
@@ -35,15 +35,16 @@ class Unavailable(Exception):
     """No answer from the API (connection, timeout), or an answer that is not the API's (5xx from a proxy)."""
 
 
-def encode_body(fields: dict[str, str | None], timestamp: int) -> bytes:
-    """The exact bytes that are signed and sent: compact JSON, unset fields left out, and when it was signed."""
-    document: dict[str, str | int] = {name: value for name, value in fields.items() if value}
+def encode_body(fields: Mapping[str, str | bool | None], timestamp: int) -> bytes:
+    """The exact bytes that are signed and sent: compact JSON, unset (and false) fields left out, and when it was
+    signed."""
+    document: dict[str, str | bool | int] = {name: value for name, value in fields.items() if value}
     document["timestamp"] = timestamp
     return json.dumps(document, separators=(",", ":")).encode()
 
 
 def retry_after(response: httpx.Response) -> int | None:
-    """Retry-After in seconds, as the API sends it with 429; None when absent or an HTTP date."""
+    """Retry-After in seconds, as the API sends it with 429 and 423; None when absent or an HTTP date."""
     value = response.headers.get("Retry-After", "").strip()
     return int(value) if value.isdigit() else None
 
@@ -83,11 +84,11 @@ class Client:
     def __exit__(self, *exc_info: object) -> None:
         self._http.close()
 
-    def start(self, action: str, fields: dict[str, str | None]) -> dict[str, Any]:
+    def start(self, action: str, fields: Mapping[str, str | bool | None]) -> dict[str, Any]:
         """POST /deploy or /rollback with ?wait=false, its body signed for that action (a purpose of api.signature);
-        the 202 body ({"deployment_id", ...}; for a planned one, with `at` among the fields, "status": "scheduled"
-        and "at"). Sent once: the API accepts a signed body once only, so trying again is a new call that signs the
-        time anew."""
+        the 202 body ({"deployment_id", ...}; for a planned one, with `at` among the fields or queued to its deploy
+        window, "status": "scheduled" and "at"). Sent once: the API accepts a signed body once only, so trying again
+        is a new call that signs the time anew."""
         assert self._secret is not None, "starting a deployment needs the webhook secret"
         body = encode_body(fields, int(self._clock()))
         headers = {"Content-Type": "application/json", HEADER: sign(self._secret, body, purpose=action)}

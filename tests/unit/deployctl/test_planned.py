@@ -216,6 +216,44 @@ def test_a_time_the_api_refuses_exits_3_with_its_detail(capsys, fake_api):
     assert err == "deployctl: refused by the API (400): at 2025-01-01T00:00:00Z is in the past\n"
 
 
+def test_queue_is_signed_and_a_deploy_queued_to_its_window_is_printed_as_planned(capsys, fake_api):
+    accepted = {"deployment_id": DEPLOYMENT_ID, "service": "portal", "status": "scheduled", "status_url": "/x"}
+    accepted["at"] = "2026-12-09T01:00:00Z"
+    fake_api.start_answer = (202, accepted)
+
+    code, out, err = run(capsys, "deploy", "portal", "acme/portal:1.4.2", "--queue")
+
+    assert (code, err) == (0, "")
+    (start,) = fake_api.seen
+    assert start.body == b'{"service":"portal","image":"acme/portal:1.4.2","queue":true,"timestamp":%d}' % (
+        start.timestamp
+    )
+    assert is_valid(SECRET.encode(), start.body, start.headers["X-Hub-Signature-256"], "deploy")
+    assert out == (
+        f"Scheduled {DEPLOYMENT_ID}: deploy portal at 2026-12-09 01:00:00 UTC (2026-12-09 02:00:00 CET) "
+        "(queued to its deploy window)\n"
+    )
+
+
+def test_a_deploy_outside_its_window_exits_3_with_the_detail_and_the_queue_hint(capsys, fake_api):
+    detail = "'portal' deploys only in its deploy window * 2-4 * * * (UTC); it opens next at 2026-12-09T02:00:00Z"
+    fake_api.start_answer = (423, {"detail": detail})
+
+    code, out, err = run(capsys, "deploy", "portal")
+
+    assert (code, out) == (3, "")
+    assert err == (
+        f"deployctl: refused by the API (423): {detail}\n"
+        "  (outside the service's deploy window: deploy --queue plans it for the window's opening)\n"
+    )
+    (start,) = fake_api.seen
+    assert b"queue" not in start.body, "no queue unless asked"
+
+
+def test_rollback_takes_no_queue(capsys):
+    assert "unrecognized arguments: --queue" in usage_error(capsys, "rollback", "portal", "--queue")
+
+
 def test_an_api_that_started_the_deploy_at_once_exits_4_and_says_so(capsys, fake_api):
     """An API from before planned deploys ignores `at`: deployctl must not report the deploy as planned."""
     accepted = {"deployment_id": DEPLOYMENT_ID, "service": "portal", "status": "running", "status_url": "/x"}

@@ -167,8 +167,19 @@ def reconciled_message(record: Mapping[str, Any]) -> Message:
     )
 
 
+# What started a deploy (a record's `trigger`), as a notification says it.
+TRIGGERS = {
+    "webhook": "a signed request (webhook)",
+    "cli": "deployctl",
+    "schedule": "its recurring schedule",
+    "watch": "the registry watch: a new image under its tag",
+    "recovery": "the reconciliation after an interruption",
+}
+
+
 def message_for(record: Mapping[str, Any]) -> Message:
-    """What a finished deploy or rollback says: service, images, commit and message, duration; for a failure,
+    """What a finished deploy or rollback says: service, what triggered it, images, commit and message, duration; for a
+    failure,
     the error and the last log lines; for a planned one, in its title, when it was planned for (a missed one says
     why in its error). A record that had to wait for reconciliation says, when that ends, what it
     did (reconciled_message)."""
@@ -178,7 +189,7 @@ def message_for(record: Mapping[str, Any]) -> Message:
     title = TITLES[(record["action"], outcome)].format(service=record["service"])
     if record.get("planned_at"):
         title += f" (planned for {record['planned_at']})"
-    lines = [f"Service: {record['service']}"]
+    lines = [f"Service: {record['service']}", f"Triggered by: {TRIGGERS.get(record.get('trigger') or 'webhook')}"]
     if record.get("new_image") or record.get("new_image_id"):
         lines.append(f"Image: {_image(record.get('new_image'), record.get('new_image_id'))}")
     elif record.get("image"):

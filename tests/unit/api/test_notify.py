@@ -11,15 +11,15 @@ import os
 import time
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import pytest
 from pydantic import ValidationError
 from receiver import BlackHole, Receiver, closed_port_url
 
 from api import notify
-from api.models import FINISHED_OUTCOMES
-from api.notify import TITLES, Notifier, Target, message_for
+from api.models import FINISHED_OUTCOMES, Trigger
+from api.notify import TITLES, TRIGGERS, Notifier, Target, message_for
 from api.settings import Settings, get_settings
 
 STRONG = "6f1c0e9a4b7d2f8e3a5c1b9d7e2f4a6c8b0d1e3f"
@@ -122,6 +122,26 @@ def test_success_message_names_images_commit_duration_and_deployment() -> None:
     # A success carries neither an error nor the log tail, even when the record has logs.
     assert not any(line.startswith("Error:") for line in lines)
     assert "TASK [pull_image] ok" not in message.body
+
+
+@pytest.mark.parametrize(
+    ("trigger", "said"),
+    [
+        (None, "a signed request (webhook)"),
+        ("cli", "deployctl"),
+        ("schedule", "its recurring schedule"),
+        ("watch", "the registry watch: a new image under its tag"),
+        ("recovery", "the reconciliation after an interruption"),
+    ],
+)
+def test_a_message_says_what_triggered_the_deploy(trigger: str | None, said: str) -> None:
+    record = deploy_record(**({"trigger": trigger} if trigger else {}))
+
+    assert message_for(record).body.splitlines()[:2] == ["Service: portal", f"Triggered by: {said}"]
+
+
+def test_every_trigger_has_its_words() -> None:
+    assert set(TRIGGERS) == set(get_args(Trigger))
 
 
 def test_success_arrives_as_json_of_type_success(receiver: Receiver, start_notifier: Callable[..., Notifier]) -> None:

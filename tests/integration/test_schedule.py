@@ -59,7 +59,7 @@ def test_a_deploy_planned_seconds_ahead_runs_at_its_time_once_and_is_recorded(co
 
 
 # The watch's polling interval in these tests; the default is 300 s.
-WATCH_INTERVAL = 5
+WATCH_INTERVAL = 3
 
 
 def push_under(source: str, tag: str) -> tuple[str, float]:
@@ -103,7 +103,7 @@ def test_a_watched_tag_deploys_what_is_pushed_within_an_interval_and_rolls_back_
     }
 
     # The registry holds what runs: looks, and no deploy.
-    until("a look that found the running image", lambda: (skipped["unchanged"]() or 0) >= 2)
+    until("a look that found the running image", lambda: (skipped["unchanged"]() or 0) >= 1)
     assert watch_records(server) == [] and skipped["watch_failed"]() == 0
     assert project.container("portal")["Image"] == first
 
@@ -123,6 +123,6 @@ def test_a_watched_tag_deploys_what_is_pushed_within_an_interval_and_rolls_back_
     assert crashed["outcome"] == "rolled_back", crashed
     assert crashed["new_image_id"] == crash
     assert project.container("portal")["Image"] == second
-    until("a look that found the image rolled back", lambda: (skipped["failed_before"]() or 0) >= 2)
+    until("a look that found the image rolled back", lambda: (skipped["failed_before"]() or 0) >= 1)
     assert len(watch_records(server)) == 2, "the crash image was deployed once"
     assert project.container("portal")["Image"] == second

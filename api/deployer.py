@@ -133,8 +133,10 @@ class Deployer:
             self._running.pop(claim.deployment_id, None)
             self._steps.pop(claim.deployment_id, None)
 
-    def reject(self, action: str, document: Any, source: str, status: int, detail: Any) -> str:
-        """Record a signed request refused at validation (400, 403, 409, 422, 429); nothing ran."""
+    def reject(
+        self, action: str, document: Any, source: str, status: int, detail: Any, trigger: str = "webhook"
+    ) -> str:
+        """Record a signed request refused at validation (400, 403, 409, 422, 423, 429); nothing ran."""
         fields = document if isinstance(document, dict) else {}
 
         def text(name: str, limit: int) -> str | None:
@@ -154,6 +156,7 @@ class Deployer:
             commit=text("commit", 128),
             message=text("message", 4096),
             source=source,
+            trigger=trigger,
             finished_at=history_now(),
             error=error,
             http_status=status,

@@ -105,16 +105,22 @@ class Window:
         return None if first == minute else first
 
 
+# Windows found to share no minute: the search (a good half second) is not run again for them.
+_DISJOINT: set[tuple[Window, ...]] = set()
+
+
 def windows_open(windows: Iterable[Window], at: float) -> float | None:
     """None when every window is open at `at`; else the first time after it when all are (ValueError when they share
     no minute soon enough to find)."""
     windows = tuple(windows)
-    moment = at
-    for _ in range(WINDOW_SEARCH):
-        later = [opening for window in windows if (opening := window.opens(moment)) is not None]
-        if not later:
-            return None if moment == at else moment
-        moment = max(later)
+    if windows not in _DISJOINT:
+        moment = at
+        for _ in range(WINDOW_SEARCH):
+            later = [opening for window in windows if (opening := window.opens(moment)) is not None]
+            if not later:
+                return None if moment == at else moment
+            moment = max(later)
+        _DISJOINT.add(windows)
     raise ValueError(f"the deploy windows {', '.join(map(str, windows))} share no minute")
 
 

@@ -98,9 +98,10 @@ WAIT = Query(
 async def run_action(
     action: str, request: Request, signed: SignedBody, wait: bool, inventory: Inventory, deployer: Deployer
 ) -> JSONResponse:
-    """Validate a signed body, then deploy or roll back, or plan it for its `at`. Every refusal counts against the
-    client's address (but a 409 or a 429 for the service's budget); a refusal of a body received for the first time
-    is recorded in the history."""
+    """Validate a signed body, then deploy or roll back, or plan it for its `at` (or its deploy window's opening).
+    Every refusal counts against the client's address, but those of a valid request the inventory allows: a 409, a
+    423 outside the deploy window, a 429 for the service's budget. A refusal of a body received for the first time is
+    recorded in the history."""
     settings: Settings = request.app.state.settings
     rate_limits = get_rate_limits(request)
     # One reading of the clock for the window, the one-time check and `at`, so that no edge lies between them.
@@ -145,7 +146,9 @@ async def run_action(
     except Refused as refusal:
         get_metrics(request).webhook(endpoint(request), refusal.result)
         if refusal.recorded:
-            await run_in_threadpool(deployer.reject, action, document, source, refusal.status_code, refusal.detail)
+            await run_in_threadpool(
+                deployer.reject, action, document, source, refusal.status_code, refusal.detail, trigger
+            )
         raise
     get_metrics(request).webhook(endpoint(request), "accepted")
     if outcome is None:

@@ -179,6 +179,8 @@ def _policy(service: str, entry: dict[str, Any], host_window: Any, timing: Timin
     try:
         if entry.get("schedule") is not None:
             schedule = parse_schedule(entry["schedule"], timing.timezone, timing.watch_interval)
+            if schedule.watch and entry.get("pull") is False:
+                raise ValueError("schedule: watch needs pulls, and the service has pull: false")
         # The service's own window, else its host's (or group's).
         window_value = entry.get("deploy_window", host_window)
         if window_value is not None:

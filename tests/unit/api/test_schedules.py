@@ -223,8 +223,9 @@ def test_only_the_latest_tick_missed_counts_and_beyond_the_grace_it_is_missed_on
         ('{cron: "0 3 * * *", image: "Not An Image"}', "schedule: image 'Not An Image' is not a valid image reference"),
         ('{cron: "0 3 * * *", when: daily}', "schedule has unknown keys when"),
         ('"0 3 * * *"', "schedule must be a mapping"),
+        ("{watch: true}, pull: false", "schedule: watch needs pulls, and the service has pull: false"),
     ],
-    ids=["minute", "fields", "zone", "image", "unknown-key", "not-a-mapping"],
+    ids=["minute", "fields", "zone", "image", "unknown-key", "not-a-mapping", "watch-without-pull"],
 )
 def test_a_wrong_schedule_refuses_the_inventory_naming_host_and_service(settings, fake_runner, schedule, problem):
     with_schedule(settings, schedule)

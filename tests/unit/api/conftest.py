@@ -9,6 +9,7 @@ from receiver import Receiver
 from api import deployer as deployer_module
 from api import engines as engines_module
 from api import recovery as recovery_module
+from api import scheduler as scheduler_module
 
 
 @pytest.fixture
@@ -17,6 +18,7 @@ def fake_runner(monkeypatch) -> FakeRunner:
     monkeypatch.setattr(deployer_module, "run_playbook", runner)
     monkeypatch.setattr(recovery_module, "run_playbook", runner)
     monkeypatch.setattr(engines_module, "run_playbook", runner)
+    monkeypatch.setattr(scheduler_module, "run_playbook", runner)
     return runner
 
 

@@ -213,6 +213,8 @@ class Scheduler:
         return view.reached(self.settings.deploy_environment)
 
     def _act_on_tick(self, entry: ServiceSchedule, tick: datetime, environment: Environment) -> None:
+        """A schedule's tick: nothing outside the service's deploy window; a planned deploy for a cron schedule; a look
+        at the registry for a watch. Each tick once, across passes and restarts (record_tick, pass_tick)."""
         service, planned_at = entry.service, utc_text(tick)
         try:
             closed = environment.window_opens(service, tick.timestamp()) is not None
@@ -267,17 +269,19 @@ class Scheduler:
     async def _look(self, entry: ServiceSchedule, tick: datetime, hosts: tuple[str, ...]) -> None:
         service = entry.service
         try:
-            if not self._busy(service):
-                run = await asyncio.to_thread(self._read_registry, entry, hosts)
-                found = look(run, hosts, self.history.last_watch_deploy(service))
-                if self._stop.is_set() or self._busy(service):
-                    pass  # stopping, or a deploy began meanwhile: the next tick looks again
-                elif found.deploy:
-                    self._last_skip.pop(service, None)
-                    self._record_tick(entry, tick, "watch", found.detail)
-                    self.wake()
-                elif found.reason is not None:
-                    self._skip(service, found.reason, found.detail)
+            # A deploy runs or is due, or begins during the look, or the API stops: the next tick looks again.
+            if self._busy(service):
+                return
+            run = await asyncio.to_thread(self._read_registry, entry, hosts)
+            found = look(run, hosts, self.history.last_watch_deploy(service))
+            if self._stop.is_set() or self._busy(service):
+                return
+            if found.deploy:
+                self._last_skip.pop(service, None)
+                self._record_tick(entry, tick, "watch", found.detail)
+                self.wake()
+            elif found.reason is not None:
+                self._skip(service, found.reason, found.detail)
         except Exception:  # the watch must outlive a look that broke
             log.exception("The registry watch of %s failed", service)
         finally:

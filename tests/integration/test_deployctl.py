@@ -102,7 +102,7 @@ def test_deploy_crash_history_show_then_rollback(compose_project, api_server, de
 
     assert crashed.returncode == 1, crashed.stdout + crashed.stderr
     record = json.loads(crashed.stdout)
-    assert (record["outcome"], record["http_status"]) == ("rolled_back", 500)
+    assert (record["outcome"], record["http_status"], record["trigger"]) == ("rolled_back", 500, "cli")
     assert record["steps"][-1]["step"] == "rollback" and record["steps"][-1]["rolled_back"] is True
     assert "fatal: configuration file /etc/app.conf not found" in record["logs"]
     assert project.container("portal")["Image"] == image_id(image("healthy", "v2")), "the engine agrees"

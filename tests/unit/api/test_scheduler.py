@@ -10,6 +10,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from clock import NOW
 from fakerunner import FakeRunner
 from fastapi.testclient import TestClient
 from test_history import make_settings, read, signed_post, wait_for
@@ -21,29 +22,13 @@ from api.models import parse_at
 from api.scheduler import BUSY_RETRY_SECONDS
 from api.signature import sign
 
-# 2027-01-15T08:00:00Z: the app's clock when a test begins.
-NOW = 1_800_000_000.0
-AT = "2027-01-15T09:00:00Z"  # an hour later
+AT = "2027-01-15T09:00:00Z"  # an hour after NOW
 AT_EPOCH = NOW + 3600
 
 
-class Clock:
-    def __init__(self, now: float = NOW):
-        self.now = now
-
-    def __call__(self) -> float:
-        return self.now
-
-
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-def client(tmp_path: Path, fake_runner: FakeRunner, clock: Clock):
-    with TestClient(create_app(make_settings(tmp_path), clock=clock)) as test_client:
-        yield test_client
+def settings(tmp_path: Path):
+    return make_settings(tmp_path)
 
 
 def tick(client: TestClient) -> float | None:

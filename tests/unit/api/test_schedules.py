@@ -9,11 +9,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from fakerunner import FakeRunner
+from clock import NOW
 from fastapi.testclient import TestClient
 from test_history import make_settings, read, signed_post, wait_for
 from test_metrics import sample, scrape
-from test_scheduler import NOW, Clock, deploys, finished, tick
+from test_scheduler import deploys, finished, tick
 
 from api.inventory import Inventory, InventoryError
 from api.main import create_app
@@ -42,21 +42,10 @@ def with_schedule(settings, schedule: str = NIGHTLY, at_time: float = NOW) -> No
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
 def settings(tmp_path: Path):
     settings = make_settings(tmp_path)
     with_schedule(settings)
     return settings
-
-
-@pytest.fixture
-def client(settings, fake_runner: FakeRunner, clock: Clock):
-    with TestClient(create_app(settings, clock=clock)) as test_client:
-        yield test_client
 
 
 def schedule_records(client: TestClient) -> list[dict]:

@@ -8,11 +8,12 @@ from __future__ import annotations
 import time
 
 import pytest
+from clock import NOW, Clock
 from fakerunner import FakeRunner, success_result
 from fastapi.testclient import TestClient
 from test_history import make_settings, read, signed_post, wait_for
 from test_metrics import sample, scrape
-from test_scheduler import NOW, Clock, deploys, finished, tick
+from test_scheduler import deploys, finished, tick
 from test_schedules import utc, with_schedule
 
 from api.main import create_app
@@ -61,21 +62,10 @@ def watch_deploy(outcome: str, new_image_id: str, hosts: dict | None = None) -> 
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
 def settings(tmp_path):
     settings = make_settings(tmp_path)
     with_schedule(settings, WATCH)
     return settings
-
-
-@pytest.fixture
-def client(settings, fake_runner: FakeRunner, clock: Clock):
-    with TestClient(create_app(settings, clock=clock)) as test_client:
-        yield test_client
 
 
 def status_calls(fake_runner: FakeRunner) -> list[dict]:

@@ -11,12 +11,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
-from fakerunner import FakeRunner
+from clock import NOW
 from fastapi.testclient import TestClient
 from test_history import make_settings, read, signed_post, wait_for
 from test_metrics import sample, scrape
 from test_routes import SECRET
-from test_scheduler import NOW, Clock, deploys, finished, tick
+from test_scheduler import deploys, finished, tick
 from test_schedules import at
 
 from api.inventory import InventoryError
@@ -55,21 +55,10 @@ def with_inventory(
 
 
 @pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
 def settings(tmp_path: Path):
     settings = make_settings(tmp_path)
     with_inventory(settings, portal=f"{{deploy_window: {BERLIN}}}")
     return settings
-
-
-@pytest.fixture
-def client(settings, fake_runner: FakeRunner, clock: Clock):
-    with TestClient(create_app(settings, clock=clock)) as test_client:
-        yield test_client
 
 
 def record_of(client: TestClient, deployment_id: str) -> dict:

@@ -79,6 +79,8 @@ class Refused(Exception):
         elif self.status == 429:
             wait = f"in {self.retry_after} s" if self.retry_after is not None else "later"
             hint = f" (too many requests: try again {wait})"
+        elif self.status == 423:
+            hint = " (outside the service's deploy window: queue: true plans the deploy for its opening)"
         return f"{self.status}: {detail}{hint}"
 
 
@@ -98,6 +100,8 @@ class Inputs:
     message: str
     wait: bool
     timeout: float
+    at: str = ""
+    queue: bool = False
 
     @classmethod
     def from_environment(cls, environ: Mapping[str, str]) -> Inputs:
@@ -113,6 +117,9 @@ class Inputs:
         wait = value("wait").lower() or "true"
         if wait not in TRUE + FALSE:
             raise InputError(f"the input 'wait' must be true or false, not '{wait}'")
+        queue = value("queue").lower() or "false"
+        if queue not in TRUE + FALSE:
+            raise InputError(f"the input 'queue' must be true or false, not '{queue}'")
         try:
             timeout = float(value("timeout") or 900)
         except ValueError:
@@ -135,6 +142,9 @@ class Inputs:
             message=environ.get("INPUT_MESSAGE", "").strip(),
             wait=wait in TRUE,
             timeout=timeout,
+            # Sent as written: the API reads it (RFC 3339 with its offset) and says what is wrong with it.
+            at=value("at"),
+            queue=queue in TRUE,
         )
 
     def body(self, timestamp: int) -> bytes:
@@ -146,8 +156,11 @@ class Inputs:
             "repository": self.repository,
             "commit": self.commit,
             "message": self.message,
+            "at": self.at,
         }
-        document: dict[str, str | int] = {name: text for name, text in fields.items() if text}
+        document: dict[str, str | int | bool] = {name: text for name, text in fields.items() if text}
+        if self.queue:
+            document["queue"] = True
         document["timestamp"] = timestamp
         return json.dumps(document, separators=(",", ":")).encode()
 
@@ -276,15 +289,15 @@ def summary_markdown(record: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
-def start(inputs: Inputs, clock: Callable[[], float] = time.time) -> str:
-    """POST /deploy?wait=false, once: trying again would be a new request, signed with a new timestamp."""
+def start(inputs: Inputs, clock: Callable[[], float] = time.time) -> dict[str, Any]:
+    """POST /deploy?wait=false, once: trying again would be a new request, signed with a new timestamp. The 202
+    answer: a deployment started, or planned (`status` scheduled, with `at`)."""
     body = inputs.body(int(clock()))
     headers = {"Content-Type": "application/json", HEADER: sign(inputs.secret, body, purpose="deploy")}
     answer = call("POST", f"{inputs.url}/deploy?wait=false", headers, body)
-    deployment_id = str(answer.get("deployment_id", ""))
-    if not DEPLOYMENT_ID.fullmatch(deployment_id):
+    if not DEPLOYMENT_ID.fullmatch(str(answer.get("deployment_id", ""))):
         raise Unavailable(f"the API started no deployment: {answer}")
-    return deployment_id
+    return answer
 
 
 def follow(
@@ -355,7 +368,7 @@ def main(environ: Mapping[str, str] = os.environ, stream: TextIO = sys.stdout) -
         log.command("error", str(error), title="Deploy")
         return 2
     try:
-        deployment_id = start(inputs)
+        accepted = start(inputs)
     except Refused as refusal:
         outputs.set("outcome", "rejected")
         log.command("error", refusal.text(), title=f"The deployment API refused {inputs.service}")
@@ -363,7 +376,29 @@ def main(environ: Mapping[str, str] = os.environ, stream: TextIO = sys.stdout) -
     except Unavailable as error:
         log.command("error", str(error), title="The deployment API did not answer")
         return 4
+    deployment_id = str(accepted["deployment_id"])
     outputs.set("deployment-id", deployment_id)
+    if accepted.get("status") == "scheduled":
+        # Planned (`at`, or queued to the service's deploy window): nothing to follow until then.
+        planned = str(accepted.get("at"))
+        outputs.set("outcome", "scheduled")
+        outputs.set("at", planned)
+        log.command(
+            "notice",
+            f"Deployment {deployment_id} of {inputs.service} planned for {planned}; "
+            f"cancel it until then with: deployctl cancel {deployment_id}",
+            title=f"Deploy of {inputs.service} scheduled",
+        )
+        return 0
+    if inputs.at:
+        # An API from before planned deploys ignored `at` and started the deploy now: say so, and fail the step.
+        log.command(
+            "error",
+            f"The API started deployment {deployment_id} now instead of at {inputs.at}: it does not know `at`",
+            title=f"Deploy of {inputs.service}",
+        )
+        outputs.set("outcome", "running")
+        return 4
     log.line(f"Deployment {deployment_id} of {printable(inputs.service)} started")
     if not inputs.wait:
         outputs.set("outcome", "running")

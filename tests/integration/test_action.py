@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 
 import pytest
 import yaml
@@ -133,3 +134,29 @@ def test_a_refused_deploy_fails_the_step_and_changes_nothing(compose_project, ap
     assert forged[0] == 3
     assert "403: Invalid signature (the secret is not the API's WEBHOOK_SECRET)" in forged[1]
     assert fingerprint(project.container("portal")) == before
+
+
+def test_a_deploy_outside_its_window_is_refused_or_queued_and_at_plans_one(compose_project, api_server, run_action):
+    # A window two hours from now: closed at this minute, whatever the time of the run.
+    opening = datetime.now(UTC).replace(minute=0, second=0, microsecond=0) + timedelta(hours=2)
+    window = f"* {opening.hour} * * *"
+    project = compose_project({"portal": service(image("healthy", "v1"))}, {"portal": {"deploy_window": window}})
+    project.up()
+    before = fingerprint(project.container("portal"))
+    server = api_server(project)
+    common = {"url": server.url, "secret": SECRET, "service": "portal", "image": image("healthy", "v2")}
+
+    refused = run_action(server, **common)
+    queued = run_action(server, **common, queue="true")
+    planned = run_action(server, **common, at=(opening + timedelta(minutes=5)).isoformat())
+
+    assert refused[0] == 3 and refused[2] == {"outcome": "rejected"}, refused[1]
+    assert f"423: 'portal' deploys only in its deploy window {window} (UTC)" in refused[1]
+    assert "queue: true plans the deploy for its opening" in refused[1]
+    for code, log, outputs in (queued, planned):
+        assert (code, outputs["outcome"]) == (0, "scheduled"), log
+        record = server.record(outputs["deployment-id"])
+        assert (record["outcome"], record["trigger"], record["planned_at"]) == ("scheduled", "webhook", outputs["at"])
+    assert queued[2]["at"] == opening.strftime("%Y-%m-%dT%H:%M:%SZ"), "queued to the window's opening"
+    assert planned[2]["at"] == (opening + timedelta(minutes=5)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    assert fingerprint(project.container("portal")) == before, "nothing ran"

@@ -218,6 +218,73 @@ def test_wait_false_returns_once_started(runner, fake_api):
     assert fake_api.requests("GET") == []
 
 
+def scheduled_answer(at: str = "2026-12-09T01:00:00Z") -> tuple[int, dict[str, Any]]:
+    url = f"/deployments/{DEPLOYMENT_ID}"
+    return 202, {
+        "deployment_id": DEPLOYMENT_ID,
+        "service": "portal",
+        "status": "scheduled",
+        "at": at,
+        "status_url": url,
+    }
+
+
+def test_at_is_signed_and_a_planned_deploy_ends_the_step_scheduled_without_following(runner, fake_api):
+    fake_api.start_answer = scheduled_answer()
+
+    code, log, outputs = runner(INPUT_AT="2026-12-09T02:00:00+01:00", INPUT_MESSAGE="", INPUT_REPOSITORY="")
+
+    assert code == 0
+    assert outputs == {"deployment-id": DEPLOYMENT_ID, "outcome": "scheduled", "at": "2026-12-09T01:00:00Z"}
+    (start,) = fake_api.requests("POST")
+    assert start.body == (
+        b'{"service":"portal","image":"acme/portal:1.4.2","commit":"abc123","at":"2026-12-09T02:00:00+01:00",'
+        b'"timestamp":%d}' % start.timestamp
+    )
+    assert is_valid(SECRET.encode(), start.body, start.headers["X-Hub-Signature-256"], "deploy")
+    assert fake_api.requests("GET") == [], "nothing to follow before its time"
+    assert log.rstrip().endswith(
+        f"::notice title=Deploy of portal scheduled::Deployment {DEPLOYMENT_ID} of portal planned for "
+        f"2026-12-09T01:00:00Z; cancel it until then with: deployctl cancel {DEPLOYMENT_ID}"
+    )
+
+
+def test_queue_is_signed_and_a_deploy_queued_to_its_window_ends_the_step_scheduled(runner, fake_api):
+    fake_api.start_answer = scheduled_answer()
+
+    code, _, outputs = runner(
+        INPUT_QUEUE="true", INPUT_IMAGE="", INPUT_MESSAGE="", INPUT_REPOSITORY="", INPUT_COMMIT=""
+    )
+
+    assert (code, outputs["outcome"], outputs["at"]) == (0, "scheduled", "2026-12-09T01:00:00Z")
+    (start,) = fake_api.requests("POST")
+    assert start.body == b'{"service":"portal","queue":true,"timestamp":%d}' % start.timestamp
+
+
+def test_a_deploy_outside_its_window_fails_the_step_with_exit_3_and_says_how_to_queue(runner, fake_api):
+    detail = "'portal' deploys only in its deploy window * 2-5 * * * (UTC); it opens next at 2026-12-09T02:00:00Z"
+    fake_api.start_answer = (423, {"detail": detail})
+
+    code, log, outputs = runner()
+
+    assert (code, outputs) == (3, {"outcome": "rejected"})
+    assert log.rstrip().endswith(
+        f"::error title=The deployment API refused portal::423: {detail} (outside the service's deploy window: "
+        "queue: true plans the deploy for its opening)"
+    )
+
+
+def test_an_api_that_ignored_at_and_started_the_deploy_fails_the_step(runner, fake_api):
+    started = {"deployment_id": DEPLOYMENT_ID, "service": "portal", "status": "running", "status_url": "/x"}
+    fake_api.start_answer = (202, started)
+
+    code, log, outputs = runner(INPUT_AT="2026-12-09T02:00:00+01:00")
+
+    assert (code, outputs) == (4, {"deployment-id": DEPLOYMENT_ID, "outcome": "running"})
+    assert "it does not know `at`" in log
+    assert fake_api.requests("GET") == []
+
+
 def test_empty_optional_inputs_are_left_out_of_the_body(runner, fake_api):
     runner(INPUT_IMAGE="", INPUT_REPOSITORY="", INPUT_COMMIT="", INPUT_MESSAGE="  ")
 
@@ -239,8 +306,8 @@ def test_each_start_signs_the_time_it_is_sent_and_a_clock_far_off_is_refused(fak
     now = time.time()
     clock = iter([now, now + 1, now - 3600])
 
-    assert action_deploy.start(inputs, clock=lambda: next(clock)) == DEPLOYMENT_ID
-    assert action_deploy.start(inputs, clock=lambda: next(clock)) == DEPLOYMENT_ID
+    assert action_deploy.start(inputs, clock=lambda: next(clock))["deployment_id"] == DEPLOYMENT_ID
+    assert action_deploy.start(inputs, clock=lambda: next(clock))["deployment_id"] == DEPLOYMENT_ID
     with pytest.raises(action_deploy.Refused) as refusal:
         action_deploy.start(inputs, clock=lambda: next(clock))
 
@@ -300,6 +367,7 @@ def test_too_many_requests_fail_the_step_with_exit_3_and_the_seconds_to_wait(run
         ({"INPUT_SECRET": " , "}, "the input 'secret' is required"),
         ({"INPUT_SERVICE": " "}, "the input 'service' is required"),
         ({"INPUT_WAIT": "sometimes"}, "the input 'wait' must be true or false"),
+        ({"INPUT_QUEUE": "later"}, "the input 'queue' must be true or false"),
         ({"INPUT_TIMEOUT": "soon"}, "the input 'timeout' must be a number of seconds"),
     ],
 )
@@ -351,12 +419,15 @@ def test_action_yml_inputs_outputs_and_a_step_that_takes_inputs_only_from_its_en
         "message",
         "wait",
         "timeout",
+        "at",
+        "queue",
     }
     assert {name for name, spec in inputs.items() if spec.get("required")} == {"url", "secret", "service"}
     assert inputs["repository"]["default"] == "${{ github.repository }}"
     assert inputs["commit"]["default"] == "${{ github.sha }}"
     assert (inputs["wait"]["default"], inputs["timeout"]["default"]) == ("true", "900")
-    assert set(ACTION["outputs"]) == {"deployment-id", "outcome"}
+    assert (inputs["at"]["default"], inputs["queue"]["default"]) == ("", "false")
+    assert set(ACTION["outputs"]) == {"deployment-id", "outcome", "at"}
     assert ACTION["runs"]["using"] == "composite"
     (step,) = ACTION["runs"]["steps"]
     assert "${{" not in step["run"], "inputs reach the shell through env, never inside the script"

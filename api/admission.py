@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from typing import Any
 
 from fastapi import HTTPException, status
@@ -19,7 +18,7 @@ from api.deployer import DeployConflict, Deployer, RunningDeploy
 from api.deps import SignedBody
 from api.history import History
 from api.inventory import Environment, Inventory, InventoryView
-from api.models import TIMESTAMP_MAX, DeployRequest, utc_text
+from api.models import TIMESTAMP_MAX, DeployRequest, epoch, utc_at
 from api.security import RateLimits, request_digest, timestamp_problem
 from api.settings import Settings
 
@@ -162,7 +161,7 @@ INVENTORY_REFUSED = (
 def check_planned_time(at: str, now: float, settings: Settings) -> None:
     """400 for a planned time (`at`, as DeployRequest keeps it) that is not ahead of `now`, or is beyond
     DEPLOY_SCHEDULE_HORIZON."""
-    ahead = datetime.fromisoformat(at).timestamp() - now
+    ahead = epoch(at) - now
     if ahead <= 0:
         raise Refused(status.HTTP_400_BAD_REQUEST, f"at {at} is in the past: give a time ahead", "invalid_body")
     horizon = settings.deploy_schedule_horizon
@@ -228,10 +227,9 @@ def check_window(admitted: Admitted, action: str, at: float, now: float) -> floa
         raise Refused(status.HTTP_423_LOCKED, detail, "outside_window") from None
     if opens is None or admitted.request.queue:
         return opens
-    windows = "; ".join(map(str, admitted.environment.windows(service)))
-    opening = datetime.fromtimestamp(opens, UTC)
+    windows = admitted.environment.window_text(service)
     detail = (
-        f"{service!r} deploys only in its deploy window {windows}; it opens next at {utc_text(opening)}. "
+        f"{service!r} deploys only in its deploy window {windows}; it opens next at {utc_at(opens)}. "
         'Send "queue": true to plan the deploy for then'
     )
     headers = None if admitted.request.at else {"Retry-After": str(math.ceil(opens - now))}

@@ -109,6 +109,10 @@ class Environment:
         found = (policy.window for policy in self.policies(service).values() if policy.window is not None)
         return tuple(dict.fromkeys(found))
 
+    def window_text(self, service: str) -> str:
+        """The service's deploy windows as a refusal or a listing names them; empty when it has none."""
+        return "; ".join(map(str, self.windows(service)))
+
     def window_opens(self, service: str, at: float) -> float | None:
         """None when a deploy of the service may start at `at` on every host; else when it next may (ValueError when
         the hosts' windows share no minute)."""

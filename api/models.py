@@ -41,6 +41,16 @@ def utc_text(moment: datetime) -> str:
     return moment.astimezone(UTC).replace(microsecond=0).isoformat().replace("+00:00", "Z")
 
 
+def utc_at(timestamp: float) -> str:
+    """A Unix time as utc_text() writes it."""
+    return utc_text(datetime.fromtimestamp(timestamp, UTC))
+
+
+def epoch(text: str) -> float:
+    """The Unix time of a time the API wrote (utc_text) or read (parse_at)."""
+    return datetime.fromisoformat(text).timestamp()
+
+
 def parse_at(text: str) -> str:
     """An RFC 3339 time with an offset as utc_text() writes it, sub-seconds dropped; ValueError otherwise."""
     match = RFC3339.fullmatch(text)

@@ -39,10 +39,9 @@ from api.deployer import Deployer, new_deployment_id, refusal_text
 from api.history import History, Record
 from api.history import now as history_now
 from api.inventory import Environment, Inventory, InventoryView, ServiceSchedule, service_schedules
-from api.models import Trigger, utc_text
+from api.models import Trigger, epoch, utc_at, utc_text
 from api.recovery import PROBE_KEEP_RUNS, PROBES_DIR, probe_run_id
 from api.runner import RunResult, run_playbook
-from api.schedules import Window
 from api.security import RateLimits
 from api.settings import Settings
 from api.watch import SkipReason, look
@@ -56,10 +55,6 @@ BUSY_RETRY_SECONDS = 1.0
 LONGEST_SLEEP_SECONDS = 60.0
 # The fields of a planned deploy's record that are its request's, checked again when it runs.
 REQUEST_FIELDS = ("service", "image", "environment", "repository", "commit", "message")
-
-
-def epoch(text: str) -> float:
-    return datetime.fromisoformat(text).timestamp()
 
 
 def get_scheduler(request: Request) -> Scheduler:
@@ -200,7 +195,7 @@ class Scheduler:
             service, schedule = entry.service, entry.schedule
             state = self.history.schedule_state(service)
             if state is None or state[:2] != (schedule.rule, schedule.timezone):
-                self.history.remember_schedule(service, schedule.rule, schedule.timezone, utc(now))
+                self.history.remember_schedule(service, schedule.rule, schedule.timezone, utc_at(now))
             else:
                 tick = schedule.latest_tick(epoch(state[2]), now)
                 if tick is not None:
@@ -222,7 +217,7 @@ class Scheduler:
             closed = False  # windows that never open: the deploy's own check refuses it, and says why
         if closed:
             if self.history.pass_tick(service, planned_at):
-                windows = "; ".join(map(str, environment.windows(service)))
+                windows = environment.window_text(service)
                 self._skip(service, "outside_window", f"tick of {planned_at} outside its deploy window {windows}")
         elif not entry.schedule.watch:
             self._record_tick(entry, tick, "schedule", f"schedule {entry.schedule.cron} ({entry.schedule.timezone})")
@@ -323,13 +318,13 @@ class Scheduler:
             stats_key=contract.STATUS_KEY,
         )
 
-    def next_runs(self) -> list[tuple[ServiceSchedule, datetime, tuple[Window, ...]]]:
+    def next_runs(self) -> list[tuple[ServiceSchedule, datetime, str]]:
         """Each recurring schedule of the inventory, its next tick after now, and the deploy windows its ticks are
-        held to. Blocking: it may read the inventory."""
+        held to (Environment.window_text). Blocking: it may read the inventory."""
         now, view = self.clock(), self.inventory.view()
         environment = self._environment(view)
         return [
-            (entry, entry.schedule.next_tick(now), environment.windows(entry.service))
+            (entry, entry.schedule.next_tick(now), environment.window_text(entry.service))
             for entry in service_schedules(view).values()
         ]
 
@@ -340,7 +335,7 @@ class Scheduler:
         logs.bind(deployment_id=deployment_id, service=record["service"])
         grace = self.settings.deploy_schedule_grace
         if self._started_at - planned > grace:
-            self._miss(record, f"planned for {planned_at}, the API was not running until {utc(self._started_at)}")
+            self._miss(record, f"planned for {planned_at}, the API was not running until {utc_at(self._started_at)}")
             return True
         try:
             document = {field: record.get(field) for field in REQUEST_FIELDS if record.get(field) is not None}
@@ -352,7 +347,7 @@ class Scheduler:
             if refusal.status_code != 409:
                 self._refuse(record, refusal)
             elif now - planned > grace:
-                self._miss(record, f"{record['service']} was busy from {planned_at} to {utc(now)}")
+                self._miss(record, f"{record['service']} was busy from {planned_at} to {utc_at(now)}")
             else:
                 return False
             return True
@@ -389,7 +384,3 @@ class Scheduler:
 
 def least(seconds: float | None, other: float) -> float:
     return other if seconds is None else min(seconds, other)
-
-
-def utc(timestamp: float) -> str:
-    return utc_text(datetime.fromtimestamp(timestamp, UTC))

@@ -206,7 +206,8 @@ def build_parser() -> argparse.ArgumentParser:
             help="give up following after S seconds, exit 4 (default: %(default).0f)",
         )
         sub.add_argument("--json", action="store_true", help="print the final record as JSON, nothing else")
-        sub.set_defaults(command=run_deployment, action=action)
+        # A rollback has no --queue: no window holds it back.
+        sub.set_defaults(command=run_deployment, action=action, queue=False)
 
     history = command("history", "list deployments, newest first (needs DEPLOY_READ_TOKEN)")
     history.add_argument("--service", help="only this service")
@@ -274,7 +275,7 @@ def run_deployment(args: argparse.Namespace, settings: ClientSettings) -> int:
         "repository": args.repository,
         "commit": args.commit,
         "message": args.message,
-        "queue": getattr(args, "queue", False),
+        "queue": args.queue,
     }
     if args.at is not None:
         return plan_deployment(args, settings, {**fields, "at": when.sent(args.at)})

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 from dataclasses import replace
-from datetime import UTC, datetime
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Query, Request, status
@@ -41,7 +40,8 @@ from api.models import (
     DeployRequest,
     DeploySuccess,
     Trigger,
-    utc_text,
+    epoch,
+    utc_at,
 )
 from api.scheduler import get_scheduler
 from api.settings import Settings
@@ -124,7 +124,8 @@ async def run_action(
             if refusal.status_code != status.HTTP_503_SERVICE_UNAVAILABLE:
                 rate_limits.refused(source)
             raise
-        admitted = queued(admitted, check_window(admitted, action, epoch_of(admitted.request.at, now), now))
+        at = admitted.request.at
+        admitted = queued(admitted, check_window(admitted, action, now if at is None else epoch(at), now))
         if admitted.request.at is not None:
             # Planned: nothing is claimed nor spent now; the checks run again when it comes to run.
             deployment_id = await run_in_threadpool(
@@ -165,17 +166,11 @@ def trigger_of(request: Request) -> Trigger:
     return "cli" if request.headers.get("user-agent", "").startswith(DEPLOYCTL_AGENT) else "webhook"
 
 
-def epoch_of(at: str | None, now: float) -> float:
-    """When a request is to run: its `at`, else now."""
-    return now if at is None else datetime.fromisoformat(at).timestamp()
-
-
 def queued(admitted: Admitted, opens: float | None) -> Admitted:
     """A request that asked to queue, planned for the opening of its deploy window (check_window); else as it is."""
     if opens is None:
         return admitted
-    at = utc_text(datetime.fromtimestamp(opens, UTC))
-    return replace(admitted, request=admitted.request.model_copy(update={"at": at}))
+    return replace(admitted, request=admitted.request.model_copy(update={"at": utc_at(opens)}))
 
 
 def _accepted(request: Request, deployment_id: str, admitted: Admitted, *, scheduled: bool) -> JSONResponse:

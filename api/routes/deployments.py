@@ -81,11 +81,11 @@ def list_schedules(
             image=entry.schedule.image,
             watch=entry.schedule.watch,
             interval=entry.schedule.interval if entry.schedule.cron is None else None,
-            window="; ".join(map(str, windows)) or None,
+            window=window or None,
             next_run=utc_text(tick),
             hosts=list(entry.hosts),
         )
-        for entry, tick, windows in scheduler.next_runs()
+        for entry, tick, window in scheduler.next_runs()
     ]
     planned = [DeploymentRecord.model_validate(record) for record in scheduler.history.scheduled()]
     return SchedulesPage(items=items, planned=planned)
